@@ -1,0 +1,14 @@
+"""keras-sam: Sharpness-Aware Minimization for Keras 3.
+
+```python
+import keras_sam
+model = keras_sam.sam(model, rho=0.05)   # any built Keras model
+```
+"""
+
+from keras_sam import perturbations
+from keras_sam.sam_model import SAMModel, SAMWrapper, sam
+
+__version__ = "0.1.0"
+
+__all__ = ["SAMModel", "SAMWrapper", "perturbations", "sam", "__version__"]

@@ -1,0 +1,174 @@
+"""Perturbation rules: how SAM's ascent step eps is formed.
+
+A rule is a small, pure, backend-agnostic function of the gradients, the
+current weights and the radius ``rho``, written with ``keras.ops``. It knows
+nothing about tapes, distribution strategies or optimizers, so new rules can be
+added without touching any training step:
+
+```python
+@keras_sam.perturbations.register("sign")
+class SignSAM(keras_sam.perturbations.Perturbation):
+    def __call__(self, gradients, weights, rho):
+        return [rho * keras.ops.sign(g) for g in gradients]
+
+model = keras_sam.sam(model, perturbation="sign")
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+#: Added to norms in denominators so that a zero gradient gives eps = 0.
+TINY = 1e-12
+
+_REGISTRY: dict[str, type[Perturbation]] = {}
+
+
+def register(name: str) -> Callable[[type[Perturbation]], type[Perturbation]]:
+    """Class decorator: makes a `Perturbation` subclass available by `name`.
+
+    The class is also registered with Keras serialization (package
+    ``keras_sam``), so models using it can be saved and loaded.
+    """
+
+    def decorator(cls: type[Perturbation]) -> type[Perturbation]:
+        if not (isinstance(cls, type) and issubclass(cls, Perturbation)):
+            raise TypeError(f"{cls!r} is not a subclass of Perturbation.")
+        _REGISTRY[name.lower()] = cls
+        return keras.saving.register_keras_serializable(package="keras_sam")(cls)
+
+    return decorator
+
+
+def global_norm(tensors: Sequence[Any]) -> Any:
+    """L2 norm of all `tensors` taken together, as a scalar tensor."""
+    return ops.sqrt(sum(ops.sum(ops.square(t)) for t in tensors))
+
+
+class Perturbation:
+    """Base class of perturbation rules.
+
+    Subclasses implement `__call__(gradients, weights, rho) -> eps`, returning
+    one tensor per weight, and `get_config` if they take options.
+    """
+
+    def __call__(
+        self, gradients: Sequence[Any], weights: Sequence[Any], rho: Any
+    ) -> list[Any]:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Perturbation:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({options})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+
+@register("sam")
+class SAM(Perturbation):
+    """Normalized SAM (Foret et al. 2021): eps = rho * g / (||g|| + tiny).
+
+    ``||g||`` is the global L2 norm over all trainable weights.
+    """
+
+    def __call__(self, gradients, weights, rho):
+        scale = rho / (global_norm(gradients) + TINY)
+        return [g * ops.cast(scale, g.dtype) for g in gradients]
+
+
+@register("usam")
+class USAM(Perturbation):
+    """Unnormalized SAM, the form the convergence theory analyses: eps = rho * g."""
+
+    def __call__(self, gradients, weights, rho):
+        return [g * ops.cast(rho, g.dtype) for g in gradients]
+
+
+@register("asam")
+class ASAM(Perturbation):
+    """Adaptive SAM (Kwon et al. 2021): eps = rho * T^2 g / ||T g||, T = |w| + eta.
+
+    As in the authors' code, the adaptive scale T applies to weight matrices
+    and kernels (rank >= 2); vectors such as biases and normalization
+    parameters use T = 1 unless `adapt_vectors=True`.
+
+    Args:
+        eta: positive offset that keeps T away from zero.
+        adapt_vectors: also scale rank-0/1 weights by |w| + eta.
+
+    ```python
+    model = keras_sam.sam(model, rho=1.0, perturbation=ASAM(eta=0.01))
+    ```
+    """
+
+    def __init__(self, eta: float = 0.01, adapt_vectors: bool = False):
+        if isinstance(eta, bool) or not isinstance(eta, int | float) or not eta > 0:
+            raise ValueError(f"`eta` must be a positive number, got eta={eta!r}.")
+        self.eta = float(eta)
+        self.adapt_vectors = bool(adapt_vectors)
+
+    def _scale(self, weight):
+        if len(weight.shape) >= 2 or self.adapt_vectors:
+            return ops.abs(weight) + ops.cast(self.eta, weight.dtype)
+        return None
+
+    def __call__(self, gradients, weights, rho):
+        scales = [self._scale(w) for w in weights]
+        scaled = [g if t is None else t * g for g, t in zip(gradients, scales)]
+        factor = rho / (global_norm(scaled) + TINY)
+        return [
+            (tg if t is None else t * tg) * ops.cast(factor, tg.dtype)
+            for tg, t in zip(scaled, scales)
+        ]
+
+    def get_config(self):
+        return {"eta": self.eta, "adapt_vectors": self.adapt_vectors}
+
+
+def get(identifier: str | Perturbation | dict[str, Any]) -> Perturbation:
+    """Returns a rule from a name (``"sam"``, ``"usam"``, ``"asam"``, or any
+    registered name), a `Perturbation` instance, or a serialized config."""
+    if isinstance(identifier, Perturbation):
+        return identifier
+    if isinstance(identifier, str):
+        cls = _REGISTRY.get(identifier.lower())
+        if cls is None:
+            raise ValueError(
+                f"Unknown `perturbation`={identifier!r}; accepted names are "
+                f"{sorted(_REGISTRY)} or a keras_sam.perturbations.Perturbation."
+            )
+        return cls()
+    if isinstance(identifier, dict):
+        rule = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(rule, Perturbation):
+            return rule
+    raise ValueError(
+        f"`perturbation` must be one of {sorted(_REGISTRY)} or a "
+        f"keras_sam.perturbations.Perturbation instance, got {identifier!r}."
+    )
+
+
+def serialize(rule: Perturbation) -> dict[str, Any]:
+    """Keras serialization config of `rule`, accepted by `get`."""
+    return keras.saving.serialize_keras_object(rule)
+
+
+def names() -> list[str]:
+    """Registered rule names."""
+    return sorted(_REGISTRY)

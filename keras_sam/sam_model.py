@@ -1,0 +1,201 @@
+"""`SAMModel`: a `keras.Model` whose `train_step` does the SAM update."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import keras
+
+# `Functional` is not exported by Keras; it is the class that
+# `keras.Model(inputs, outputs)` returns.
+from keras.src.models.functional import Functional
+
+from keras_sam import perturbations
+from keras_sam.backend import get_train_step
+
+
+def _is_functional_call(args: tuple, kwargs: dict) -> bool:
+    return (
+        len(args) == 2
+        or (len(args) == 1 and "outputs" in kwargs)
+        or ("inputs" in kwargs and "outputs" in kwargs)
+    )
+
+
+def _validate_rho(rho: Any) -> float:
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
+        raise ValueError(f"`rho` must be a non-negative number, got rho={rho!r}.")
+    rho = float(rho)
+    if not rho >= 0 or rho == float("inf"):
+        raise ValueError(f"`rho` must be a finite number >= 0, got rho={rho!r}.")
+    return rho
+
+
+def _validate_micro_batch_size(size: Any) -> int | None:
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(
+            "`micro_batch_size` must be None or a positive integer that divides "
+            f"the batch size, got micro_batch_size={size!r}."
+        )
+    return int(size)
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class SAMModel(keras.Model):
+    """A `keras.Model` trained with Sharpness-Aware Minimization.
+
+    Each training step takes the gradient g at the weights w, forms the
+    ascent step eps = rule(g, w, rho), and lets the compiled optimizer apply
+    the gradient taken at w + eps. Everything else is plain Keras: any
+    optimizer, loss, metric, callback, `jit_compile`, mixed precision.
+
+    ```python
+    inputs = keras.Input((784,))
+    hidden = keras.layers.Dense(512, activation="relu")(inputs)
+    outputs = keras.layers.Dense(10)(hidden)
+    model = keras_sam.SAMModel(inputs, outputs, rho=0.05)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=10)  # logs `loss` and `perturbed_loss`
+    ```
+
+    Like `keras.Model`, it can also be subclassed with a custom `call`.
+
+    Args:
+        rho: radius of the ascent step (>= 0; 0 is the base optimizer's step).
+        perturbation: ``"sam"`` (eps = rho g / ||g||), ``"usam"``
+            (eps = rho g), ``"asam"`` (eps = rho T^2 g / ||T g||, T = |w| + eta)
+            or a `keras_sam.perturbations.Perturbation`.
+        micro_batch_size: if set, m-sharpness: each micro-batch of this many
+            examples gets eps from its own gradient, and the perturbed
+            gradients are averaged. It must divide every batch size.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Like `keras.Model(inputs, outputs)`, which returns a `Functional`:
+        # route functional construction to a class that already has
+        # `Functional` among its bases, so Keras never rewrites the bases of
+        # `SAMModel` itself and subclassing it keeps working.
+        if cls is SAMModel and _is_functional_call(args, kwargs):
+            cls = FunctionalSAMModel
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(
+        self,
+        *args: Any,
+        rho: float = 0.05,
+        perturbation: str | perturbations.Perturbation = "sam",
+        micro_batch_size: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.rho = _validate_rho(rho)
+        self.perturbation = perturbations.get(perturbation)
+        self.micro_batch_size = _validate_micro_batch_size(micro_batch_size)
+        self.perturbed_loss_tracker = keras.metrics.Mean(name="perturbed_loss")
+
+    def train_step(self, data):
+        return get_train_step()(self, data)
+
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        if self.compiled and self.perturbed_loss_tracker not in metrics:
+            metrics.insert(1, self.perturbed_loss_tracker)
+        return metrics
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            rho=self.rho,
+            perturbation=perturbations.serialize(self.perturbation),
+            micro_batch_size=self.micro_batch_size,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class FunctionalSAMModel(SAMModel, Functional):
+    """What `SAMModel(inputs, outputs)` returns: a functional `SAMModel`."""
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class SAMWrapper(SAMModel):
+    """A `SAMModel` around an existing Keras model, sharing its weights.
+
+    Made by `keras_sam.sam`; usable for any built model: Sequential,
+    functional or subclassed.
+    """
+
+    def __init__(self, model: keras.Model, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.model = model
+        # A built inner model means the wrapper has all its variables; this
+        # also lets `load_model` restore the optimizer state.
+        self.built = model.built
+
+    def call(self, inputs, training=None, **kwargs):
+        return self.model(inputs, training=training, **kwargs)
+
+    def build(self, input_shape=None):
+        if not self.model.built and input_shape is not None:
+            self.model.build(input_shape)
+        self.built = True
+
+    def compute_output_spec(self, inputs, training=None, **kwargs):
+        return self.model.compute_output_spec(inputs, training=training, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["model"] = keras.saving.serialize_keras_object(self.model)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(
+            config["model"], custom_objects=custom_objects
+        )
+        return cls(**config)
+
+
+def sam(
+    model: keras.Model,
+    *,
+    rho: float = 0.05,
+    perturbation: str | perturbations.Perturbation = "sam",
+    micro_batch_size: int | None = None,
+    name: str | None = None,
+) -> SAMModel:
+    """Wraps a built Keras model into a `SAMModel` that shares its weights.
+
+    The one-line change for existing code:
+
+    ```python
+    model = keras.Sequential([...])
+    model = keras_sam.sam(model, rho=0.05)
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, y)
+    ```
+
+    Training the returned model trains `model`'s weights.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
+    if isinstance(model, SAMModel):
+        raise ValueError("`model` is already a SAMModel; set its options instead.")
+    if not model.built:
+        raise ValueError(
+            "`model` must be built before wrapping: call it on data or build it "
+            "with `model.build(input_shape)`."
+        )
+    wrapper = SAMWrapper(
+        model,
+        rho=rho,
+        perturbation=perturbation,
+        micro_batch_size=micro_batch_size,
+        name=name or f"sam_{model.name}",
+    )
+    return wrapper
