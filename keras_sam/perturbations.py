@@ -130,6 +130,10 @@ class ASAM(Perturbation):
 
     def __call__(self, gradients, weights, rho):
         scales = [self._scale(w) for w in weights]
+        scales = [
+            None if t is None else ops.cast(t, g.dtype)
+            for t, g in zip(scales, gradients)
+        ]
         scaled = [g if t is None else t * g for g, t in zip(gradients, scales)]
         factor = rho / (global_norm(scaled) + TINY)
         return [

@@ -14,6 +14,8 @@ from keras.src.models.functional import Functional
 from keras_sam import perturbations
 from keras_sam.backend import get_train_step
 
+_RANDOM_STATE_KEY = "random_state_"
+
 
 def _is_functional_call(args: tuple, kwargs: dict) -> bool:
     return (
@@ -105,6 +107,29 @@ class SAMModel(keras.Model):
         if self.compiled and self.perturbed_loss_tracker not in metrics:
             metrics.insert(1, self.perturbed_loss_tracker)
         return metrics
+
+    def _random_states(self) -> list[keras.Variable]:
+        # Seed-generator states (dropout and other random layers): state that
+        # Keras does not save with the weights.
+        weights = {id(v) for v in self.weights}
+        return [v for v in self.non_trainable_variables if id(v) not in weights]
+
+    def save_own_variables(self, store):
+        """Saves the model's own variables and the random-layer seed states,
+        so that training resumed from a saved model draws the same dropout
+        masks as uninterrupted training."""
+        super().save_own_variables(store)
+        for i, state in enumerate(self._random_states()):
+            store[f"{_RANDOM_STATE_KEY}{i}"] = state
+
+    def load_own_variables(self, store):
+        own = {k: store[k] for k in store.keys() if not k.startswith(_RANDOM_STATE_KEY)}
+        super().load_own_variables(own)
+        saved = [k for k in store.keys() if k.startswith(_RANDOM_STATE_KEY)]
+        states = self._random_states()
+        if len(saved) == len(states):
+            for i, state in enumerate(states):
+                state.assign(store[f"{_RANDOM_STATE_KEY}{i}"])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -1,0 +1,365 @@
+"""SAMModel against independent references: NumPy SAM steps, plain Keras steps,
+by-hand micro-batches, hand-computed batch-norm statistics."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sam
+from tests import reference
+
+LR = 0.1
+
+
+def mlp(rho=0.05, hidden=4, l2=0.0, seed=0, sam=True, **options):
+    """The 5-h-1 tanh MLP of tests/reference.py, as a SAMModel or keras.Model."""
+    keras.utils.set_random_seed(seed)
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
+    inputs = keras.Input((5,))
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    hidden_out = keras.layers.Dense(
+        hidden,
+        activation="tanh",
+        kernel_initializer=init,
+        bias_initializer=init,
+        kernel_regularizer=regularizer,
+    )(inputs)
+    outputs = keras.layers.Dense(1, kernel_initializer=init, bias_initializer=init)(
+        hidden_out
+    )
+    if sam:
+        return keras_sam.SAMModel(inputs, outputs, rho=rho, **options)
+    return keras.Model(inputs, outputs)
+
+
+def weights_of(model):
+    return [v.numpy().astype(np.float64) for v in model.trainable_variables]
+
+
+def assert_weights_close(a, b, atol=1e-6):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "rule, l2, weighted",
+    [
+        ("sam", 0.0, False),
+        ("usam", 0.0, True),
+        ("asam", 0.01, True),
+        ("sam", 0.05, True),
+    ],
+)
+def test_one_step_matches_numpy(regression_data, rule, l2, weighted):
+    x, y = regression_data
+    rho = 1.0 if rule == "asam" else 0.2
+    sample_weight = (
+        np.linspace(0.2, 2.0, len(x)).astype("float32") if weighted else None
+    )
+    model = mlp(rho=rho, l2=l2, perturbation=rule)
+    params = weights_of(model)
+    loss, perturbed_loss, grads = reference.sam_gradient(
+        rule, params, x, y, rho, sample_weight, l2
+    )
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    logs = model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
+    assert_weights_close(weights_of(model), [p - LR * g for p, g in zip(params, grads)])
+    assert logs["loss"] == pytest.approx(loss, rel=1e-5)
+    assert logs["perturbed_loss"] == pytest.approx(perturbed_loss, rel=1e-5)
+
+
+def test_sam_gradient_differs_from_clean_gradient(regression_data):
+    x, y = regression_data
+    model = mlp(rho=0.2)
+    params = weights_of(model)
+    _, clean = reference.loss_and_grads(params, x, y)
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    model.train_on_batch(x, y)
+    sgd_step = [p - LR * g for p, g in zip(params, clean)]
+    gap = max(np.max(np.abs(a - b)) for a, b in zip(weights_of(model), sgd_step))
+    assert gap > 1e-3
+
+
+def test_class_weight_is_honoured():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32, 5)).astype("float32")
+    y = rng.integers(0, 2, size=(32, 1)).astype("float32")
+    class_weight = {0: 0.5, 1: 3.0}
+    model = mlp(rho=0.1)
+    params = weights_of(model)
+    sample_weight = np.where(y[:, 0] == 1, 3.0, 0.5)
+    _, _, grads = reference.sam_gradient("sam", params, x, y, 0.1, sample_weight)
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=1, class_weight=class_weight, verbose=0)
+    assert_weights_close(weights_of(model), [p - LR * g for p, g in zip(params, grads)])
+
+
+def test_micro_batches_match_numpy_by_hand(regression_data):
+    x, y = regression_data
+    x, y = x[:32], y[:32]
+    model = mlp(rho=0.2, micro_batch_size=8)
+    params = weights_of(model)
+    pieces = [
+        reference.sam_gradient("sam", params, x[k : k + 8], y[k : k + 8], 0.2)
+        for k in range(0, 32, 8)
+    ]
+    mean_grads = [np.mean([p[2][i] for p in pieces], axis=0) for i in range(4)]
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert_weights_close(
+        weights_of(model), [p - LR * g for p, g in zip(params, mean_grads)]
+    )
+    assert logs["loss"] == pytest.approx(np.mean([p[0] for p in pieces]), rel=1e-5)
+    assert logs["perturbed_loss"] == pytest.approx(
+        np.mean([p[1] for p in pieces]), rel=1e-5
+    )
+    # m-sharpness is not SAM on the whole batch.
+    _, _, whole = reference.sam_gradient("sam", params, x, y, 0.2)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(mean_grads, whole)) > 1e-4
+
+
+def test_micro_batch_graph_does_not_grow_with_count(regression_data):
+    x, y = regression_data
+    sizes = {}
+    for micro in (32, 4):
+        model = mlp(micro_batch_size=micro)
+        model.compile(keras.optimizers.SGD(LR), loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        step = tf.function(lambda x, y, model=model: model.train_step((x, y)))
+        graph = step.get_concrete_function(x, y).graph.as_graph_def()
+        sizes[micro] = len(graph.node) + sum(
+            len(f.node_def) for f in graph.library.function
+        )
+    assert sizes[4] == sizes[32] > 0
+
+
+def test_micro_batch_size_must_divide_batch(regression_data):
+    x, y = regression_data
+    model = mlp(micro_batch_size=5)
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="micro_batch_size=5"):
+        model.train_on_batch(x[:32], y[:32])
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_micro_batch_with_batch_norm_threads_state(jit_compile):
+    """Each micro-batch's clean pass updates the moving mean, in order; the
+    perturbed passes change nothing."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(loc=2.0, size=(24, 3)).astype("float32")
+    y = rng.normal(size=(24, 1)).astype("float32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    normalized = keras.layers.BatchNormalization(momentum=0.9)(inputs)
+    outputs = keras.layers.Dense(1)(normalized)
+    model = keras_sam.SAMModel(inputs, outputs, rho=0.5, micro_batch_size=8)
+    model.compile(keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
+    model.train_on_batch(x, y)
+    expected = np.zeros(3)
+    for k in range(0, 24, 8):
+        expected = 0.9 * expected + 0.1 * x[k : k + 8].mean(0)
+    bn = model.layers[1]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), expected, rtol=1e-5)
+
+
+def dropout_bn_model(sam, seed=0, l2=1e-3, **options):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((5,))
+    h = keras.layers.Dense(16, kernel_regularizer=keras.regularizers.L2(l2))(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.Dropout(0.3, seed=seed)(h)
+    outputs = keras.layers.Dense(1, activity_regularizer=keras.regularizers.L2(1e-3))(h)
+    if sam:
+        return keras_sam.SAMModel(inputs, outputs, **options)
+    return keras.Model(inputs, outputs)
+
+
+OPTIMIZERS = {
+    "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "adamw": lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.1),
+    "clipnorm": lambda: keras.optimizers.SGD(0.05, clipnorm=0.1),
+    "global_clipnorm": lambda: keras.optimizers.Adam(1e-2, global_clipnorm=0.1),
+    "schedule": lambda: keras.optimizers.SGD(
+        keras.optimizers.schedules.ExponentialDecay(0.1, 2, 0.5)
+    ),
+    "accumulation": lambda: keras.optimizers.SGD(0.05, gradient_accumulation_steps=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_rho_zero_equals_plain_keras(regression_data, name):
+    """rho=0 with dropout, batch norm, L2 and activity regularizers reproduces
+    the base optimizer's steps, state included."""
+    x, y = regression_data
+    results = []
+    for sam in (True, False):
+        model = dropout_bn_model(sam, rho=0.0) if sam else dropout_bn_model(False)
+        model.compile(OPTIMIZERS[name](), loss="mse")
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        results.append((model, history.history["loss"]))
+    (sam_model, sam_loss), (plain, plain_loss) = results
+    for a, b in zip(sam_model.weights, plain.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    np.testing.assert_allclose(sam_loss, plain_loss, rtol=1e-6)
+
+
+def test_rho_zero_perturbed_loss_equals_loss_with_dropout(regression_data):
+    """Same dropout masks and regularizers in both passes: at rho=0 the
+    perturbed loss is the clean loss."""
+    x, y = regression_data
+    model = dropout_bn_model(True, rho=0.0)
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert history.history["perturbed_loss"] == pytest.approx(
+        history.history["loss"], rel=1e-6
+    )
+
+
+def test_batch_norm_statistics_updated_once_from_clean_pass(regression_data):
+    x, y = regression_data
+    sam_model = dropout_bn_model(True, rho=0.5)
+    plain = dropout_bn_model(False)
+    for model in (sam_model, plain):
+        model.compile(keras.optimizers.SGD(0.05), loss="mse")
+        model.train_on_batch(x, y)
+    for layer_sam, layer_plain in zip(sam_model.layers, plain.layers):
+        if isinstance(layer_sam, keras.layers.BatchNormalization):
+            for a, b in zip(
+                layer_sam.non_trainable_weights, layer_plain.non_trainable_weights
+            ):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    # ... while the trainable weights did take a different (SAM) step.
+    gap = max(
+        np.max(np.abs(a.numpy() - b.numpy()))
+        for a, b in zip(sam_model.trainable_weights, plain.trainable_weights)
+    )
+    assert gap > 1e-4
+
+
+def test_adamw_weight_decay_does_not_enter_eps(regression_data):
+    x, y = regression_data
+    perturbed = []
+    for decay in (0.0, 0.5):
+        model = mlp(rho=0.3)
+        model.compile(keras.optimizers.AdamW(1e-3, weight_decay=decay), loss="mse")
+        perturbed.append(model.train_on_batch(x, y, return_dict=True)["perturbed_loss"])
+    assert perturbed[0] == pytest.approx(perturbed[1], rel=1e-7)
+
+
+@pytest.mark.parametrize("options", [{}, {"micro_batch_size": 8}])
+def test_jit_and_steps_per_execution_agree(regression_data, options):
+    x, y = regression_data
+    final = []
+    for jit, steps in [(False, 1), (True, 1), (False, 3), (True, 2)]:
+        model = mlp(rho=0.1, **options)
+        model.compile(
+            keras.optimizers.SGD(LR, momentum=0.9),
+            loss="mse",
+            jit_compile=jit,
+            steps_per_execution=steps,
+        )
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        final.append(weights_of(model))
+    for other in final[1:]:
+        assert_weights_close(final[0], other, atol=1e-5)
+
+
+def test_mixed_float16_matches_float32_with_unscaled_norm(
+    regression_data, mixed_precision
+):
+    """usam's eps is proportional to g: a scaled first gradient would make it
+    32768x too large, so agreement with float32 shows the unscaling."""
+    x, y = regression_data
+    final = []
+    for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
+        mixed_precision(policy)
+        model = mlp(rho=0.5, perturbation="usam")
+        optimizer = keras.optimizers.SGD(LR)
+        if policy == "mixed_float16":  # a scale that does not overflow here
+            optimizer = keras.optimizers.LossScaleOptimizer(
+                optimizer, initial_scale=256
+            )
+        model.compile(optimizer, loss="mse")
+        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        final.append(weights_of(model))
+    assert_weights_close(final[0], final[1], atol=5e-3)
+    assert_weights_close(final[0], final[2], atol=3e-2)
+
+
+def _optimizer_state(model):
+    inner = model.optimizer.inner_optimizer
+    return [v.numpy().copy() for v in inner.variables]
+
+
+@pytest.mark.parametrize("bad_pass", ["first", "second"])
+def test_mixed_float16_skips_non_finite_step(
+    regression_data, mixed_precision, bad_pass
+):
+    x, y = regression_data
+    mixed_precision("mixed_float16")
+    if bad_pass == "first":
+        model, x = mlp(rho=0.05), x * 1e6  # float16 overflow in the clean pass
+    else:
+        model = mlp(rho=1e9, perturbation="usam")  # overflow at w + eps only
+    model.compile(keras.optimizers.SGD(LR, momentum=0.9), loss="mse")
+    model.build((None, 5))
+    model.optimizer.build(model.trainable_variables)
+    before = weights_of(model)
+    state = _optimizer_state(model)
+    scale = float(model.optimizer.dynamic_scale.numpy())
+    model.train_on_batch(x, y)
+    assert_weights_close(weights_of(model), before, atol=0)
+    for a, b in zip(_optimizer_state(model), state):
+        np.testing.assert_array_equal(a, b)
+    assert float(model.optimizer.dynamic_scale.numpy()) == scale / 2
+
+
+def test_save_load_and_resume(tmp_path, regression_data):
+    x, y = regression_data
+
+    def fresh():
+        model = dropout_bn_model(True, rho=0.2, perturbation="asam", micro_batch_size=8)
+        model.compile(
+            keras.optimizers.SGD(0.05, momentum=0.9), loss="mse", metrics=["mae"]
+        )
+        return model
+
+    straight = fresh()
+    straight.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
+
+    first = fresh()
+    first.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    path = tmp_path / "model.keras"
+    first.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, keras_sam.SAMModel)
+    assert restored.rho == 0.2
+    assert restored.perturbation == keras_sam.perturbations.ASAM()
+    assert restored.micro_batch_size == 8
+    restored.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(straight.variables, restored.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"rho": -0.1}, "rho"),
+        ({"rho": "0.1"}, "rho"),
+        ({"rho": True}, "rho"),
+        ({"rho": float("nan")}, "rho"),
+        ({"rho": float("inf")}, "rho"),
+        ({"perturbation": "adam"}, "perturbation"),
+        ({"micro_batch_size": 0}, "micro_batch_size"),
+        ({"micro_batch_size": 2.5}, "micro_batch_size"),
+        ({"micro_batch_size": True}, "micro_batch_size"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        mlp(**kwargs)
+    with pytest.raises(ValueError, match=argument):
+        keras_sam.sam(mlp(sam=False), **kwargs)

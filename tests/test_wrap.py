@@ -1,0 +1,145 @@
+"""`keras_sam.sam` on every kind of Keras model, subclassing, and import hygiene."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sam
+from tests.test_sam_model import mlp
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.dropout = keras.layers.Dropout(0.1)
+        self.out = keras.layers.Dense(1)
+
+    def call(self, inputs, training=False):
+        return self.out(self.dropout(self.hidden(inputs), training=training))
+
+
+def sequential():
+    return keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(8), keras.layers.Dense(1)]
+    )
+
+
+def subclassed():
+    model = Subclassed()
+    model(np.zeros((1, 5), "float32"))
+    return model
+
+
+@pytest.mark.parametrize("build", [sequential, lambda: mlp(sam=False), subclassed])
+def test_sam_shares_weights_and_matches_functional_sam(regression_data, build):
+    x, y = regression_data
+    keras.utils.set_random_seed(0)
+    model = build()
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    wrapped = keras_sam.sam(model, rho=0.1)
+    assert isinstance(wrapped, keras_sam.SAMModel)
+    wrapped.compile(keras.optimizers.SGD(0.1), loss="mse")
+    logs = wrapped.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert "perturbed_loss" in logs
+    after = [v.numpy() for v in model.trainable_variables]
+    assert all(
+        not np.allclose(a, b) for a, b in zip(before, after)
+    )  # the original trained
+
+
+def test_wrapped_equals_functional_sam_model(regression_data):
+    x, y = regression_data
+    direct = mlp(rho=0.2)
+    wrapped = keras_sam.sam(mlp(sam=False), rho=0.2)
+    for model in (direct, wrapped):
+        model.compile(keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(direct.trainable_variables, wrapped.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+def test_wrapped_subclassed_model_saves_and_loads(tmp_path, regression_data):
+    x, y = regression_data
+    wrapped = keras_sam.sam(subclassed_registered(), rho=0.3, perturbation="usam")
+    wrapped.compile(keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    wrapped.fit(x, y, epochs=1, verbose=0)
+    wrapped.save(tmp_path / "w.keras")
+    restored = keras.models.load_model(tmp_path / "w.keras")
+    assert isinstance(restored, keras_sam.SAMWrapper)
+    assert (restored.rho, restored.perturbation) == (
+        0.3,
+        keras_sam.perturbations.USAM(),
+    )
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), wrapped.predict(x, verbose=0)
+    )
+    for a, b in zip(restored.optimizer.variables, wrapped.optimizer.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy())
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class RegisteredSubclassed(Subclassed):
+    pass
+
+
+def subclassed_registered():
+    model = RegisteredSubclassed()
+    model(np.zeros((1, 5), "float32"))
+    return model
+
+
+def test_subclassing_sam_model_works_after_functional_use(regression_data):
+    x, y = regression_data
+    mlp()  # a functional SAMModel must not turn SAMModel itself functional
+
+    class Custom(keras_sam.SAMModel):
+        def __init__(self):
+            super().__init__(rho=0.1, perturbation="asam")
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Custom()
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    history = model.fit(x, y, epochs=1, verbose=0).history
+    assert np.isfinite(history["perturbed_loss"][0])
+    assert model.perturbation == keras_sam.perturbations.ASAM()
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [(keras.layers.Dense(1), "keras.Model"), (Subclassed(), "built")],
+)
+def test_sam_rejects_what_it_cannot_wrap(model, message):
+    with pytest.raises(ValueError, match=message):
+        keras_sam.sam(model)
+
+
+def test_sam_rejects_sam_model():
+    with pytest.raises(ValueError, match="already a SAMModel"):
+        keras_sam.sam(mlp())
+
+
+def test_import_leaves_tf_keras_resolution_alone():
+    """TF-MOT sets TF_USE_LEGACY_KERAS=1 on import; keras_sam must not."""
+    code = (
+        "import os, keras_sam, tensorflow as tf\n"
+        "print(os.environ.get('TF_USE_LEGACY_KERAS'), tf.keras.__version__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    legacy, version = result.stdout.split()
+    assert legacy == "None"
+    assert version.split(".")[0] == "3"
