@@ -103,10 +103,13 @@ class SAMModel(keras.Model):
 
     @property
     def metrics(self):
-        metrics = super().metrics
-        if self.compiled and self.perturbed_loss_tracker not in metrics:
-            metrics.insert(1, self.perturbed_loss_tracker)
-        return metrics
+        # The perturbed loss is a training log only, so that `evaluate`
+        # reports just what the user compiled.
+        return [m for m in super().metrics if m is not self.perturbed_loss_tracker]
+
+    def reset_metrics(self):
+        super().reset_metrics()
+        self.perturbed_loss_tracker.reset_state()
 
     def _random_states(self) -> list[keras.Variable]:
         # Seed-generator states (dropout and other random layers): state that

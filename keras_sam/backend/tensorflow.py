@@ -44,7 +44,9 @@ def train_step(model, data):
         _unscale_for_replicas(perturbed_loss), sample_weight=batch_size
     )
     model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
+    return logs
 
 
 def _sam_gradients(model, x, y, sample_weight):

@@ -1,0 +1,69 @@
+"""The synthetic teacher-student regression of Shin et al. (Section 4).
+
+x in R^100 with N(0, 1) entries; the teacher is a randomly initialised 2-layer
+ReLU network with 200 hidden units; y = teacher(x) + N(0, 1) noise; students
+are 2-layer ReLU networks whose hidden width sets the parameter count.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def teacher_student(
+    num_train: int = 20_400,
+    num_test: int = 5_100,
+    dim: int = 100,
+    teacher_hidden: int = 200,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> tuple[Arrays, Arrays]:
+    """Generated ((x_train, y_train), (x_test, y_test)), float32, no download.
+
+    ```python
+    (x, y), (x_test, y_test) = keras_sam.workloads.teacher_student(seed=0)
+    ```
+    """
+    for name, value in [
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("dim", dim),
+        ("teacher_hidden", teacher_hidden),
+    ]:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"`{name}` must be a positive integer, got {name}={value!r}."
+            )
+    if not noise >= 0:
+        raise ValueError(f"`noise` must be >= 0, got noise={noise!r}.")
+    rng = np.random.default_rng(seed)
+    # He-normal teacher weights, as a freshly initialised ReLU network.
+    w1 = rng.normal(scale=np.sqrt(2.0 / dim), size=(dim, teacher_hidden))
+    w2 = rng.normal(scale=np.sqrt(1.0 / teacher_hidden), size=(teacher_hidden, 1))
+
+    def draw(n):
+        x = rng.normal(size=(n, dim))
+        y = np.maximum(x @ w1, 0.0) @ w2 + noise * rng.normal(size=(n, 1))
+        return x.astype("float32"), y.astype("float32")
+
+    return draw(num_train), draw(num_test)
+
+
+def student(hidden: int, dim: int = 100, seed: int | None = None) -> keras.Model:
+    """A 2-layer ReLU regression network with `hidden` units (plain Keras).
+
+    Its parameter count is (dim + 2) * hidden + 1.
+    """
+    if not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"`hidden` must be a positive integer, got hidden={hidden!r}.")
+    inputs = keras.Input((dim,))
+    h = keras.layers.Dense(
+        hidden, activation="relu", kernel_initializer=keras.initializers.HeNormal(seed)
+    )(inputs)
+    outputs = keras.layers.Dense(
+        1, kernel_initializer=keras.initializers.GlorotUniform(seed)
+    )(h)
+    return keras.Model(inputs, outputs, name=f"student_{hidden}")

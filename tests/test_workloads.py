@@ -1,0 +1,56 @@
+import argparse
+
+import numpy as np
+import pytest
+
+from keras_sam import cli
+from keras_sam.workloads import student, teacher_student
+
+
+def test_teacher_student_shapes_and_determinism():
+    (x, y), (xt, yt) = teacher_student(num_train=50, num_test=20, seed=3)
+    assert x.shape == (50, 100) and y.shape == (50, 1)
+    assert xt.shape == (20, 100) and yt.shape == (20, 1)
+    assert x.dtype == np.float32
+    (x2, y2), _ = teacher_student(num_train=50, num_test=20, seed=3)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+
+
+def test_noise_level_is_the_irreducible_error():
+    (_, clean), _ = teacher_student(num_train=4000, num_test=1, noise=0.0, seed=1)
+    (_, noisy), _ = teacher_student(num_train=4000, num_test=1, noise=1.0, seed=1)
+    # Same x and teacher (drawn first), so the difference is the noise alone.
+    assert np.var(noisy - clean) == pytest.approx(1.0, rel=0.1)
+
+
+def test_student_parameter_count():
+    assert student(7).count_params() == (100 + 2) * 7 + 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"num_train": 0}, "num_train"), ({"dim": 2.5}, "dim"), ({"noise": -1}, "noise")],
+)
+def test_bad_workload_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        teacher_student(**kwargs)
+
+
+def test_demo_runs_both_optimizers(capsys):
+    args = argparse.Namespace(
+        hidden=8,
+        epochs=1,
+        rho=0.1,
+        num_train=256,
+        num_test=64,
+        batch_size=64,
+        lr=0.01,
+        momentum=0.9,
+        seed=0,
+    )
+    results = cli.run_demo(args)
+    assert set(results) == {"sgd", "sam"}
+    assert all(np.isfinite(v) for v in results.values())
+    assert results["sgd"] != results["sam"]
+    assert "gap SGD - SAM" in capsys.readouterr().out
