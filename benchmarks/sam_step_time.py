@@ -99,6 +99,7 @@ def make_model(builder, variant, jit):
         keras.optimizers.SGD(0.01, momentum=0.9),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit,
+        steps_per_execution=10,  # amortize the per-call overhead of fit
     )
     return model
 
@@ -118,7 +119,7 @@ def seconds_per_step(model, data, steps):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=40, help="multiple of 10")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     print(
@@ -129,15 +130,20 @@ def main():
     for name, builder, shape in [("mlp", mlp, (784,)), ("cnn", cnn, (32, 32, 3))]:
         data = dataset(shape)
         for jit in (False, True):
-            models = {v: make_model(builder, v, jit) for v in VARIANTS}
+            variants = list(VARIANTS)
+            if jit and name == "cnn" and not tf.config.list_physical_devices("GPU"):
+                # XLA on CPU runs while-loop bodies single-threaded without its
+                # fast convolutions: ~50x slower, see docs/benchmarks.md.
+                variants.remove("sam_micro4")
+            models = {v: make_model(builder, v, jit) for v in variants}
             for model in models.values():
-                model.fit(data, epochs=1, steps_per_epoch=3, verbose=0)  # trace
-            times = {v: [] for v in VARIANTS}
+                model.fit(data, epochs=1, steps_per_epoch=10, verbose=0)  # trace
+            times = {v: [] for v in variants}
             for _ in range(args.rounds):
                 for variant, model in models.items():
                     times[variant].append(seconds_per_step(model, data, args.steps))
             base = statistics.median(times["sgd"])
-            for variant in VARIANTS:
+            for variant in variants:
                 median = statistics.median(times[variant])
                 print(
                     f"{name:<5} {'on' if jit else 'off':<4} {variant:<11} "

@@ -18,6 +18,8 @@ logged as ``perturbed_loss``.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import tree
@@ -100,23 +102,35 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     the state as calling the model on that micro-batch would.
     """
     m = model.micro_batch_size
-    batch_size = tf.shape(_first_tensor(x))[0]
-    check = tf.debugging.assert_equal(
-        batch_size % m,
-        0,
-        message=(
-            f"micro_batch_size={m} must divide the batch size. Batch the data "
-            "with drop_remainder=True, or use a batch size that is a multiple "
-            "of micro_batch_size."
-        ),
+    _warn_if_xla_on_cpu(model)
+    message = (
+        f"micro_batch_size={m} must divide the batch size. Batch the data with "
+        "drop_remainder=True, or use a batch size that is a multiple of "
+        "micro_batch_size."
     )
+    static_size = _first_tensor(x).shape[0]
+    if static_size is not None and static_size % m:
+        raise ValueError(f"{message} Got a batch of {static_size}.")
+    batch_size = tf.shape(_first_tensor(x))[0]
+    check = tf.debugging.assert_equal(batch_size % m, 0, message=message)
     with tf.control_dependencies([check]):
         num_micro = batch_size // m
 
+    def split(t):
+        # [batch, ...] -> [num_micro, m, ...]: each micro-batch is then read
+        # with a dynamic index but a static size, which XLA needs to keep
+        # shapes static inside the loop.
+        if t is None:
+            return None
+        shape = tf.concat([[num_micro, m], tf.shape(t)[1:]], axis=0)
+        micro = tf.reshape(t, shape)
+        micro.set_shape(tf.TensorShape([None, m]).concatenate(t.shape[1:]))
+        return micro
+
+    x, y, sample_weight = tree.map_structure(split, (x, y, sample_weight))
+
     def take(structure, k):
-        return tree.map_structure(
-            lambda t: None if t is None else t[k * m : (k + 1) * m], structure
-        )
+        return tree.map_structure(lambda t: None if t is None else t[k], structure)
 
     pred_spec = _output_spec(model, take(x, 0))
     trainable = model.trainable_variables
@@ -156,6 +170,21 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     ]
     y_pred = tree.pack_sequence_as(pred_spec, [ta.concat() for ta in pred_arrays])
     return grads, y_pred, loss_sum / count, perturbed_sum / count
+
+
+def _warn_if_xla_on_cpu(model):
+    # Runs while tracing, so once per traced function.
+    accelerators = tf.config.list_logical_devices(
+        "GPU"
+    ) + tf.config.list_logical_devices("TPU")
+    if model.jit_compile and not accelerators:
+        warnings.warn(
+            "micro_batch_size with jit_compile=True on CPU: XLA runs the "
+            "micro-batch loop body single-threaded and without its fast "
+            "convolutions (about 50x slower for CNNs). Use jit_compile=False "
+            "on CPU (Keras' 'auto' does).",
+            stacklevel=2,
+        )
 
 
 def _forward(model, x):
