@@ -12,7 +12,7 @@ import keras
 from keras.src.models.functional import Functional
 
 from keras_sam import perturbations
-from keras_sam.backend import get_train_step
+from keras_sam.backend import REPLICA_EPS_MODES, get_train_step
 
 _RANDOM_STATE_KEY = "random_state_"
 
@@ -32,6 +32,15 @@ def _validate_rho(rho: Any) -> float:
     if not rho >= 0 or rho == float("inf"):
         raise ValueError(f"`rho` must be a finite number >= 0, got rho={rho!r}.")
     return rho
+
+
+def _validate_replica_eps(mode: Any) -> str:
+    if mode not in REPLICA_EPS_MODES:
+        raise ValueError(
+            f"`replica_eps` must be one of {list(REPLICA_EPS_MODES)}, got "
+            f"replica_eps={mode!r}."
+        )
+    return mode
 
 
 def _validate_micro_batch_size(size: Any) -> int | None:
@@ -73,6 +82,12 @@ class SAMModel(keras.Model):
         micro_batch_size: if set, m-sharpness: each micro-batch of this many
             examples gets eps from its own gradient, and the perturbed
             gradients are averaged. It must divide every batch size.
+        replica_eps: under a `tf.distribute` strategy with several replicas,
+            ``"synchronized"`` (default) forms eps from the all-reduced
+            gradient, so training equals single-device SAM on the global
+            batch; ``"per_replica"`` forms it from each replica's own
+            gradient (m-sharpness with m = per-replica batch, as in the
+            paper's code). The logged ``eps_batch_size`` is the effective m.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
@@ -90,13 +105,25 @@ class SAMModel(keras.Model):
         rho: float = 0.05,
         perturbation: str | perturbations.Perturbation = "sam",
         micro_batch_size: int | None = None,
+        replica_eps: str = "synchronized",
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.rho = _validate_rho(rho)
         self.perturbation = perturbations.get(perturbation)
         self.micro_batch_size = _validate_micro_batch_size(micro_batch_size)
+        self.replica_eps = _validate_replica_eps(replica_eps)
+        self._jit_compile_per_replica = False
         self.perturbed_loss_tracker = keras.metrics.Mean(name="perturbed_loss")
+
+    def make_train_function(self, force: bool = False):
+        # Keras cannot XLA-compile a whole multi-replica step on
+        # `MirroredStrategy` ("Trying to access resource ... replica_1");
+        # compile each replica's two passes instead.
+        if self.jit_compile and self.distribute_strategy.num_replicas_in_sync > 1:
+            self._jit_compile_per_replica = True
+            self.jit_compile = False
+        return super().make_train_function(force=force)
 
     def train_step(self, data):
         return get_train_step()(self, data)
@@ -140,6 +167,7 @@ class SAMModel(keras.Model):
             rho=self.rho,
             perturbation=perturbations.serialize(self.perturbation),
             micro_batch_size=self.micro_batch_size,
+            replica_eps=self.replica_eps,
         )
         return config
 
@@ -195,6 +223,7 @@ def sam(
     rho: float = 0.05,
     perturbation: str | perturbations.Perturbation = "sam",
     micro_batch_size: int | None = None,
+    replica_eps: str = "synchronized",
     name: str | None = None,
 ) -> SAMModel:
     """Wraps a built Keras model into a `SAMModel` that shares its weights.
@@ -224,6 +253,7 @@ def sam(
         rho=rho,
         perturbation=perturbation,
         micro_batch_size=micro_batch_size,
+        replica_eps=replica_eps,
         name=name or f"sam_{model.name}",
     )
     return wrapper

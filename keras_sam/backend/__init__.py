@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import keras
 
+#: How eps is formed across replicas of a `tf.distribute` strategy.
+SYNCHRONIZED = "synchronized"
+PER_REPLICA = "per_replica"
+REPLICA_EPS_MODES = (SYNCHRONIZED, PER_REPLICA)
+
 
 def get_train_step():
     """The `train_step(model, data) -> logs` function of the active backend."""

@@ -24,6 +24,9 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
+from keras_sam.backend import tf_replicas as replicas
+
 
 def train_step(model, data):
     """`SAMModel.train_step` for TensorFlow: returns the logs dict."""
@@ -33,65 +36,102 @@ def train_step(model, data):
         # builds lazily inside its first forward pass).
         _output_spec(model, x)
     if model.micro_batch_size is None:
-        grads, y_pred, loss, perturbed_loss = _sam_gradients(model, x, y, sample_weight)
+        grads, y_pred, loss, perturbed_loss = _sam_gradients(
+            model, x, y, sample_weight, model.replica_eps
+        )
     else:
         grads, y_pred, loss, perturbed_loss = _micro_batch_sam_gradients(
             model, x, y, sample_weight
         )
+    if _is_loss_scaled(model.optimizer):
+        # Skip the step on every replica when any replica's gradient is
+        # non-finite: the optimizer checks only the first replica's.
+        finite = replicas.all_replicas_finite([g for g in grads if g is not None])
+        grads = [_scale_gradient(g, tf.where(finite, 1.0, float("nan"))) for g in grads]
     batch_size = tf.shape(_first_tensor(x))[0]
     model._loss_tracker.update_state(
-        _unscale_for_replicas(loss), sample_weight=batch_size
+        replicas.unscale_for_replicas(loss), sample_weight=batch_size
     )
     model.perturbed_loss_tracker.update_state(
-        _unscale_for_replicas(perturbed_loss), sample_weight=batch_size
+        replicas.unscale_for_replicas(perturbed_loss), sample_weight=batch_size
     )
     model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
     logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
+    logs["eps_batch_size"] = _eps_batch_size(model, batch_size)
     return logs
 
 
-def _sam_gradients(model, x, y, sample_weight):
+def _sam_gradients(model, x, y, sample_weight, replica_eps):
     """SAM gradient on one batch: (perturbed grads, clean y_pred, clean loss,
     perturbed loss). Applies the clean pass's state updates."""
-    trainable = model.trainable_variables
-    state_variables = model.non_trainable_variables
-    state = [tf.identity(v.value) for v in state_variables]
-
-    with tf.GradientTape() as tape:
-        y_pred = _forward(model, x)
-        loss = _loss(model, x, y, y_pred, sample_weight)
-        scaled_loss = model.optimizer.scale_loss(loss)
-    clean_grads = tape.gradient(
-        scaled_loss, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    state = [tf.identity(v.value) for v in model.non_trainable_variables]
+    clean_grads, y_pred, loss = _compiled(model, _clean_pass)(
+        model, x, y, sample_weight
     )
-    clean_grads = _unscale(
-        model.optimizer, [tf.convert_to_tensor(g) for g in clean_grads]
-    )
-
-    weights = [tf.identity(v.value) for v in trainable]
-    eps = model.perturbation(clean_grads, weights, model.rho)
+    eps_grads = replicas.gradients_for_eps(clean_grads, replica_eps)
+    weights = [tf.identity(v.value) for v in model.trainable_variables]
+    eps = model.perturbation(eps_grads, weights, model.rho)
     perturbed_weights = [w + tf.cast(e, w.dtype) for w, e in zip(weights, eps)]
-
-    with tf.GradientTape() as tape:
-        tape.watch(perturbed_weights)
-        mapping = list(zip(trainable, perturbed_weights))
-        mapping += list(zip(state_variables, state))
-        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-            perturbed_pred = _forward(model, x)
-            perturbed_loss = _loss(model, x, y, perturbed_pred, sample_weight)
-            scaled_perturbed_loss = model.optimizer.scale_loss(perturbed_loss)
-    grads = tape.gradient(scaled_perturbed_loss, perturbed_weights)
-
+    grads, perturbed_loss = _compiled(model, _perturbed_pass)(
+        model, x, y, sample_weight, perturbed_weights, state
+    )
     if _is_loss_scaled(model.optimizer):
         # A non-finite first gradient must skip the step even where the
         # perturbed pass happens to come out finite: poison the second one.
         finite = tf.reduce_all(
             [tf.reduce_all(tf.math.is_finite(g)) for g in clean_grads]
         )
-        factor = tf.where(finite, 1.0, float("nan"))
-        grads = [_scale_gradient(g, factor) for g in grads]
+        grads = [_scale_gradient(g, tf.where(finite, 1.0, float("nan"))) for g in grads]
     return grads, y_pred, loss, perturbed_loss
+
+
+def _clean_pass(model, x, y, sample_weight):
+    """Loss, prediction and (unscaled) gradient at w, with state updates."""
+    with tf.GradientTape() as tape:
+        y_pred = _forward(model, x)
+        loss = _loss(model, x, y, y_pred, sample_weight)
+        scaled_loss = model.optimizer.scale_loss(loss)
+    grads = tape.gradient(
+        scaled_loss,
+        model.trainable_variables,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
+    grads = _unscale(model.optimizer, [tf.convert_to_tensor(g) for g in grads])
+    return grads, y_pred, loss
+
+
+def _perturbed_pass(model, x, y, sample_weight, perturbed_weights, state):
+    """Loss and (scaled) gradient at w + eps, with the state of the clean pass
+    and no variable written."""
+    with tf.GradientTape() as tape:
+        tape.watch(perturbed_weights)
+        mapping = list(zip(model.trainable_variables, perturbed_weights))
+        mapping += list(zip(model.non_trainable_variables, state))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+            y_pred = _forward(model, x)
+            loss = _loss(model, x, y, y_pred, sample_weight)
+            scaled_loss = model.optimizer.scale_loss(loss)
+    return tape.gradient(scaled_loss, perturbed_weights), loss
+
+
+def _compiled(model, pass_fn):
+    """`pass_fn` itself, or compiled with XLA per replica: under a
+    multi-replica strategy Keras cannot compile the whole step
+    (`SAMModel.compile` then moves `jit_compile` here)."""
+    if not getattr(model, "_jit_compile_per_replica", False):
+        return pass_fn
+    return tf.function(pass_fn, jit_compile=True, autograph=False)
+
+
+def _eps_batch_size(model, local_batch_size):
+    """How many examples' gradient forms each eps (the m of m-sharpness)."""
+    if model.micro_batch_size is not None:
+        return tf.constant(float(model.micro_batch_size))
+    size = tf.cast(local_batch_size, tf.float32)
+    if model.replica_eps == SYNCHRONIZED:
+        size *= replicas.num_replicas()
+    return size
 
 
 def _micro_batch_sam_gradients(model, x, y, sample_weight):
@@ -99,7 +139,10 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
 
     The micro-batches run one after another in a `tf.while_loop` (the graph
     holds one copy of the step whatever their number); each clean pass updates
-    the state as calling the model on that micro-batch would.
+    the state as calling the model on that micro-batch would. Under a
+    strategy each micro-batch's eps comes from its own gradient on its own
+    replica: with aligned shards this equals single-device micro-batch SAM
+    on the global batch, and needs no all-reduce inside the loop.
     """
     m = model.micro_batch_size
     _warn_if_xla_on_cpu(model)
@@ -138,7 +181,7 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
 
     def body(k, grad_sums, loss_sum, perturbed_sum, pred_arrays):
         grads, y_pred, loss, perturbed_loss = _sam_gradients(
-            model, take(x, k), take(y, k), take(sample_weight, k)
+            model, take(x, k), take(y, k), take(sample_weight, k), PER_REPLICA
         )
         gradient_is_none[:] = [g is None for g in grads]
         grad_sums = [
@@ -212,12 +255,6 @@ def _output_spec(model, x):
 
 def _first_tensor(structure):
     return next(t for t in tree.flatten(structure) if t is not None)
-
-
-def _unscale_for_replicas(value):
-    # Keras divides each replica's loss by the replica count; undo it for logs.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return value * tf.cast(replicas, value.dtype) if replicas > 1 else value
 
 
 def _is_loss_scaled(optimizer):
