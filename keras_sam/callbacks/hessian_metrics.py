@@ -76,7 +76,7 @@ class HessianMetrics(keras.callbacks.Callback):
         loss: Any = None,
         training: bool = False,
         batch_size: int | None = None,
-        chunk_size: int = 64,
+        chunk_size: int = 16,
         prefix: str = "",
     ):
         super().__init__()

@@ -298,7 +298,7 @@ class CurvatureOperator:
         loss: Any = None,
         training: bool = False,
         batch_size: int | None = None,
-        chunk_size: int = 64,
+        chunk_size: int = 16,
         jit_compile: bool = False,
     ):
         if not isinstance(model, keras.Model):

@@ -162,7 +162,7 @@ def non_uniformity(
     ```
 
     Options as for `sharpness`, plus ``chunk_size`` (examples vectorized
-    together, default 64).
+    together, default 16).
     """
     order = _check_order(order)
     result = non_uniformity_eigen(model, data, order, **options)
