@@ -1,0 +1,58 @@
+"""Shared pieces of the curvature callbacks: schedule checks and subsets."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+UNITS = ("epoch", "step")
+
+
+def check_schedule(every: Any, unit: Any) -> tuple[int, str]:
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+        raise ValueError(f"`every` must be an integer >= 1, got every={every!r}.")
+    if unit not in UNITS:
+        raise ValueError(f"`unit` must be one of {UNITS}, got unit={unit!r}.")
+    return int(every), unit
+
+
+def subset(data: Any, num_examples: Any, seed: int | None) -> Any:
+    """A fixed subset of ``data``: ``num_examples`` examples drawn without
+    replacement with ``seed`` from arrays (all if None or more than there
+    are), or the first ``num_examples`` of a `tf.data.Dataset` of batches."""
+    if num_examples is not None and (
+        isinstance(num_examples, bool)
+        or not isinstance(num_examples, numbers.Integral)
+        or num_examples < 1
+    ):
+        raise ValueError(
+            "`num_examples` must be None or an integer >= 1, got "
+            f"num_examples={num_examples!r}."
+        )
+    if isinstance(data, tf.data.Dataset):
+        if num_examples is None:
+            return data
+        batches, count = [], 0
+        for batch in data:
+            n = int(tf.shape(tf.nest.flatten(batch)[0])[0])
+            take = min(n, num_examples - count)
+            batches.append(tf.nest.map_structure(lambda t, k=take: t[:k], batch))
+            count += take
+            if count >= num_examples:
+                break
+        parts = [tf.nest.map_structure(lambda *t: tf.concat(t, 0), *batches)]
+        return tuple(parts[0])
+    if not isinstance(data, tuple | list) or len(data) not in (2, 3):
+        raise ValueError(
+            "`data` must be a tuple (x, y) or (x, y, sample_weight) of arrays, or a "
+            f"tf.data.Dataset of such batches; got {type(data).__name__}."
+        )
+    n = len(tf.nest.flatten(data[0])[0])
+    if num_examples is None or num_examples >= n:
+        return tuple(data)
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(n, size=num_examples, replace=False))
+    return tuple(tf.nest.map_structure(lambda t: np.asarray(t)[index], tuple(data)))

@@ -1,0 +1,212 @@
+"""`SmoothnessEstimates`: smoothness and PL constants along the trajectory
+(paper Fig. 21)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_sam.callbacks._common import check_schedule, subset
+from keras_sam.hessian._operators import CurvatureOperator
+
+GAMMAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+def _flat_weights(model) -> np.ndarray:
+    return np.concatenate(
+        [
+            np.asarray(v.numpy(), np.float64).reshape(-1)
+            for v in model.trainable_variables
+        ]
+    )
+
+
+def _assign(model, flat: np.ndarray) -> None:
+    start = 0
+    for v in model.trainable_variables:
+        size = int(np.prod(v.shape))
+        v.assign(flat[start : start + size].reshape(v.shape).astype(v.dtype))
+        start += size
+
+
+def estimates(
+    op: CurvatureOperator,
+    x0: np.ndarray,
+    x1: np.ndarray,
+    gammas=GAMMAS,
+    f_star: float = 0.0,
+    g0: np.ndarray | None = None,
+) -> dict[str, float]:
+    """``beta_hat`` and ``alpha_hat`` on the segment from ``x0`` to ``x1``
+    (flat weights), evaluated with ``op``'s model and data; the model's
+    weights are left at ``x1``.
+
+    With ``d = x1 - x0``:
+    ``beta_hat = max_gamma ||g(x0 + gamma d) - g(x0)|| / ||gamma d||`` and
+    ``alpha_hat = min_gamma ||g(x0 + gamma d)||^2 / (f(x0 + gamma d) - f*)``
+    (paper section 6.2; points with ``f <= f*`` are skipped).
+    """
+    model = op.model
+    d = x1 - x0
+    if g0 is None:
+        _assign(model, x0)
+        _, g0 = op.gradient()
+    betas, alphas = [], []
+    try:
+        for gamma in gammas:
+            _assign(model, x0 + gamma * d)
+            f, g = op.gradient()
+            step = np.linalg.norm(gamma * d)
+            if step > 0:
+                betas.append(np.linalg.norm(g - g0) / step)
+            if f - f_star > 0:
+                alphas.append(float(g @ g) / (f - f_star))
+    finally:
+        _assign(model, x1)
+    return {
+        "beta_hat": float(max(betas)) if betas else math.nan,
+        "alpha_hat": float(min(alphas)) if alphas else math.nan,
+    }
+
+
+class SmoothnessEstimates(keras.callbacks.Callback):
+    """Logs smoothness and PL estimates along one optimizer step.
+
+    For a step ``x_t -> x_{t+1}``, ``d = x_{t+1} - x_t``, on a fixed subset
+    of ``data`` (f the mean loss there, g its gradient):
+
+    - ``beta_hat = max_gamma ||g(x_t + gamma d) - g(x_t)|| / ||gamma d||``:
+      smoothness (local Lipschitz constant of the gradient) along the step.
+    - ``alpha_hat = min_gamma ||g(x_t + gamma d)||^2 / (f(x_t + gamma d) -
+      f_star)``: Polyak-Lojasiewicz constant along the step.
+
+    ``gamma`` runs over 0.1, 0.2, ..., 1 (11 gradient evaluations per
+    estimate). With ``unit="epoch"`` the first step of every ``every``-th
+    epoch is measured and logged in that epoch's logs (NaN in the others);
+    with ``unit="step"``, every ``every``-th step, logged in its batch logs,
+    the latest values in the epoch logs. With ``steps_per_execution > 1``
+    a "step" is one execution. Every estimate is appended to ``self.records``.
+
+    ```python
+    cb = keras_sam.callbacks.SmoothnessEstimates((x, y), unit="step", every=50)
+    model.fit(x, y, epochs=5, callbacks=[cb])
+    ```
+
+    Args:
+        data: arrays or a `tf.data.Dataset` of batches (as `HessianMetrics`).
+        num_examples, seed: the fixed subset (1000 examples by default).
+        f_star: the optimal loss value (0 under interpolation).
+        loss, training, batch_size: as for `keras_sam.hessian.CurvatureOperator`.
+        prefix: put in front of the logged names.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        every: int = 1,
+        unit: str = "epoch",
+        num_examples: int | None = 1000,
+        seed: int | None = 0,
+        f_star: float = 0.0,
+        gammas: tuple[float, ...] = GAMMAS,
+        loss: Any = None,
+        training: bool = False,
+        batch_size: int | None = None,
+        prefix: str = "",
+    ):
+        super().__init__()
+        self.every, self.unit = check_schedule(every, unit)
+        if isinstance(f_star, bool) or not isinstance(f_star, numbers.Real):
+            raise ValueError(f"`f_star` must be a number, got f_star={f_star!r}.")
+        gammas = tuple(gammas)
+        if not gammas or not all(
+            isinstance(g, numbers.Real) and 0 < g <= 1 for g in gammas
+        ):
+            raise ValueError(f"`gammas` must be numbers in (0, 1], got {gammas!r}.")
+        if not isinstance(prefix, str):
+            raise ValueError(f"`prefix` must be a string, got {prefix!r}.")
+        self.data = subset(data, num_examples, seed)
+        self.num_examples = num_examples
+        self.seed = seed
+        self.f_star = float(f_star)
+        self.gammas = gammas
+        self.loss = loss
+        self.training = training
+        self.batch_size = batch_size
+        self.prefix = prefix
+        self.records: list[dict[str, float]] = []
+        self._operator: CurvatureOperator | None = None
+        self._start: tuple[np.ndarray, np.ndarray] | None = None
+        self._latest: dict[str, float] = {}
+        self._step = 0
+        self._epoch = 0
+
+    def names(self) -> list[str]:
+        """The names this callback logs, prefix included."""
+        return [self.prefix + "beta_hat", self.prefix + "alpha_hat"]
+
+    def _op(self) -> CurvatureOperator:
+        if self._operator is None:
+            self._operator = CurvatureOperator(
+                self.model,
+                self.data,
+                loss=self.loss,
+                training=self.training,
+                batch_size=self.batch_size,
+            )
+        return self._operator
+
+    def _due(self, batch: int) -> bool:
+        if self.unit == "step":
+            return (self._step + 1) % self.every == 0
+        return batch == 0 and (self._epoch + 1) % self.every == 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._due(batch):
+            _, g0 = self._op().gradient()
+            self._start = (_flat_weights(self.model), g0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._start is None:
+            return
+        x0, g0 = self._start
+        self._start = None
+        values = estimates(
+            self._op(), x0, _flat_weights(self.model), self.gammas, self.f_star, g0
+        )
+        values = {self.prefix + k: v for k, v in values.items()}
+        self._latest = values
+        self.records.append({"step": self._step, "epoch": self._epoch, **values})
+        if self.unit == "step" and logs is not None:
+            logs.update(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if self.unit == "epoch" and (epoch + 1) % self.every != 0:
+            logs.update({name: math.nan for name in self.names()})
+        else:
+            logs.update(self._latest or {name: math.nan for name in self.names()})
+
+    def get_config(self) -> dict[str, Any]:
+        """The options (not the data)."""
+        return {
+            "every": self.every,
+            "unit": self.unit,
+            "num_examples": self.num_examples,
+            "seed": self.seed,
+            "f_star": self.f_star,
+            "gammas": self.gammas,
+            "training": self.training,
+            "batch_size": self.batch_size,
+            "prefix": self.prefix,
+        }

@@ -1,0 +1,52 @@
+"""Curvature instruments: Hessian sharpness, trace, per-example
+non-uniformity, spectral density and SAM/SGD stability margins.
+
+Curvature = operator + solver: `CurvatureOperator` turns a Keras model and a
+fixed data set into products ``v -> H v`` (and per-example moments
+``v -> mean_i H_i^k v``) on flat float64 vectors; `solvers` (pure NumPy)
+take any such product.
+
+```python
+import keras_sam.hessian as hessian
+
+a = hessian.sharpness(model, (x, y))                   # lambda_max(H)
+t = hessian.trace(model, (x, y))                        # Hutchinson
+s2 = hessian.non_uniformity(model, (x, y), order=2)     # per-example spread
+m = hessian.stability_margins(model, (x, y), lr=0.1, rho=0.05)
+```
+
+All functions take ``loss`` (default: the compiled loss), ``training``
+(default False: batch norm in inference mode) and ``batch_size``; a built
+`CurvatureOperator` can be passed instead of ``model, data`` to share it.
+The loss is the data loss only (no weight-regularization penalties).
+"""
+
+from keras_sam.hessian import solvers
+from keras_sam.hessian._operators import CurvatureOperator
+from keras_sam.hessian.measures import (
+    StabilityMargins,
+    non_uniformity,
+    non_uniformity_eigen,
+    sharpness,
+    spectral_density,
+    stability_margins,
+    stability_ratios,
+    top_eigenvalues,
+    trace,
+    trace_estimate,
+)
+
+__all__ = [
+    "CurvatureOperator",
+    "StabilityMargins",
+    "non_uniformity",
+    "non_uniformity_eigen",
+    "sharpness",
+    "solvers",
+    "spectral_density",
+    "stability_margins",
+    "stability_ratios",
+    "top_eigenvalues",
+    "trace",
+    "trace_estimate",
+]

@@ -1,0 +1,304 @@
+"""Curvature measures: operators from ``_operators`` fed to ``solvers``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_sam.hessian import solvers
+from keras_sam.hessian._operators import CurvatureOperator
+
+ORDERS = (2, 3, 4)
+TRACE_METHODS = ("hutchinson", "hutchpp", "exact")
+
+_OPERATOR_OPTIONS = ("loss", "training", "batch_size", "chunk_size", "jit_compile")
+
+
+def _operator(model, data, options: dict) -> CurvatureOperator:
+    if isinstance(model, CurvatureOperator):
+        if data is not None:
+            raise ValueError("`data` must be None when `model` is a CurvatureOperator.")
+        if options:
+            raise ValueError(
+                f"operator options {sorted(options)} must be None when `model` is "
+                "a CurvatureOperator (they were fixed when it was built)."
+            )
+        return model
+    return CurvatureOperator(model, data, **options)
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    op = {k: options.pop(k) for k in list(options) if k in _OPERATOR_OPTIONS}
+    return op, options
+
+
+def _check_order(order: Any) -> int:
+    if isinstance(order, bool) or order not in ORDERS:
+        raise ValueError(f"`order` must be one of {ORDERS}, got order={order!r}.")
+    return int(order)
+
+
+def top_eigenvalues(
+    model: keras.Model | CurvatureOperator,
+    data: Any = None,
+    k: int = 1,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    v0: np.ndarray | None = None,
+    seed: int | None = 0,
+    **operator_options: Any,
+) -> solvers.EigenResult:
+    """Top-``k`` eigenpairs of the mean-loss Hessian H by Lanczos, with
+    residuals and iteration count (see `keras_sam.hessian.sharpness`)."""
+    op = _operator(model, data, operator_options)
+    return solvers.lanczos(
+        op.hvp, op.dim, k, max_iter=max_iter, tol=tol, v0=v0, seed=seed
+    )
+
+
+def sharpness(
+    model: keras.Model | CurvatureOperator, data: Any = None, **options
+) -> float:
+    """Top eigenvalue ``lambda_max(H)`` of the Hessian of the mean loss.
+
+    ```python
+    a = keras_sam.hessian.sharpness(model, (x, y))        # compiled loss
+    a = keras_sam.hessian.sharpness(model, dataset, loss="mse", tol=1e-5)
+    ```
+
+    Options: ``loss``, ``training`` (False), ``batch_size``, ``jit_compile``
+    (False) for the operator; ``max_iter`` (100), ``tol`` (1e-4 relative
+    residual), ``v0`` (warm start), ``seed`` for Lanczos. Use
+    `top_eigenvalues` for residuals and iteration counts.
+    """
+    return float(top_eigenvalues(model, data, **options).eigenvalues[0])
+
+
+def trace_estimate(
+    model: keras.Model | CurvatureOperator,
+    data: Any = None,
+    *,
+    method: str = "hutchinson",
+    num_samples: int = 100,
+    seed: int | None = 0,
+    **operator_options: Any,
+) -> solvers.TraceResult:
+    """Trace of H with a standard error (see `keras_sam.hessian.trace`)."""
+    if method not in TRACE_METHODS:
+        raise ValueError(f"`method` must be one of {TRACE_METHODS}, got {method!r}.")
+    op = _operator(model, data, operator_options)
+    if method == "hutchinson":
+        return solvers.hutchinson(op.hvp, op.dim, num_samples, seed=seed)
+    if method == "hutchpp":
+        return solvers.hutchpp(op.hvp, op.dim, num_samples, seed=seed)
+    eye = np.eye(op.dim)
+    total = sum(op.hvp(eye[:, j])[j] for j in range(op.dim))
+    return solvers.TraceResult(float(total), 0.0, op.dim)
+
+
+def trace(model: keras.Model | CurvatureOperator, data: Any = None, **options) -> float:
+    """Trace of the Hessian of the mean loss (Hutchinson by default).
+
+    ```python
+    t = keras_sam.hessian.trace(model, (x, y), num_samples=200)
+    t = keras_sam.hessian.trace(model, (x, y), method="hutchpp")
+    ```
+
+    ``method``: ``"hutchinson"`` (Rademacher probes), ``"hutchpp"``
+    (``num_samples`` products in all) or ``"exact"`` (dim products). Use
+    `trace_estimate` for the standard error.
+    """
+    return trace_estimate(model, data, **options).estimate
+
+
+def non_uniformity_eigen(
+    model: keras.Model | CurvatureOperator,
+    data: Any = None,
+    order: int = 2,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    v0: np.ndarray | None = None,
+    seed: int | None = 0,
+    **operator_options: Any,
+) -> solvers.EigenResult:
+    """Top algebraic eigenpair of ``M_k - H^k`` (k = ``order``) by Lanczos."""
+    order = _check_order(order)
+    op = _operator(model, data, operator_options)
+    return solvers.lanczos(
+        lambda v: op.moment_gap(v, order),
+        op.dim,
+        1,
+        max_iter=max_iter,
+        tol=tol,
+        v0=v0,
+        seed=seed,
+    )
+
+
+def root(value: float, order: int) -> float:
+    """Signed real k-th root: ``sign(x) |x|^(1/k)``."""
+    return math.copysign(abs(value) ** (1.0 / order), value)
+
+
+def non_uniformity(
+    model: keras.Model | CurvatureOperator, data: Any = None, order: int = 2, **options
+) -> float:
+    """Non-uniformity ``s_k = lambda_max(M_k - H^k)^(1/k)``, k = 2, 3, 4.
+
+    ``M_k`` is the mean of the per-example Hessians' k-th powers. ``M_3 -
+    H^3`` (and in general ``M_4 - H^4``) is indefinite: the top algebraic
+    eigenvalue is taken and a negative one gives a negative ``s_k`` (signed
+    root). ``s_2`` is Wu, Ma & E's per-example Hessian covariance.
+
+    ```python
+    s2 = keras_sam.hessian.non_uniformity(model, (x[:1000], y[:1000]), order=2)
+    ```
+
+    Options as for `sharpness`, plus ``chunk_size`` (examples vectorized
+    together, default 16).
+    """
+    order = _check_order(order)
+    result = non_uniformity_eigen(model, data, order, **options)
+    return root(float(result.eigenvalues[0]), order)
+
+
+def spectral_density(
+    model: keras.Model | CurvatureOperator,
+    data: Any = None,
+    *,
+    num_probes: int = 1,
+    num_steps: int = 100,
+    seed: int | None = 0,
+    **operator_options: Any,
+) -> solvers.SLQResult:
+    """Spectral density of H by stochastic Lanczos quadrature.
+
+    ```python
+    result = keras_sam.hessian.spectral_density(model, (x, y), num_steps=80)
+    grid, density = result.density()        # Gaussian-smoothed, integral 1
+    result.nodes, result.weights            # quadrature per probe
+    ```
+    """
+    op = _operator(model, data, operator_options)
+    return solvers.slq(op.hvp, op.dim, num_probes, num_steps, seed=seed)
+
+
+def _check_nonnegative(name: str, value: Any, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a finite number, got {name}={value!r}.")
+    value = float(value)
+    ok = value > 0 if positive else value >= 0
+    if not ok or not math.isfinite(value):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"`{name}` must be a finite number {bound}, got {value!r}.")
+    return value
+
+
+def stability_ratios(
+    lr: float,
+    rho: float,
+    sharpness: float,
+    s2: float | None = None,
+    s3: float | None = None,
+    s4: float | None = None,
+) -> dict[str, float]:
+    """Necessary linear-stability conditions of stochastic SAM (batch 1,
+    Theorem 6.3) as ratios ``lhs / bound``; a ratio > 1 means unstable.
+
+    - ``"sharpness"``: ``a (1 + rho a) lr / 2``   (``a <= 2/lr`` for SGD)
+    - ``"s2"``: ``s2^2 lr (lr - 2 rho)``   (<= 0: vacuous when lr <= 2 rho)
+    - ``"s3"``: ``s3^3 2 lr^2 rho``   (0 for SGD)
+    - ``"s4"``: ``s4^4 lr^2 rho^2``   (0 for SGD)
+
+    With rho = 0 these are SGD's conditions ``a <= 2/lr`` and ``s2 <= 1/lr``.
+    Orders given as None are left out.
+    """
+    lr = _check_nonnegative("lr", lr, positive=True)
+    rho = _check_nonnegative("rho", rho)
+    ratios = {"sharpness": sharpness * (1 + rho * sharpness) * lr / 2}
+    if s2 is not None:
+        ratios["s2"] = s2**2 * lr * (lr - 2 * rho)
+    if s3 is not None:
+        ratios["s3"] = s3**3 * 2 * lr**2 * rho
+    if s4 is not None:
+        ratios["s4"] = s4**4 * lr**2 * rho**2
+    return ratios
+
+
+@dataclasses.dataclass
+class StabilityMargins:
+    """Measured curvature and the stability ratios (> 1 means unstable).
+
+    Attributes:
+        lr, rho: the step size and SAM radius the bounds use.
+        sharpness: ``lambda_max(H)``.
+        non_uniformity: ``{k: s_k}`` for the orders measured.
+        ratios: ``{"sharpness": ..., "s2": ..., ...}`` (see `stability_ratios`).
+    """
+
+    lr: float
+    rho: float
+    sharpness: float
+    non_uniformity: dict[int, float]
+    ratios: dict[str, float]
+
+    @property
+    def stable(self) -> bool:
+        """Whether every necessary condition holds (all ratios <= 1)."""
+        return all(r <= 1 for r in self.ratios.values())
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The compiled optimizer's current learning rate (schedules evaluated)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        raise ValueError("`lr` must be given when the model has no optimizer.")
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def stability_margins(
+    model: keras.Model | CurvatureOperator,
+    data: Any = None,
+    *,
+    lr: float | None = None,
+    rho: float | None = None,
+    orders: tuple[int, ...] | None = None,
+    **options: Any,
+) -> StabilityMargins:
+    """Theorem 6.3's necessary stability conditions for SGD (rho = 0) or SAM.
+
+    ```python
+    m = keras_sam.hessian.stability_margins(model, (x, y), lr=0.1, rho=0.05)
+    m.ratios   # {"sharpness": 0.8, "s2": 0.3, "s3": 0.01, "s4": 0.002}
+    ```
+
+    ``lr`` defaults to the optimizer's current learning rate, ``rho`` to
+    ``model.rho`` (0 for a model without one). ``orders`` defaults to
+    ``(2,)`` for rho = 0 and ``(2, 3, 4)`` otherwise (s3, s4 do not enter
+    SGD's conditions). Other options as for `sharpness` / `non_uniformity`.
+    The theorem analyses unnormalized SAM (eps = rho g); for normalized SAM
+    the ratios are indicative only.
+    """
+    source = model.model if isinstance(model, CurvatureOperator) else model
+    if lr is None:
+        lr = current_learning_rate(source)
+    if rho is None:
+        rho = float(getattr(source, "rho", 0.0))
+    lr = _check_nonnegative("lr", lr, positive=True)
+    rho = _check_nonnegative("rho", rho)
+    if orders is None:
+        orders = (2,) if rho == 0 else ORDERS
+    orders = tuple(_check_order(k) for k in orders)
+    op_options, solver_options = _split_options(dict(options))
+    op = _operator(model, data, op_options)
+    a = sharpness(op, **solver_options)
+    s = {k: non_uniformity(op, order=k, **solver_options) for k in orders}
+    ratios = stability_ratios(lr, rho, a, *(s.get(k) for k in ORDERS))
+    return StabilityMargins(lr, rho, a, s, ratios)

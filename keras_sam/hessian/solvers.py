@@ -1,0 +1,391 @@
+"""Eigenvalue, trace and spectral-density solvers for symmetric operators.
+
+Every solver takes ``matvec``, any callable mapping a flat float64 NumPy
+vector of length ``dim`` to ``A @ v`` for a symmetric ``A``, and knows nothing
+of Keras. All arithmetic here is float64.
+
+```python
+import numpy as np
+from keras_sam.hessian import solvers
+
+a = np.diag(np.arange(10.0))
+result = solvers.lanczos(lambda v: a @ v, dim=10)
+result.eigenvalues[0]  # 9.0
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+
+Matvec = Callable[[np.ndarray], np.ndarray]
+
+__all__ = [
+    "EigenResult",
+    "SLQResult",
+    "TraceResult",
+    "hutchinson",
+    "hutchpp",
+    "lanczos",
+    "power_iteration",
+    "slq",
+]
+
+
+@dataclasses.dataclass
+class EigenResult:
+    """Top eigenpairs of a symmetric operator.
+
+    Attributes:
+        eigenvalues: largest algebraic eigenvalues, in decreasing order.
+        eigenvectors: unit eigenvectors as columns, shape ``(dim, k)``.
+        residuals: ``||A v - lambda v||`` for each pair.
+        iterations: number of products with ``A`` used.
+        converged: whether every pair met the tolerance.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    residuals: np.ndarray
+    iterations: int
+    converged: bool
+
+
+@dataclasses.dataclass
+class TraceResult:
+    """A stochastic trace estimate with its standard error.
+
+    Attributes:
+        estimate: the trace estimate.
+        stderr: its standard error (0 when the estimate is exact).
+        matvecs: number of products with the operator used.
+    """
+
+    estimate: float
+    stderr: float
+    matvecs: int
+
+
+@dataclasses.dataclass
+class SLQResult:
+    """Stochastic Lanczos quadrature nodes and weights, one row per probe.
+
+    Attributes:
+        nodes: Ritz values, shape ``(num_probes, steps)`` (NaN-padded when a
+            probe's Krylov space closed early).
+        weights: quadrature weights, same shape, each row summing to 1.
+        dim: dimension of the operator (the density integrates to ``dim``
+            when multiplied by it).
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    dim: int
+
+    def density(
+        self, grid: np.ndarray | None = None, sigma: float | None = None, num=1000
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Gaussian-smoothed spectral density ``(grid, density)`` (integral 1)."""
+        nodes = self.nodes[np.isfinite(self.nodes)]
+        weights = self.weights[np.isfinite(self.nodes)] / self.nodes.shape[0]
+        lo, hi = float(nodes.min()), float(nodes.max())
+        span = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
+        if sigma is None:
+            sigma = 0.01 * span
+        if grid is None:
+            grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, num)
+        diff = (grid[:, None] - nodes[None, :]) / sigma
+        kernel = np.exp(-0.5 * diff**2) / (sigma * np.sqrt(2 * np.pi))
+        return grid, kernel @ weights
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_tol(tol) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol > 0:
+        raise ValueError(f"`tol` must be a positive number, got tol={tol!r}.")
+    return float(tol)
+
+
+def _start_vector(dim: int, v0, rng: np.random.Generator) -> np.ndarray:
+    if v0 is None:
+        v = rng.standard_normal(dim)
+    else:
+        v = np.asarray(v0, dtype=np.float64).reshape(-1)
+        if v.shape != (dim,):
+            raise ValueError(f"`v0` must have shape ({dim},), got {v.shape}.")
+        if not np.linalg.norm(v) > 0:
+            raise ValueError("`v0` must be a nonzero vector.")
+    return v / np.linalg.norm(v)
+
+
+def _apply(matvec: Matvec, v: np.ndarray) -> np.ndarray:
+    return np.asarray(matvec(v), dtype=np.float64).reshape(-1)
+
+
+def _lanczos_basis(
+    matvec: Matvec,
+    v: np.ndarray,
+    steps: int,
+    stop: Callable[[np.ndarray, np.ndarray, np.ndarray], bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Lanczos with full reorthogonalization from unit vector ``v``.
+
+    Returns the basis ``Q`` (dim x m), the diagonal ``alpha`` and off-diagonal
+    ``beta`` of the tridiagonal T (len m and m), where beta[m-1] is the norm of
+    the last residual, and the scale used for breakdown detection.
+    """
+    dim = v.shape[0]
+    steps = min(steps, dim)
+    basis = np.zeros((dim, steps))
+    alpha = np.zeros(steps)
+    beta = np.zeros(steps)
+    basis[:, 0] = v
+    scale = 0.0
+    m = 0
+    for j in range(steps):
+        m = j + 1
+        w = _apply(matvec, basis[:, j])
+        alpha[j] = basis[:, j] @ w
+        w -= alpha[j] * basis[:, j]
+        if j > 0:
+            w -= beta[j - 1] * basis[:, j - 1]
+        # Full reorthogonalization, twice ("twice is enough").
+        for _ in range(2):
+            w -= basis[:, :m] @ (basis[:, :m].T @ w)
+        beta[j] = np.linalg.norm(w)
+        scale = max(scale, abs(alpha[j]), beta[j])
+        if stop is not None and stop(alpha[:m], beta[:m], basis[:, :m]):
+            break
+        if beta[j] <= 1e-10 * max(scale, 1e-300) or j + 1 == steps:
+            break
+        basis[:, j + 1] = w / beta[j]
+    return basis[:, :m], alpha[:m], beta[:m], scale
+
+
+def _tridiag_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m = alpha.shape[0]
+    t = np.diag(alpha)
+    if m > 1:
+        t += np.diag(beta[: m - 1], 1) + np.diag(beta[: m - 1], -1)
+    return np.linalg.eigh(t)
+
+
+def lanczos(
+    matvec: Matvec,
+    dim: int,
+    k: int = 1,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    v0: np.ndarray | None = None,
+    seed: int | None = 0,
+) -> EigenResult:
+    """Largest algebraic eigenvalues of a symmetric operator by Lanczos.
+
+    Uses full reorthogonalization. Stops when every one of the ``k`` top Ritz
+    pairs has residual ``||A v - theta v|| <= tol * max(|theta_1|, tiny)``
+    (the residual is ``beta_m |s_m|``, exact for a fully reorthogonalized
+    basis), when the Krylov space is exhausted, or after ``max_iter`` products.
+
+    ```python
+    result = lanczos(matvec, dim, k=2, v0=previous_vector)
+    result.eigenvalues, result.residuals, result.iterations
+    ```
+
+    Args:
+        matvec: ``v -> A v`` on float64 vectors of length ``dim``.
+        dim: dimension of the operator.
+        k: number of top eigenpairs.
+        max_iter: most products with ``A``.
+        tol: relative residual tolerance.
+        v0: start vector (warm start, e.g. a previous top eigenvector).
+        seed: seed of the random start vector when ``v0`` is None.
+    """
+    dim = _check_positive_int("dim", dim)
+    k = _check_positive_int("k", k)
+    max_iter = _check_positive_int("max_iter", max_iter)
+    tol = _check_tol(tol)
+    if k > dim:
+        raise ValueError(f"`k` must be <= dim={dim}, got k={k}.")
+    v = _start_vector(dim, v0, np.random.default_rng(seed))
+
+    def stop(alpha, beta, basis):
+        if alpha.shape[0] < k:
+            return False
+        theta, s = _tridiag_eigh(alpha, beta)
+        res = np.abs(beta[-1] * s[-1, -k:])
+        top = max(abs(theta[-1]), np.finfo(np.float64).tiny)
+        return bool(np.all(res <= tol * top))
+
+    basis, alpha, beta, _ = _lanczos_basis(matvec, v, max(max_iter, k), stop)
+    theta, s = _tridiag_eigh(alpha, beta)
+    order = np.argsort(theta)[::-1][:k]
+    vectors = basis @ s[:, order]
+    vectors /= np.linalg.norm(vectors, axis=0, keepdims=True)
+    residuals = np.abs(beta[-1] * s[-1, order])
+    top = max(abs(theta[order[0]]), np.finfo(np.float64).tiny)
+    exhausted = alpha.shape[0] == dim
+    return EigenResult(
+        eigenvalues=theta[order],
+        eigenvectors=vectors,
+        residuals=residuals,
+        iterations=int(alpha.shape[0]),
+        converged=bool(exhausted or np.all(residuals <= tol * top)),
+    )
+
+
+def power_iteration(
+    matvec: Matvec,
+    dim: int,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    v0: np.ndarray | None = None,
+    seed: int | None = 0,
+) -> EigenResult:
+    """Eigenvalue of largest magnitude by power iteration (PyHessian's rule).
+
+    Stops when the Rayleigh quotient changes by less than
+    ``tol * (|lambda| + 1e-6)`` between iterations (PyHessian defaults:
+    100 iterations, tol 1e-3). The residual of the final pair is reported
+    from the last product, so no extra product is spent.
+    """
+    dim = _check_positive_int("dim", dim)
+    max_iter = _check_positive_int("max_iter", max_iter)
+    tol = _check_tol(tol)
+    v = _start_vector(dim, v0, np.random.default_rng(seed))
+    eigenvalue = None
+    residual = np.inf
+    converged = False
+    iterations = 0
+    for _ in range(max_iter):
+        w = _apply(matvec, v)
+        iterations += 1
+        value = float(v @ w)
+        residual = float(np.linalg.norm(w - value * v))
+        if eigenvalue is not None and abs(value - eigenvalue) < tol * (
+            abs(eigenvalue) + 1e-6
+        ):
+            eigenvalue = value
+            converged = True
+            break
+        eigenvalue = value
+        norm = np.linalg.norm(w)
+        if norm == 0:
+            converged = True
+            break
+        v = w / norm
+    return EigenResult(
+        eigenvalues=np.array([eigenvalue]),
+        eigenvectors=v[:, None],
+        residuals=np.array([residual]),
+        iterations=iterations,
+        converged=converged,
+    )
+
+
+_DISTRIBUTIONS = ("rademacher", "gaussian")
+
+
+def _probes(rng: np.random.Generator, dim: int, count: int, distribution: str):
+    if distribution == "rademacher":
+        return rng.choice(np.array([-1.0, 1.0]), size=(dim, count))
+    if distribution == "gaussian":
+        return rng.standard_normal((dim, count))
+    raise ValueError(
+        f"`distribution` must be one of {_DISTRIBUTIONS}, got {distribution!r}."
+    )
+
+
+def hutchinson(
+    matvec: Matvec,
+    dim: int,
+    num_samples: int = 100,
+    *,
+    distribution: str = "rademacher",
+    seed: int | None = 0,
+) -> TraceResult:
+    """Hutchinson's trace estimate ``mean_j z_j^T A z_j`` with its standard
+    error ``std_j / sqrt(num_samples)``."""
+    dim = _check_positive_int("dim", dim)
+    num_samples = _check_positive_int("num_samples", num_samples)
+    z = _probes(np.random.default_rng(seed), dim, num_samples, distribution)
+    samples = np.array([z[:, j] @ _apply(matvec, z[:, j]) for j in range(num_samples)])
+    stderr = samples.std(ddof=1) / np.sqrt(num_samples) if num_samples > 1 else np.inf
+    return TraceResult(float(samples.mean()), float(stderr), num_samples)
+
+
+def hutchpp(
+    matvec: Matvec,
+    dim: int,
+    num_matvecs: int = 102,
+    *,
+    distribution: str = "rademacher",
+    seed: int | None = 0,
+) -> TraceResult:
+    """Hutch++ (Meyer et al. 2021): exact trace on a sketched top subspace
+    plus Hutchinson on the rest. ``num_matvecs`` (>= 3) is split in thirds;
+    the standard error is that of the Hutchinson part."""
+    dim = _check_positive_int("dim", dim)
+    num_matvecs = _check_positive_int("num_matvecs", num_matvecs, minimum=3)
+    rng = np.random.default_rng(seed)
+    m = num_matvecs // 3
+    sketch = _probes(rng, dim, min(m, dim), distribution)
+    a_sketch = np.stack(
+        [_apply(matvec, sketch[:, j]) for j in range(sketch.shape[1])], axis=1
+    )
+    q, _ = np.linalg.qr(a_sketch)
+    aq = np.stack([_apply(matvec, q[:, j]) for j in range(q.shape[1])], axis=1)
+    top = float(np.trace(q.T @ aq))
+    used = sketch.shape[1] + q.shape[1]
+    rest = num_matvecs - used
+    if q.shape[1] == dim:
+        return TraceResult(top, 0.0, used)
+    if rest < 1:
+        return TraceResult(top, float("inf"), used)
+    g = _probes(rng, dim, rest, distribution)
+    g -= q @ (q.T @ g)
+    samples = np.array([g[:, j] @ _apply(matvec, g[:, j]) for j in range(rest)])
+    stderr = samples.std(ddof=1) / np.sqrt(rest) if rest > 1 else np.inf
+    return TraceResult(top + float(samples.mean()), float(stderr), num_matvecs)
+
+
+def slq(
+    matvec: Matvec,
+    dim: int,
+    num_probes: int = 1,
+    num_steps: int = 100,
+    *,
+    seed: int | None = 0,
+) -> SLQResult:
+    """Stochastic Lanczos quadrature (PyHessian's spectral density).
+
+    For each Rademacher probe, ``num_steps`` Lanczos steps (full
+    reorthogonalization) give Ritz values (nodes) and the squared first
+    components of the Ritz vectors (weights).
+    """
+    dim = _check_positive_int("dim", dim)
+    num_probes = _check_positive_int("num_probes", num_probes)
+    num_steps = _check_positive_int("num_steps", num_steps)
+    rng = np.random.default_rng(seed)
+    width = min(num_steps, dim)
+    nodes = np.full((num_probes, width), np.nan)
+    weights = np.full((num_probes, width), np.nan)
+    for p in range(num_probes):
+        z = _probes(rng, dim, 1, "rademacher")[:, 0]
+        _, alpha, beta, _ = _lanczos_basis(matvec, z / np.linalg.norm(z), num_steps)
+        theta, s = _tridiag_eigh(alpha, beta)
+        nodes[p, : theta.shape[0]] = theta
+        weights[p, : theta.shape[0]] = s[0, :] ** 2
+    return SLQResult(nodes, weights, dim)

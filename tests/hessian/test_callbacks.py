@@ -1,0 +1,143 @@
+"""Callbacks write their numbers into History; values match the measures."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sam
+from keras_sam import hessian
+from keras_sam.callbacks import HessianMetrics, SmoothnessEstimates
+from keras_sam.callbacks.smoothness import estimates
+from keras_sam.hessian import CurvatureOperator
+
+
+@pytest.fixture(scope="module")
+def training_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 4)).astype("float32")
+    y = rng.integers(0, 3, size=48)
+    return x, y
+
+
+def make_model(rho=None):
+    keras.utils.set_random_seed(3)
+    layers = [
+        keras.Input((4,)),
+        keras.layers.Dense(6, activation="tanh"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Dense(3),
+    ]
+    model = keras.Sequential(layers)
+    if rho is not None:
+        model = keras_sam.sam(model, rho=rho)
+    model.compile(
+        keras.optimizers.SGD(0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def test_hessian_metrics_in_history_match_measures(training_data):
+    x, y = training_data
+    model = make_model(rho=0.02)
+    cb = HessianMetrics(
+        (x, y), num_examples=20, orders=(2, 3), trace_samples=10, tol=1e-6
+    )
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
+    names = cb.names()
+    assert names == [
+        "sharpness", "trace", "trace_stderr", "s2", "s3",
+        "stability_sharpness", "stability_s2", "stability_s3",
+    ]  # fmt: skip
+    for name in names:
+        assert len(history.history[name]) == 2
+        assert all(math.isfinite(v) for v in history.history[name])
+    # The last logged values are the measures at the final weights on the subset.
+    subset = cb.data
+    a = hessian.sharpness(model, subset)
+    s2 = hessian.non_uniformity(model, subset, order=2)
+    s3 = hessian.non_uniformity(model, subset, order=3)
+    assert history.history["sharpness"][-1] == pytest.approx(a, rel=1e-4)
+    assert history.history["s2"][-1] == pytest.approx(s2, rel=1e-3)
+    ratios = hessian.stability_ratios(0.05, 0.02, a, s2, s3)
+    for name in ("sharpness", "s2", "s3"):
+        logged = history.history[f"stability_{name}"][-1]
+        assert logged == pytest.approx(ratios[name], rel=1e-3)
+    assert len(subset[0]) == 20 and len(cb.records) == 2
+
+
+def test_hessian_metrics_every_and_steps(training_data):
+    x, y = training_data
+    model = make_model()  # plain Keras: rho = 0
+    cb = HessianMetrics(
+        (x, y), every=2, num_examples=None, trace=False, orders=(), prefix="h/"
+    )
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
+    assert math.isnan(history.history["h/sharpness"][0])
+    assert history.history["h/stability_sharpness"][1] == pytest.approx(
+        history.history["h/sharpness"][1] * 0.05 / 2
+    )
+    steps = HessianMetrics((x, y), every=2, unit="step", trace=False, orders=())
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[steps])
+    assert [r["step"] for r in steps.records] == [2]
+    assert steps.get_config()["unit"] == "step"
+
+
+def test_smoothness_estimates_along_a_step(training_data):
+    x, y = training_data
+    model = make_model(rho=0.05)
+    cb = SmoothnessEstimates((x, y), num_examples=32, unit="step", every=3)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
+    assert [r["step"] for r in cb.records] == [3, 6]
+    assert history.history["beta_hat"][-1] == cb.records[-1]["beta_hat"] > 0
+    assert history.history["alpha_hat"][-1] == cb.records[-1]["alpha_hat"] > 0
+
+
+def test_smoothness_formulas_on_quadratic():
+    """Linear model, squared loss: f is quadratic with Hessian H, so
+    beta_hat = max_gamma ||H gamma d|| / ||gamma d|| = ||H d|| / ||d||."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 2)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0]])).astype("float32")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    op = CurvatureOperator(model, (x, y))
+    x0 = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+    d = rng.normal(size=x0.shape) * 0.1
+    values = estimates(op, x0, x0 + d)
+    xb = np.concatenate([x, np.ones((30, 1))], axis=1).astype(np.float64)
+    h = 2 * xb.T @ xb / 30
+    assert values["beta_hat"] == pytest.approx(
+        np.linalg.norm(h @ d) / np.linalg.norm(d), rel=1e-4
+    )
+    # alpha_hat by hand: min over gamma of ||g||^2 / f at x0 + gamma d.
+    w_true = np.array([1.0, -2.0, 0.0])
+    alphas = []
+    for gamma in np.arange(1, 11) / 10:
+        e = x0 + gamma * d - w_true
+        f = e @ (xb.T @ xb / 30) @ e
+        g = h @ e
+        alphas.append(g @ g / f)
+    assert values["alpha_hat"] == pytest.approx(min(alphas), rel=1e-3)
+    current = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+    np.testing.assert_allclose(current, x0 + d, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, name",
+    [
+        (HessianMetrics, {"every": 0}, "every"),
+        (HessianMetrics, {"unit": "batch"}, "unit"),
+        (HessianMetrics, {"orders": (1,)}, "order"),
+        (HessianMetrics, {"num_examples": 0}, "num_examples"),
+        (HessianMetrics, {"trace": "yes"}, "trace"),
+        (SmoothnessEstimates, {"gammas": (0.0, 1.0)}, "gammas"),
+        (SmoothnessEstimates, {"f_star": None}, "f_star"),
+        (SmoothnessEstimates, {"unit": "epochs"}, "unit"),
+    ],
+)
+def test_bad_arguments(training_data, cls, kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        cls(training_data, **kwargs)

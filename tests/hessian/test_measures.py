@@ -1,0 +1,152 @@
+"""Public measures against NumPy on dense Hessians, and a closed form."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sam
+from keras_sam import hessian
+from keras_sam.hessian import CurvatureOperator
+
+
+def test_sharpness_matches_dense_top_eigenvalue(case):
+    exact = np.linalg.eigvalsh(case.h)[-1]
+    a = hessian.sharpness(case.model, (case.x, case.y), batch_size=5)
+    assert abs(a - exact) <= 1e-4 * abs(exact)
+    result = hessian.top_eigenvalues(case.model, (case.x, case.y), k=2)
+    np.testing.assert_allclose(
+        result.eigenvalues, np.linalg.eigvalsh(case.h)[::-1][:2], rtol=1e-4
+    )
+    v = result.eigenvectors[:, 0]
+    true_res = np.linalg.norm(case.h @ v - result.eigenvalues[0] * v)
+    assert result.residuals[0] == pytest.approx(true_res, abs=1e-4 * abs(exact))
+
+
+def test_trace_within_reported_error(case):
+    exact = np.trace(case.h)
+    data = (case.x, case.y)
+    for method in ("hutchinson", "hutchpp"):
+        result = hessian.trace_estimate(case.model, data, method=method, num_samples=30)
+        assert result.stderr > 0
+        assert abs(result.estimate - exact) <= 3 * result.stderr
+    assert hessian.trace(case.model, data, method="exact") == pytest.approx(
+        exact, rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_non_uniformity_equals_numpy(classifier, order):
+    c = classifier
+    m_k = np.mean([np.linalg.matrix_power(h, order) for h in c.hessians], axis=0)
+    gap = m_k - np.linalg.matrix_power(c.h, order)
+    top = np.linalg.eigvalsh(gap)[-1]
+    expected = np.sign(top) * abs(top) ** (1 / order)
+    s = hessian.non_uniformity(c.model, (c.x, c.y), order=order, chunk_size=5)
+    assert s == pytest.approx(expected, rel=1e-4)
+
+
+def test_non_uniformity_regressor_s2(regressor):
+    c = regressor
+    gap = np.mean([h @ h for h in c.hessians], axis=0) - c.h @ c.h
+    expected = np.sqrt(np.linalg.eigvalsh(gap)[-1])
+    assert hessian.non_uniformity(c.model, (c.x, c.y)) == pytest.approx(
+        expected, rel=1e-4
+    )
+
+
+def test_stability_ratios_hand_computed():
+    lr, rho, a, s2, s3, s4 = 0.1, 0.02, 12.0, 9.0, 5.0, 4.0
+    ratios = hessian.stability_ratios(lr, rho, a, s2, s3, s4)
+    assert ratios["sharpness"] == pytest.approx(a * (1 + rho * a) / (2 / lr))
+    assert ratios["s2"] == pytest.approx(s2**2 / (1 / (lr * (lr - 2 * rho))))
+    assert ratios["s3"] == pytest.approx(s3**3 / (1 / (2 * lr**2 * rho)))
+    assert ratios["s4"] == pytest.approx(s4**4 / (1 / (lr**2 * rho**2)))
+    sgd = hessian.stability_ratios(lr, 0.0, a, s2, s3, s4)
+    assert sgd["sharpness"] == pytest.approx(a / (2 / lr))
+    assert sgd["s2"] == pytest.approx((s2 / (1 / lr)) ** 2)
+    assert sgd["s3"] == 0 and sgd["s4"] == 0
+    # lr <= 2 rho: the s2 condition is vacuous.
+    assert hessian.stability_ratios(0.1, 0.05, a, s2)["s2"] <= 0
+
+
+def test_stability_margins_use_optimizer_lr_and_model_rho(classifier):
+    c = classifier
+    data = (c.x, c.y)
+    a = hessian.sharpness(c.model, data)
+    s = {k: hessian.non_uniformity(c.model, data, order=k) for k in (2, 3, 4)}
+    sgd = hessian.stability_margins(c.model, data)
+    assert sgd.lr == pytest.approx(0.1) and sgd.rho == 0.0
+    assert set(sgd.ratios) == {"sharpness", "s2"}
+    assert sgd.ratios["sharpness"] == pytest.approx(a * 0.1 / 2, rel=1e-5)
+    assert sgd.ratios["s2"] == pytest.approx(s[2] ** 2 * 0.1**2, rel=1e-5)
+    wrapped = keras_sam.sam(c.model, rho=0.01)
+    wrapped.compile(keras.optimizers.SGD(0.2), c.model.loss)
+    sam = hessian.stability_margins(wrapped, data)
+    expected = hessian.stability_ratios(0.2, 0.01, a, s[2], s[3], s[4])
+    for name, value in expected.items():
+        assert sam.ratios[name] == pytest.approx(value, rel=1e-4)
+    assert sam.stable == all(v <= 1 for v in expected.values())
+
+
+def test_closed_form_linear_regression():
+    """Squared loss of a linear model: H = 2/n [X 1]^T [X 1] exactly."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 3)).astype("float32") * np.array(
+        [1.0, 2.0, 0.5], "float32"
+    )
+    y = rng.normal(size=(40, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    xb = np.concatenate([x, np.ones((40, 1))], axis=1).astype(np.float64)
+    h = 2 * xb.T @ xb / 40  # weights in (kernel, bias) order
+    data = (x, y)
+    assert hessian.sharpness(model, data) == pytest.approx(
+        np.linalg.eigvalsh(h)[-1], rel=1e-5
+    )
+    assert hessian.trace(model, data, method="exact") == pytest.approx(
+        np.trace(h), rel=1e-5
+    )
+    # Per-example Hessians 2 x_i x_i^T: M2 = mean 4 |x_i|^2 x_i x_i^T.
+    m2 = np.mean([4 * (r @ r) * np.outer(r, r) for r in xb], axis=0)
+    expected = np.sqrt(np.linalg.eigvalsh(m2 - h @ h)[-1])
+    assert hessian.non_uniformity(model, data) == pytest.approx(expected, rel=1e-4)
+
+
+def test_spectral_density_nodes_are_eigenvalues(regressor):
+    c = regressor
+    result = hessian.spectral_density(c.model, (c.x, c.y), num_steps=c.dim, seed=1)
+    exact = np.linalg.eigvalsh(c.h)
+    nodes = result.nodes[0][np.isfinite(result.nodes[0])]
+    # Every Ritz value of a full-length run is an eigenvalue.
+    assert (
+        np.abs(nodes[:, None] - exact[None, :]).min(axis=1).max() < 1e-4 * exact.max()
+    )
+    assert np.nansum(result.weights[0]) == pytest.approx(1.0)
+    grid, density = result.density()
+    assert grid.shape == density.shape
+
+
+def test_operator_can_be_shared(regressor):
+    c = regressor
+    op = CurvatureOperator(c.model, (c.x, c.y))
+    assert hessian.sharpness(op) == pytest.approx(np.linalg.eigvalsh(c.h)[-1], rel=1e-4)
+    with pytest.raises(ValueError, match="`data`"):
+        hessian.sharpness(op, (c.x, c.y))
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda m, d: hessian.non_uniformity(m, d, order=5), "order"),
+        (lambda m, d: hessian.non_uniformity(m, d, order=True), "order"),
+        (lambda m, d: hessian.trace(m, d, method="exactly"), "method"),
+        (lambda m, d: hessian.stability_margins(m, d, lr=-1.0), "lr"),
+        (lambda m, d: hessian.stability_margins(m, d, lr=0.1, rho="0"), "rho"),
+        (lambda m, d: hessian.sharpness(m, d, tol=0), "tol"),
+        (lambda m, d: hessian.sharpness(m, d, training="no"), "training"),
+        (lambda m, d: hessian.spectral_density(m, d, num_steps=0), "num_steps"),
+    ],
+)
+def test_bad_arguments(regressor, call, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        call(regressor.model, (regressor.x, regressor.y))

@@ -1,0 +1,123 @@
+"""Hessian-vector products against dense Hessians of tiny models."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sam
+from keras_sam.hessian import CurvatureOperator
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def test_hvp_equals_dense_hessian_times_v(case):
+    op = CurvatureOperator(case.model, (case.x, case.y), batch_size=5)  # 5 + 5 + 2
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        v = rng.normal(size=op.dim)
+        assert rel_err(op.hvp(v), case.h @ v) < 1e-5
+
+
+def test_dataset_and_arrays_agree_with_batch_weighting(classifier):
+    c = classifier
+    v = np.random.default_rng(1).normal(size=c.h.shape[0])
+    ds = tf.data.Dataset.from_tensor_slices((c.x, c.y)).batch(7)  # 7 + 5
+    op = CurvatureOperator(c.model, ds)
+    assert op.num_examples == 12
+    assert rel_err(op.hvp(v), c.h @ v) < 1e-5
+
+
+def test_sample_weights_follow_keras_weighting(regressor):
+    c = regressor
+    w = np.linspace(0.0, 2.0, 12).astype("float32")
+    op = CurvatureOperator(c.model, (c.x, c.y, w), batch_size=5)
+    v = np.random.default_rng(2).normal(size=op.dim)
+    expected = np.einsum("i,ijk->jk", w, c.hessians) / 12 @ v
+    assert rel_err(op.hvp(v), expected) < 1e-5
+
+
+def test_traced_once_across_batch_sizes(regressor):
+    c = regressor
+    op = CurvatureOperator(c.model, (c.x, c.y), batch_size=5, chunk_size=5)
+    v = np.ones(op.dim)
+    op.hvp(v)
+    op.moment(v, 2)
+    hvp_traces = op._fn.hvp.experimental_get_tracing_count()
+    power_traces = op._fn.power(2).experimental_get_tracing_count()
+    for size in (3, 4, 12):
+        other = CurvatureOperator(c.model, (c.x, c.y), batch_size=size, chunk_size=size)
+        other.hvp(v)
+        other.moment(v, 2)
+    assert op._fn.hvp.experimental_get_tracing_count() == hvp_traces == 1
+    assert op._fn.power(2).experimental_get_tracing_count() == power_traces == 1
+
+
+def test_per_example_hvp_vectorized_equals_dense_and_loop(case):
+    op = CurvatureOperator(case.model, (case.x, case.y), chunk_size=5)
+    v = np.random.default_rng(3).normal(size=op.dim)
+    per_example = op.per_example_hvp(v)
+    expected = case.hessians @ v
+    assert rel_err(per_example, expected) < 1e-5
+    assert rel_err(per_example, op.per_example_hvp_looped(v)) < 1e-5
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_moments_equal_dense(classifier, k):
+    c = classifier
+    op = CurvatureOperator(c.model, (c.x, c.y), chunk_size=5)
+    v = np.random.default_rng(k).normal(size=op.dim)
+    m_k = np.mean([np.linalg.matrix_power(h, k) for h in c.hessians], axis=0)
+    assert rel_err(op.moment(v, k), m_k @ v) < 1e-4
+    gap = m_k - np.linalg.matrix_power(c.h, k)
+    assert rel_err(op.moment_gap(v, k), gap @ v) < 1e-4
+
+
+def test_sam_model_wrapper_shares_weights(regressor):
+    c = regressor
+    wrapped = keras_sam.sam(c.model, rho=0.1)
+    wrapped.compile("sgd", "mse")
+    v = np.random.default_rng(4).normal(size=c.h.shape[0])
+    op = CurvatureOperator(wrapped, (c.x, c.y))
+    assert rel_err(op.hvp(v), c.h @ v) < 1e-5
+
+
+def test_gradient_and_loss(regressor):
+    c = regressor
+    op = CurvatureOperator(c.model, (c.x, c.y), batch_size=5)
+    loss, grad = op.gradient()
+    expected = float(keras.losses.MeanSquaredError()(c.y, c.model(c.x)))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert op.loss() == pytest.approx(expected, rel=1e-5)
+    with tf.GradientTape() as tape:
+        value = keras.losses.MeanSquaredError()(c.y, c.model(c.x))
+    dense = np.concatenate(
+        [g.numpy().ravel() for g in tape.gradient(value, c.model.trainable_variables)]
+    )
+    assert rel_err(grad, dense) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"data": [1, 2, 3]}, "data"),
+        ({"data": "xy"}, "data"),
+        ({"training": 1}, "training"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"chunk_size": "8"}, "chunk_size"),
+        ({"loss": 3}, "loss"),
+    ],
+)
+def test_bad_arguments(regressor, kwargs, name):
+    c = regressor
+    options = {"data": (c.x, c.y), **kwargs}
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        CurvatureOperator(c.model, **options)
+
+
+def test_uncompiled_model_needs_loss():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="`loss`"):
+        CurvatureOperator(model, (np.ones((2, 2)), np.ones((2, 1))))
