@@ -128,6 +128,16 @@ class SAMModel(keras.Model):
     def train_step(self, data):
         return get_train_step()(self, data)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self.distribute_strategy
+        if iterator is not None and keras.backend.backend() == "tensorflow":
+            from keras_sam.backend import tf_replicas
+
+            if tf_replicas.is_multi_worker(strategy):
+                batch = tf_replicas.local_first_batch(strategy, iterator)
+                data_batch, iterator = batch, None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         # The perturbed loss is a training log only, so that `evaluate`

@@ -59,7 +59,7 @@ def train_step(model, data):
     logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
     logs["eps_batch_size"] = _eps_batch_size(model, batch_size)
-    return logs
+    return replicas.logs_for_reduction(logs)
 
 
 def _sam_gradients(model, x, y, sample_weight, replica_eps):

@@ -55,3 +55,33 @@ def all_replicas_finite(tensors) -> tf.Tensor:
             tf.distribute.ReduceOp.SUM, bad
         )
     return tf.equal(bad, 0.0)
+
+
+def local_first_batch(strategy, iterator):
+    """The first batch of a Keras epoch iterator, as this worker's first
+    replica sees it.
+
+    Keras' `_maybe_symbolic_build` reduces a distributed batch across
+    replicas, which fails under `MultiWorkerMirroredStrategy`
+    (keras-team/keras#20585); building needs shapes only.
+    """
+    for _, _, batches in iterator:
+        batch = next(batches)
+        return tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0], batch
+        )
+    return None
+
+
+def is_multi_worker(strategy=None) -> bool:
+    strategy = strategy or tf.distribute.get_strategy()
+    in_multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_multi_worker and in_multi_worker())
+
+
+def logs_for_reduction(logs):
+    """Keras reduces multi-worker logs with `reduce("MEAN", v, axis=0)`, which
+    fails on scalars; give each value a leading axis of 1."""
+    if not is_multi_worker():
+        return logs
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
