@@ -188,3 +188,13 @@ def test_multi_worker_resumes_after_a_killed_worker(tmp_path):
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     assert_matches_reference(first, multi_worker_reference(epochs=3))
+
+
+def test_mirrored_synchronized_batch_norm_equals_single_device(mirrored):
+    result = mirrored["sync-bn"]
+    assert result["deviation"] <= 1e-5
+    assert result["statistics_deviation"] <= 1e-5
+
+
+def test_mirrored_backup_and_restore_resumes_exactly(mirrored):
+    assert mirrored["backup-and-restore"]["deviation"] <= 1e-6

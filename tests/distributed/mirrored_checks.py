@@ -8,6 +8,7 @@ starts its runtime. Used by tests/test_distribute.py.
 import json
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -135,6 +136,66 @@ def batch_norm_case(mode, jit):
     return {"deviation": deviation(weights, expected)}
 
 
+def synchronized_batch_norm_case(jit):
+    """With `BatchNormalization(synchronized=True)` the statistics are those of
+    the global batch, so synchronized SAM equals single-device SAM."""
+
+    def build():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((5,))
+        h = keras.layers.Dense(8)(inputs)
+        h = keras.layers.BatchNormalization(synchronized=True)(h)
+        outputs = keras.layers.Dense(1)(keras.layers.Activation("tanh")(h))
+        return keras_sam.SAMModel(inputs, outputs, rho=RHO)
+
+    with STRATEGY.scope():
+        distributed = build()
+    weights, _ = train(distributed, jit)
+    single = build()
+    expected, _ = train(single, jit=False)
+    statistics = [v.numpy() for v in distributed.non_trainable_weights]
+    reference_statistics = [v.numpy() for v in single.non_trainable_weights]
+    return {
+        "deviation": deviation(weights, expected),
+        "statistics_deviation": deviation(statistics, reference_statistics),
+    }
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("interrupted")
+
+
+def backup_and_restore_case(directory):
+    """An interrupted fit resumes from the backup and ends where an
+    uninterrupted one does."""
+
+    def fit(callbacks, epochs=4):
+        with STRATEGY.scope():
+            model = mlp(rho=RHO)
+            model.compile(keras.optimizers.SGD(LR, momentum=0.9), loss="mse")
+        model.fit(
+            X,
+            Y,
+            batch_size=BATCH,
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
+        return [v.numpy() for v in model.trainable_variables]
+
+    straight = fit([])
+    backup = keras.callbacks.BackupAndRestore(directory)
+    try:
+        fit([backup, Interrupt()])
+    except RuntimeError:
+        pass
+    resumed = fit([keras.callbacks.BackupAndRestore(directory)])
+    return {"deviation": deviation(resumed, straight)}
+
+
 def mixed_precision_case():
     """A shard that overflows on replica 1 only must skip the step everywhere."""
     keras.config.set_dtype_policy("mixed_float16")
@@ -167,7 +228,12 @@ def main():
         results[f"mlp-micro8-{mode}"] = mlp_case("sam", mode, 8, False)
         for jit in (False, True):
             results[f"bn-{mode}-jit{int(jit)}"] = batch_norm_case(mode, jit)
+    # Synchronized batch norm all-reduces inside the forward pass, which cannot
+    # run inside the per-replica XLA functions (see docs/distributed.md).
+    results["sync-bn"] = synchronized_batch_norm_case(jit=False)
     results["mixed-float16-skip"] = mixed_precision_case()
+    with tempfile.TemporaryDirectory() as directory:
+        results["backup-and-restore"] = backup_and_restore_case(directory)
     print("RESULTS " + json.dumps(results))
 
 
