@@ -29,3 +29,5 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sam_step_time.py
+	$(PY) benchmarks/distributed.py
+	$(PY) benchmarks/hessian.py
