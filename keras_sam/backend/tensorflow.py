@@ -12,6 +12,12 @@ One step on a batch (or on each micro-batch, inside a `tf.while_loop`):
    at w + eps) and no state change;
 5. the optimizer applies the perturbed gradient at w.
 
+Masks: a trainable variable whose constraint has a ``mask`` attribute (a 0/1
+tensor of its shape, as `keras_sam.sparsity.KernelMask`) holds its masked
+weights at zero. The step multiplies g (before eps, so that norms ignore
+those weights), eps and the perturbed gradient by it; the constraint re-masks
+the weights after the optimizer's update.
+
 Loss, metrics and `y_pred` come from the clean pass; the perturbed loss is
 logged as ``perturbed_loss``.
 """
@@ -68,9 +74,11 @@ def _sam_gradients(model, x, y, sample_weight):
     clean_grads = _unscale(
         model.optimizer, [tf.convert_to_tensor(g) for g in clean_grads]
     )
+    masks = _masks(trainable)
+    clean_grads = _apply_masks(clean_grads, masks)
 
     weights = [tf.identity(v.value) for v in trainable]
-    eps = model.perturbation(clean_grads, weights, model.rho)
+    eps = _apply_masks(model.perturbation(clean_grads, weights, model.rho), masks)
     perturbed_weights = [w + tf.cast(e, w.dtype) for w, e in zip(weights, eps)]
 
     with tf.GradientTape() as tape:
@@ -81,7 +89,7 @@ def _sam_gradients(model, x, y, sample_weight):
             perturbed_pred = _forward(model, x)
             perturbed_loss = _loss(model, x, y, perturbed_pred, sample_weight)
             scaled_perturbed_loss = model.optimizer.scale_loss(perturbed_loss)
-    grads = tape.gradient(scaled_perturbed_loss, perturbed_weights)
+    grads = _apply_masks(tape.gradient(scaled_perturbed_loss, perturbed_weights), masks)
 
     if _is_loss_scaled(model.optimizer):
         # A non-finite first gradient must skip the step even where the
@@ -170,6 +178,18 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     ]
     y_pred = tree.pack_sequence_as(pred_spec, [ta.concat() for ta in pred_arrays])
     return grads, y_pred, loss_sum / count, perturbed_sum / count
+
+
+def _masks(variables):
+    """Per-variable 0/1 masks (None where unmasked): see the module docstring."""
+    return [getattr(getattr(v, "constraint", None), "mask", None) for v in variables]
+
+
+def _apply_masks(tensors, masks):
+    return [
+        t if m is None or t is None else tf.convert_to_tensor(t) * tf.cast(m, t.dtype)
+        for t, m in zip(tensors, masks)
+    ]
 
 
 def _warn_if_xla_on_cpu(model):
