@@ -6,9 +6,9 @@ model = keras_sam.sam(model, rho=0.05)   # any built Keras model
 ```
 """
 
-from keras_sam import perturbations
+from keras_sam import perturbations, sparsity
 from keras_sam.sam_model import SAMModel, SAMWrapper, sam
 
 __version__ = "0.1.0"
 
-__all__ = ["SAMModel", "SAMWrapper", "perturbations", "sam", "__version__"]
+__all__ = ["SAMModel", "SAMWrapper", "perturbations", "sam", "sparsity", "__version__"]
