@@ -6,7 +6,7 @@ model = keras_sam.sam(model, rho=0.05)   # any built Keras model
 ```
 """
 
-from keras_sam import callbacks, hessian, perturbations
+from keras_sam import callbacks, hessian, perturbations, sparsity
 from keras_sam.sam_model import FunctionalSAMModel, SAMModel, SAMWrapper, sam
 
 __version__ = "0.1.0"
@@ -20,4 +20,5 @@ __all__ = [
     "hessian",
     "perturbations",
     "sam",
+    "sparsity",
 ]

@@ -202,11 +202,24 @@ def test_mirrored_backup_and_restore_resumes_exactly(mirrored):
 
 def test_distributed_example_runs_on_two_logical_cpus():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "distributed.py"), "--epochs", "1",
-         "--num-train", "256", "--hidden", "8", "--batch-size", "64",
-         "--replica-eps", "per_replica"],
+        [
+            sys.executable,
+            str(ROOT / "examples" / "distributed.py"),
+            "--epochs",
+            "1",
+            "--num-train",
+            "256",
+            "--hidden",
+            "8",
+            "--batch-size",
+            "64",
+            "--replica-eps",
+            "per_replica",
+        ],
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT)),
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 replica(s), eps_batch_size 32" in result.stdout

@@ -12,6 +12,12 @@ One step on a batch (or on each micro-batch, inside a `tf.while_loop`):
    at w + eps) and no state change;
 5. the optimizer applies the perturbed gradient at w.
 
+Masks: a trainable variable whose constraint has a ``mask`` attribute (a 0/1
+tensor of its shape, as `keras_sam.sparsity.KernelMask`) holds its masked
+weights at zero. The step multiplies g (before eps, so that norms ignore
+those weights), eps and the perturbed gradient by it; the constraint re-masks
+the weights after the optimizer's update.
+
 Loss, metrics and `y_pred` come from the clean pass; the perturbed loss is
 logged as ``perturbed_loss``.
 """
@@ -69,13 +75,16 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
     clean_grads, y_pred, loss = _compiled(model, _clean_pass)(
         model, x, y, sample_weight
     )
+    masks = _masks(model.trainable_variables)
+    clean_grads = _apply_masks(clean_grads, masks)
     eps_grads = replicas.gradients_for_eps(clean_grads, replica_eps)
     weights = [tf.identity(v.value) for v in model.trainable_variables]
-    eps = model.perturbation(eps_grads, weights, model.rho)
+    eps = _apply_masks(model.perturbation(eps_grads, weights, model.rho), masks)
     perturbed_weights = [w + tf.cast(e, w.dtype) for w, e in zip(weights, eps)]
     grads, perturbed_loss = _compiled(model, _perturbed_pass)(
         model, x, y, sample_weight, perturbed_weights, state
     )
+    grads = _apply_masks(grads, masks)
     if _is_loss_scaled(model.optimizer):
         # A non-finite first gradient must skip the step even where the
         # perturbed pass happens to come out finite: poison the second one.
@@ -213,6 +222,18 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     ]
     y_pred = tree.pack_sequence_as(pred_spec, [ta.concat() for ta in pred_arrays])
     return grads, y_pred, loss_sum / count, perturbed_sum / count
+
+
+def _masks(variables):
+    """Per-variable 0/1 masks (None where unmasked): see the module docstring."""
+    return [getattr(getattr(v, "constraint", None), "mask", None) for v in variables]
+
+
+def _apply_masks(tensors, masks):
+    return [
+        t if m is None or t is None else tf.convert_to_tensor(t) * tf.cast(m, t.dtype)
+        for t, m in zip(tensors, masks)
+    ]
 
 
 def _warn_if_xla_on_cpu(model):

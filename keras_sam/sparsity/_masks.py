@@ -1,0 +1,333 @@
+"""Masks on kernels: the `KernelMask` state, where it lives, reports, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+#: Variable name -> the layer attributes that may hold that variable's
+#: constraint (the first one the layer has), for the kernels pruned by default
+#: (Dense, EinsumDense, Conv*, Conv*Transpose, DepthwiseConv*, SeparableConv*,
+#: RNN cells). Biases, normalization parameters and embeddings are not in it.
+PRUNABLE = {
+    "kernel": ("kernel_constraint", "depthwise_constraint"),
+    "depthwise_kernel": ("depthwise_constraint",),
+    "pointwise_kernel": ("pointwise_constraint",),
+    "recurrent_kernel": ("recurrent_constraint",),
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class KernelMask(keras.layers.Layer):
+    """A 0/1 mask on one kernel, used as that kernel's constraint.
+
+    Holds the mask as a non-trainable variable (so it is saved with the
+    model and restored by `keras.models.load_model`) and, as a constraint,
+    zeroes the pruned weights after every optimizer update. A SAM step reads
+    `mask` to mask the gradients and eps. Made by `prune_at_init` and
+    `GradualPruning`; rarely built by hand.
+
+    Args:
+        shape: the kernel's shape.
+        constraint: the kernel's previous constraint, applied before the mask.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        constraint: Any = None,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.shape = tuple(int(d) for d in shape)
+        self.inner = keras.constraints.get(constraint)
+        self.mask = self.add_weight(
+            shape=self.shape,
+            initializer="ones",
+            trainable=False,
+            dtype="float32",
+            autocast=False,
+            name="mask",
+        )
+        self.built = True
+
+    def __call__(self, weight):
+        # The constraint protocol, without `Layer.__call__`'s input casting.
+        if self.inner is not None:
+            weight = self.inner(weight)
+        return ops.multiply(weight, ops.cast(self.mask, weight.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            shape=self.shape, constraint=keras.constraints.serialize(self.inner)
+        )
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Prunable:
+    """One prunable kernel: its layer, variable and constraint attribute."""
+
+    layer: keras.layers.Layer
+    variable: keras.Variable
+    attribute: str
+
+    @property
+    def mask(self) -> KernelMask | None:
+        constraint = getattr(self.layer, self.attribute, None)
+        return constraint if isinstance(constraint, KernelMask) else None
+
+    @property
+    def path(self) -> str:
+        return self.variable.path
+
+
+def prunable_weights(model: keras.Model) -> list[Prunable]:
+    """The kernels of `model` that pruning acts on, in layer order.
+
+    A trainable variable of rank >= 2 named ``kernel``, ``depthwise_kernel``,
+    ``pointwise_kernel`` or ``recurrent_kernel`` whose layer has a matching
+    constraint attribute (`PRUNABLE`): the kernels of Dense, EinsumDense,
+    Conv1D/2D/3D and their transposes, DepthwiseConv, SeparableConv and the
+    RNN cells, in nested models and sublayers too.
+    """
+    if not model.built:
+        raise ValueError("`model` must be built before pruning.")
+    found, seen = [], set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, KernelMask):
+            continue
+        for variable in layer._trainable_variables:
+            attribute = next(
+                (a for a in PRUNABLE.get(variable.name, ()) if hasattr(layer, a)),
+                None,
+            )
+            if (
+                attribute is None
+                or len(variable.shape) < 2
+                or not variable.trainable
+                or id(variable) in seen
+            ):
+                continue
+            seen.add(id(variable))
+            found.append(Prunable(layer, variable, attribute))
+    return found
+
+
+def attach_masks(model: keras.Model) -> list[Prunable]:
+    """Gives every prunable kernel of `model` a `KernelMask` (all ones where
+    new) and returns the prunable kernels. Existing masks are kept."""
+    targets = prunable_weights(model)
+    added = False
+    for target in targets:
+        if target.mask is not None:
+            continue
+        layer, variable = target.layer, target.variable
+        mask = KernelMask(
+            variable.shape,
+            constraint=getattr(layer, target.attribute),
+            name=f"{variable.name}_mask",
+        )
+        locked = layer._tracker.locked
+        layer._tracker.unlock()
+        try:
+            setattr(layer, target.attribute, mask)
+        finally:
+            if locked:
+                layer._tracker.lock()
+        variable.constraint = mask
+        added = True
+    if added:
+        _retrace(model)
+    return targets
+
+
+def set_mask(target: Prunable, mask: np.ndarray) -> None:
+    """Sets a kernel's mask and zeroes its pruned weights."""
+    mask = np.asarray(mask, dtype="float32")
+    target.mask.mask.assign(mask)
+    target.variable.assign(target.variable.numpy() * mask.astype(target.variable.dtype))
+
+
+def _retrace(model: keras.Model) -> None:
+    # A traced train function read the constraints and masks that existed
+    # when it was traced; make Keras trace a new one.
+    model.train_function = None
+
+
+def validate_sparsity(sparsity: Any, name: str = "sparsity") -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1), got {name}={sparsity!r}."
+        )
+    value = float(sparsity)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1) (0 = dense, 0.9 = 90% of the "
+            f"prunable weights zero), got {name}={sparsity!r}."
+        )
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSparsity:
+    """Counts for one prunable kernel."""
+
+    path: str
+    size: int
+    nonzero: int
+    masked: bool
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero / self.size if self.size else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityReport:
+    """Per-kernel and global sparsity of the prunable weights of a model.
+
+    ``str(report)`` is a table. Counts are of exactly-zero weights, masked or
+    not.
+    """
+
+    layers: tuple[LayerSparsity, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def nonzero(self) -> int:
+        return sum(layer.nonzero for layer in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero / self.size if self.size else 0.0
+
+    def __str__(self) -> str:
+        width = max([len(layer.path) for layer in self.layers] + [6])
+        lines = [f"{'kernel':<{width}}  {'size':>10}  {'nonzero':>10}  sparsity"]
+        for layer in self.layers:
+            mark = "" if layer.masked else "  (no mask)"
+            lines.append(
+                f"{layer.path:<{width}}  {layer.size:>10}  {layer.nonzero:>10}  "
+                f"{layer.sparsity:8.4f}{mark}"
+            )
+        lines.append(
+            f"{'global':<{width}}  {self.size:>10}  {self.nonzero:>10}  "
+            f"{self.sparsity:8.4f}"
+        )
+        return "\n".join(lines)
+
+
+def sparsity_report(model: keras.Model) -> SparsityReport:
+    """Per-kernel and global sparsity and non-zero counts of the prunable
+    weights of `model`.
+
+    ```python
+    report = keras_sam.sparsity.sparsity_report(model)
+    print(report)               # table, one row per kernel plus "global"
+    report.sparsity, report.nonzero
+    ```
+    """
+    layers = []
+    for target in prunable_weights(model):
+        value = target.variable.numpy()
+        layers.append(
+            LayerSparsity(
+                path=target.path,
+                size=int(value.size),
+                nonzero=int(np.count_nonzero(value)),
+                masked=target.mask is not None,
+            )
+        )
+    return SparsityReport(tuple(layers))
+
+
+def sparsity_for_budget(reference: keras.Model | int, model: keras.Model) -> float:
+    """The sparsity that gives `model` as many non-zero prunable weights as
+    the dense `reference` has prunable weights.
+
+    The paper's fixed budget: a wider model pruned back to the small
+    model's count (16 -> 24/32/64 filters: about 0.56/0.75/0.94).
+
+    ```python
+    s = keras_sam.sparsity.sparsity_for_budget(small_model, wide_model)
+    keras_sam.sparsity.prune_at_init(wide_model, s, method="snip", data=(x, y))
+    ```
+
+    Args:
+        reference: a built model (all its prunable weights count), or the
+            budget as a number of weights.
+        model: the built model to prune.
+    """
+    if isinstance(reference, keras.Model):
+        budget = sum(
+            int(np.prod(t.variable.shape)) for t in prunable_weights(reference)
+        )
+    elif isinstance(reference, numbers.Integral) and not isinstance(reference, bool):
+        budget = int(reference)
+    else:
+        raise ValueError(
+            "`reference` must be a keras.Model or a number of weights, got "
+            f"{type(reference).__name__}."
+        )
+    total = sum(int(np.prod(t.variable.shape)) for t in prunable_weights(model))
+    if not 0 < budget <= total:
+        raise ValueError(
+            f"`model` has {total} prunable weights; the budget must be between "
+            f"1 and that, got {budget} from `reference`."
+        )
+    return 1.0 - budget / total
+
+
+def strip_masks(model: keras.Model) -> keras.Model:
+    """A copy of `model` without masks: pruned weights are plain zeros.
+
+    The copy has the same class and weights, the kernels' previous
+    constraints, and no `KernelMask` state, so it loads and runs without
+    keras_sam.sparsity (a `SAMModel` still needs keras_sam).
+
+    ```python
+    plain = keras_sam.sparsity.strip_masks(model)
+    plain.save("model.keras")
+    ```
+    """
+    for target in prunable_weights(model):
+        if target.mask is not None:
+            set_mask(target, target.mask.mask.numpy())
+    config = _without_masks(keras.saving.serialize_keras_object(model))
+    config.pop("compile_config", None)
+    plain = keras.saving.deserialize_keras_object(config)
+    masks = {id(v) for v in _mask_variables(model)}
+    source = [v for v in model.weights if id(v) not in masks]
+    if len(source) != len(plain.weights):
+        raise ValueError(
+            "strip_masks could not match the weights of the copy "
+            f"({len(plain.weights)}) with those of `model` ({len(source)})."
+        )
+    for target, value in zip(plain.weights, source):
+        target.assign(value.numpy())
+    return plain
+
+
+def _mask_variables(model: keras.Model) -> list[keras.Variable]:
+    return [t.mask.mask for t in prunable_weights(model) if t.mask is not None]
+
+
+def _without_masks(config: Any) -> Any:
+    if isinstance(config, dict):
+        if config.get("registered_name") == "keras_sam>KernelMask":
+            return config["config"].get("constraint")
+        return {k: _without_masks(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_without_masks(v) for v in config]
+    return config
