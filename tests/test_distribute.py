@@ -223,3 +223,12 @@ def test_distributed_example_runs_on_two_logical_cpus():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 replica(s), eps_batch_size 32" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["synchronized", "per_replica"])
+def test_mirrored_pruned_weights_stay_zero(mirrored, mode):
+    result = mirrored[f"sparse-{mode}"]
+    assert result["num_pruned"] > 0
+    assert result["pruned_max_abs"] == 0.0
+    if mode == "synchronized":
+        assert result["deviation"] <= 1e-5

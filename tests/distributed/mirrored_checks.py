@@ -161,6 +161,36 @@ def synchronized_batch_norm_case(jit):
     }
 
 
+def sparse_case(mode):
+    """Random masks at 50%: under 2 replicas, masked SAM equals the masked
+    single-device run (synchronized) and pruned weights stay exactly zero."""
+    from keras_sam import sparsity
+
+    def build():
+        model = mlp(rho=RHO, hidden=16, replica_eps=mode)
+        sparsity.prune_at_init(model, 0.5, method="random", seed=3)
+        return model
+
+    with STRATEGY.scope():
+        distributed = build()
+    weights, _ = train(distributed, jit=False)
+    masks = [
+        None
+        if getattr(v.constraint, "mask", None) is None
+        else v.constraint.mask.numpy()
+        for v in distributed.trainable_variables
+    ]
+    pruned = [w[m == 0] for w, m in zip(weights, masks) if m is not None]
+    result = {
+        "pruned_max_abs": max(float(np.max(np.abs(p), initial=0.0)) for p in pruned),
+        "num_pruned": int(sum(p.size for p in pruned)),
+    }
+    if mode == "synchronized":
+        single, _ = train(build(), jit=False)
+        result["deviation"] = deviation(weights, single)
+    return result
+
+
 class Interrupt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 2:
@@ -231,6 +261,8 @@ def main():
     # Synchronized batch norm all-reduces inside the forward pass, which cannot
     # run inside the per-replica XLA functions (see docs/distributed.md).
     results["sync-bn"] = synchronized_batch_norm_case(jit=False)
+    for mode in ("synchronized", "per_replica"):
+        results[f"sparse-{mode}"] = sparse_case(mode)
     results["mixed-float16-skip"] = mixed_precision_case()
     with tempfile.TemporaryDirectory() as directory:
         results["backup-and-restore"] = backup_and_restore_case(directory)
