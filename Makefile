@@ -31,3 +31,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/sam_step_time.py
 	$(PY) benchmarks/distributed.py
 	$(PY) benchmarks/hessian.py
+	$(PY) benchmarks/sparsity_overhead.py
