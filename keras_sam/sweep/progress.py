@@ -22,8 +22,9 @@ def format_seconds(seconds: float) -> str:
 class Progress:
     """Prints one line per run start and end.
 
-    The estimate is the mean time of this session's runs of the same size
-    (all sizes while none of that size has finished) times the runs left.
+    The estimate sums, over the runs left, the mean time of this session's
+    runs of the same size, or for a size not yet timed the nearest timed
+    size's mean scaled by the square root of the parameter ratio.
     """
 
     def __init__(self, total: int, already_done: int, stream: TextIO | None = None):
@@ -31,25 +32,36 @@ class Progress:
         self.done = already_done
         self.stream = stream or sys.stdout
         self._seconds: dict[float, list[float]] = {}
+        self._params: dict[float, int] = {}
         self._start = 0.0
 
-    def _eta(self, sizes_left: list[float]) -> str:
+    def _eta(self, left: list[tuple[float, int]]) -> str:
         if not self._seconds:
             return "estimating"
-        every = [s for times in self._seconds.values() for s in times]
-        overall = sum(every) / len(every)
+        measured = {
+            size: (sum(t) / len(t), self._params[size])
+            for size, t in self._seconds.items()
+        }
         total = 0.0
-        for size in sizes_left:
-            times = self._seconds.get(size)
-            total += sum(times) / len(times) if times else overall
+        for size, params in left:
+            if size in measured:
+                total += measured[size][0]
+                continue
+            # Nearest measured size, scaled by sqrt(params ratio): step time
+            # grows sub-linearly with size at these scales (fixed overhead).
+            near = min(measured.values(), key=lambda m: abs(m[1] - params))
+            total += near[0] * (params / max(near[1], 1)) ** 0.5
         return "~" + format_seconds(total)
 
-    def start(self, label: str, params: int, sizes_left: list[float]) -> None:
+    def start(self, label: str, size: float, params: int, left) -> None:
+        """Announces a run; ``left`` lists (size, params) of the runs left,
+        this one included."""
         self._start = time.perf_counter()
-        left = self.total - self.done
+        self._params[size] = params
+        remaining = self.total - self.done
         print(
-            f"[{self.done}/{self.total} done, {left} left, "
-            f"{self._eta(sizes_left)} left] {label} ({params:,} params)",
+            f"[{self.done}/{self.total} done, {remaining} left, "
+            f"{self._eta(list(left))} left] {label} ({params:,} params)",
             file=self.stream,
             flush=True,
         )

@@ -121,7 +121,8 @@ def run_sweep(
     for i, spec in enumerate(todo):
         record = _base_record(spec, preset, workload)
         params = workload.count_params(spec.size)
-        progress.start(spec.label, params, [r.size for r in todo[i:]])
+        left = [(r.size, workload.count_params(r.size)) for r in todo[i:]]
+        progress.start(spec.label, spec.size, params, left)
         try:
             if data is None:
                 data = workload.load(

@@ -96,7 +96,7 @@ def train_run(
     fit_options = dict(epochs=preset.epochs, verbose=verbose)
     start = time.perf_counter()
     if data.batched:
-        history = trained.fit(data.train, **fit_options)
+        history = trained.fit(data.train, shuffle=False, **fit_options)
         scores = trained.evaluate(data.test, verbose=0, return_dict=True)
     else:
         history = trained.fit(
