@@ -50,7 +50,17 @@ def test_cifar10_example_asam_per_replica(example):
 def test_imagenet_example(example):
     with tfds.testing.mock_data(num_examples=8):
         scores = example("imagenet").main(
-            ["--base-filters", "2", "--image-size", "32", "--verbose", "0", *TINY]
+            [
+                "--base-filters",
+                "1",
+                "--image-size",
+                "32",
+                "--optimizer",
+                "sgd",
+                "--verbose",
+                "0",
+                *TINY,
+            ]  # fmt: skip
         )
     assert scores["loss"] > 0
 

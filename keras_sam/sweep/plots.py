@@ -82,6 +82,10 @@ def plot_summary(
         if not math.isnan(s.baseline.mean):
             ax.axhline(s.baseline.mean, color=color, ls="--", lw=1)
     ax.set(xscale="log", xlabel="rho", ylabel=metric)
+    grid = sorted({r for s in summaries for r in s.by_rho if r > 0})
+    if grid:
+        ax.minorticks_off()
+        ax.set_xticks(grid, [f"{r:g}" for r in grid])
     ax.set_title(f"{title} (dashed: baseline)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)

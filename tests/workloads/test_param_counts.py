@@ -10,6 +10,7 @@ from keras_sam.workloads import (
     resnet18_params,
     resnet50,
     resnet50_params,
+    student,
     trainable_params,
 )
 
@@ -78,6 +79,7 @@ def test_registry_counts_equal_built_models(name):
         (lambda: resnet50(0), "base_filters"),
         (lambda: get_workload("svhn"), "workload"),
         (lambda: get_workload("synthetic").count_params(2.5), "hidden"),
+        (lambda: student(4, input_scale=0.0), "input_scale"),
     ],
 )
 def test_bad_sizes(call, name):
