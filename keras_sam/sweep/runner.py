@@ -175,7 +175,8 @@ def write_summary(
         f"# Sweep: {title}\n",
         f"{workload.description}; {preset.epochs} epochs, batch {preset.batch_size}, "
         f"lr {preset.lr:g} ({preset.schedule}), momentum {preset.momentum:g}, "
-        f"weight decay {preset.weight_decay:g}, seeds {list(preset.seeds)}; "
+        f"weight decay {preset.weight_decay:g}, SAM rule {preset.perturbation}, "
+        f"seeds {list(preset.seeds)}; "
         f"config {preset.config_id()} (see configs.json). Metric: {workload.metric} "
         f"({'higher' if workload.higher_is_better else 'lower'} is better); "
         "mean ± standard error over seeds.\n",

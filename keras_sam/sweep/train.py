@@ -87,7 +87,9 @@ def train_run(
     if preset.image_size is not None:
         build_options["image_size"] = preset.image_size
     model = workload.build(spec.size, seed=spec.seed, **build_options)
-    trained = model if spec.rho is None else keras_sam.sam(model, rho=spec.rho)
+    trained = model
+    if spec.rho is not None:
+        trained = keras_sam.sam(model, rho=spec.rho, perturbation=preset.perturbation)
     trained.compile(
         make_optimizer(preset, _steps_per_epoch(data, preset.batch_size)),
         loss=workload.loss(),

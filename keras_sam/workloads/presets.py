@@ -25,6 +25,7 @@ class Preset:
 
     ``schedule``: ``"constant"``, ``"step"`` (x0.1 at 50% and 75% of
     training) or ``"cosine"`` (after ``warmup_steps`` linear warm-up).
+    ``perturbation`` is the SAM rule (``"sam"``, ``"usam"``, ``"asam"``).
     ``weight_decay`` is decoupled (Keras SGD ``weight_decay``): applied with
     the SAM gradient, it does not enter eps. ``data_options`` go to the
     workload's loader (e.g. ``{"noise": 0.0}``).
@@ -47,6 +48,7 @@ class Preset:
     data_seed: int = 0
     image_size: int | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
+    perturbation: str = "sam"
     hessian: bool = False
     hessian_examples: int = 256
     keras_verbose: int = 2
@@ -63,6 +65,11 @@ class Preset:
                 raise ValueError(
                     f"`{name}` must be a positive integer, got {name}={value!r}."
                 )
+        if self.perturbation not in ("sam", "usam", "asam"):
+            raise ValueError(
+                "`perturbation` must be one of ['sam', 'usam', 'asam'], got "
+                f"perturbation={self.perturbation!r}."
+            )
         for name in ("sizes", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"`{name}` must not be empty.")
@@ -142,6 +149,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
             batch_size=1,
             lr=0.0005,
             schedule="constant",
+            perturbation="usam",  # the rule Theorem H.3 analyses
             num_train=1000,
             num_test=1000,
         ),
@@ -149,12 +157,13 @@ PRESETS: dict[tuple[str, str], Preset] = {
             "matrix-factorization",
             "quick",
             sizes=(4, 10),
-            rhos=(0.05,),
+            rhos=(0.01, 0.05),
             seeds=(0,),
             epochs=30,
             batch_size=10,
-            lr=0.005,
+            lr=0.001,
             schedule="constant",
+            perturbation="usam",
             num_train=1000,
             num_test=1000,
             keras_verbose=0,

@@ -159,3 +159,22 @@ def test_configs_json_lists_the_training_config(tmp_path):
     configs = json.loads((tmp_path / "configs.json").read_text())
     assert configs[preset.config_id()]["epochs"] == 1
     assert runner.SUMMARY_NAME == "summary.md"
+
+
+def test_matrix_factorization_sweep_uses_usam(tmp_path, monkeypatch):
+    seen = []
+    real = train.keras_sam.sam
+
+    def spy(model, **kwargs):
+        seen.append(kwargs["perturbation"])
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(train.keras_sam, "sam", spy)
+    preset = get_preset("matrix-factorization", "quick").replace(
+        epochs=2, num_train=100, num_test=20, rhos=(0.01,)
+    )
+    sizes = run_sweep(preset, str(tmp_path), stream=io.StringIO())
+    assert seen == ["usam", "usam"] and [s.params for s in sizes] == [64, 160]
+    assert (tmp_path / "convergence.png").exists()
+    with pytest.raises(ValueError, match="perturbation"):
+        preset.replace(perturbation="adam")
