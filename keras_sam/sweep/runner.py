@@ -189,14 +189,18 @@ def write_summary(
     seconds = sum(r.get("seconds") or 0.0 for r in records if r["key"] in keys)
     parts.append(f"Total run time recorded: {format_seconds(seconds)}.\n")
     if make_plots:
-        names = [
-            os.path.basename(p)
-            for p in plots.plot_summary(sizes, workload.metric, out_dir, title)
-        ]
-        conv = plots.plot_convergence(records, out_dir, title, keys)
-        if conv:
-            names.append(os.path.basename(conv))
-        parts.append("\n".join(f"![{n}]({n})" for n in names) + "\n")
+        try:
+            names = [
+                os.path.basename(p)
+                for p in plots.plot_summary(sizes, workload.metric, out_dir, title)
+            ]
+            conv = plots.plot_convergence(records, out_dir, title, keys)
+            if conv:
+                names.append(os.path.basename(conv))
+            parts.append("\n".join(f"![{n}]({n})" for n in names) + "\n")
+        except ImportError as error:  # matplotlib missing: keep the table
+            print(f"no plots: {error}", file=stream)
+            parts.append(f"No plots: {error}\n")
     with open(os.path.join(out_dir, SUMMARY_NAME), "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
     print("\n" + table, file=stream)

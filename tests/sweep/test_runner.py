@@ -178,3 +178,15 @@ def test_matrix_factorization_sweep_uses_usam(tmp_path, monkeypatch):
     assert (tmp_path / "convergence.png").exists()
     with pytest.raises(ValueError, match="perturbation"):
         preset.replace(perturbation="adam")
+
+
+def test_summary_without_matplotlib(tmp_path, monkeypatch):
+    from keras_sam.sweep import plots
+
+    def missing():
+        raise ImportError("Plots need matplotlib")
+
+    monkeypatch.setattr(plots, "_pyplot", missing)
+    run_sweep(tiny(sizes=(4,), rhos=()), str(tmp_path), stream=io.StringIO())
+    text = (tmp_path / "summary.md").read_text()
+    assert "| 4 |" in text and "No plots: Plots need matplotlib" in text
