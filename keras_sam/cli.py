@@ -1,4 +1,10 @@
-"""Command line: ``keras-sam demo`` (also ``python -m keras_sam demo``)."""
+"""Command line (also ``python -m keras_sam ...``):
+
+- ``keras-sam sweep WORKLOAD [options]``: the overparameterization sweep
+  (sizes x {SGD, SAM at each rho} x seeds), resumable, with a summary table
+  and plots in ``--out``;
+- ``keras-sam demo``: one SGD vs SAM comparison on the synthetic workload.
+"""
 
 from __future__ import annotations
 
@@ -53,14 +59,140 @@ def run_demo(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def _numbers(kind):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__} values, got {text!r}"
+            ) from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+
+    return parse
+
+
+def _size(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+_OVERRIDES = [
+    ("sizes", _numbers(_size), "model sizes, e.g. 100,400,1000 (the size knob)"),
+    ("rhos", _numbers(float), "SAM rho grid, e.g. 0.05,0.1"),
+    ("seeds", _numbers(int), "seeds, e.g. 0,1,2"),
+    ("epochs", int, None),
+    ("batch_size", int, None),
+    ("lr", float, "initial learning rate"),
+    ("momentum", float, None),
+    ("weight_decay", float, "decoupled weight decay"),
+    ("schedule", str, "constant, step (x0.1 at 50%%, 75%%) or cosine"),
+    ("num_train", int, "use the first N training examples"),
+    ("num_test", int, "use the first N test examples"),
+    ("hessian_examples", int, "examples for the Hessian metrics"),
+]
+
+
+def _sweep_parser(sub) -> None:
+    from keras_sam.workloads.presets import PRESETS
+
+    workloads = sorted({w for w, _ in PRESETS})
+    presets = sorted({n for _, n in PRESETS})
+    sweep = sub.add_parser(
+        "sweep",
+        help="SAM vs SGD across model sizes: resumable runs, table and plots.",
+        description="Runs WORKLOAD's sizes x {baseline SGD, SAM at each rho} x "
+        "seeds; finished runs in OUT/results.jsonl are skipped, so a killed sweep "
+        "continues where it stopped. Writes OUT/summary.md and PNG plots.",
+    )
+    sweep.add_argument("workload", choices=workloads)
+    sweep.add_argument(
+        "--preset",
+        default="quick",
+        choices=presets,
+        help="hyperparameters: 'paper' (the paper's full grid), 'quick' (small, "
+        "CPU-friendly; default), 'stability' (synthetic: near-zero loss, "
+        "constant lr, Hessian metrics)",
+    )
+    for name, kind, text in _OVERRIDES:
+        sweep.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=None, help=text
+        )
+    sweep.add_argument(
+        "--out", default=None, help="results folder (default results/WORKLOAD-PRESET)"
+    )
+    sweep.add_argument("--data-dir", default=None, help="tensorflow-datasets folder")
+    sweep.add_argument(
+        "--no-download", action="store_true", help="never download data sets"
+    )
+    sweep.add_argument(
+        "--hessian",
+        action="store_true",
+        default=None,
+        help="measure sharpness and s2 at the end of every run",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan only")
+    sweep.add_argument("--no-plots", action="store_true")
+    sweep.add_argument(
+        "--verbose", type=int, default=None, help="Keras fit verbosity 0, 1 or 2"
+    )
+
+
+def sweep_preset(args: argparse.Namespace):
+    """The preset named on the command line with the overrides applied."""
+    from keras_sam.workloads import get_preset
+
+    preset = get_preset(args.workload, args.preset)
+    changes = {
+        name: getattr(args, name)
+        for name, _, _ in _OVERRIDES
+        if getattr(args, name) is not None
+    }
+    if args.hessian:
+        changes["hessian"] = True
+    return preset.replace(**changes) if changes else preset
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from keras_sam.sweep import describe_plan, run_sweep
+
+    try:
+        preset = sweep_preset(args)
+    except ValueError as error:
+        print(f"keras-sam sweep: error: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        describe_plan(preset)
+        return 0
+    out = args.out or os.path.join("results", f"{args.workload}-{args.preset}")
+    summaries = run_sweep(
+        preset,
+        out,
+        data_dir=args.data_dir,
+        download=False if args.no_download else None,
+        make_plots=not args.no_plots,
+        verbose=args.verbose,
+    )
+    failed = sum(s.failed for s in summaries)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    parser = argparse.ArgumentParser(prog="keras-sam", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="keras-sam",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    _sweep_parser(sub)
     _demo_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        run_demo(args)
+    if args.command == "sweep":
+        return run_sweep_command(args)
+    run_demo(args)
     return 0
 
 

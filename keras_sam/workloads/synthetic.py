@@ -52,17 +52,27 @@ def teacher_student(
     return draw(num_train), draw(num_test)
 
 
-def student(hidden: int, dim: int = 100, seed: int | None = None) -> keras.Model:
+def student(
+    hidden: int, dim: int = 100, seed: int | None = None, input_scale: float = 1.0
+) -> keras.Model:
     """A 2-layer ReLU regression network with `hidden` units (plain Keras).
 
-    Its parameter count is (dim + 2) * hidden + 1.
+    Its parameter count is (dim + 2) * hidden + 1. ``input_scale`` multiplies
+    the inputs first (no parameters): the sweep uses ``1 / sqrt(dim)``, which
+    makes the Hessian's top eigenvalue ~100x smaller, so the paper's lr 0.1
+    is stable at every width.
     """
     if not isinstance(hidden, int) or hidden < 1:
         raise ValueError(f"`hidden` must be a positive integer, got hidden={hidden!r}.")
+    if not input_scale > 0:
+        raise ValueError(f"`input_scale` must be > 0, got input_scale={input_scale!r}.")
     inputs = keras.Input((dim,))
+    x = inputs
+    if input_scale != 1.0:
+        x = keras.layers.Rescaling(input_scale)(inputs)
     h = keras.layers.Dense(
         hidden, activation="relu", kernel_initializer=keras.initializers.HeNormal(seed)
-    )(inputs)
+    )(x)
     outputs = keras.layers.Dense(
         1, kernel_initializer=keras.initializers.GlorotUniform(seed)
     )(h)

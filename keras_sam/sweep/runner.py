@@ -1,0 +1,208 @@
+"""The sweep runner: plan, skip finished runs, train the rest, record each
+run (failures included), then write ``summary.md`` and the plots.
+
+```python
+from keras_sam.sweep import run_sweep
+from keras_sam.workloads import get_preset
+run_sweep(get_preset("synthetic", "quick"), out_dir="results/synthetic-quick")
+```
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import traceback
+from typing import Any, TextIO
+
+from keras_sam.sweep import plots, summary, train
+from keras_sam.sweep.plan import RunSpec, plan_runs
+from keras_sam.sweep.progress import Progress, format_seconds
+from keras_sam.sweep.results import (
+    RESULTS_NAME,
+    append_result,
+    finished_keys,
+    read_results,
+)
+from keras_sam.workloads.presets import Preset
+from keras_sam.workloads.registry import Workload, get_workload
+
+SUMMARY_NAME = "summary.md"
+
+
+def describe_plan(preset: Preset, stream: TextIO | None = None) -> list[RunSpec]:
+    """Prints the planned runs and each size's parameter count (no training,
+    no data, no model built) and returns the plan."""
+    stream = stream or sys.stdout
+    workload = get_workload(preset.workload)
+    runs = plan_runs(preset)
+    print(
+        f"{workload.name} ({workload.description}), preset {preset.name!r}: "
+        f"{len(preset.sizes)} sizes x (baseline + {len(preset.rhos)} rho) x "
+        f"{len(preset.seeds)} seeds = {len(runs)} runs, {preset.epochs} epochs, "
+        f"batch {preset.batch_size}, lr {preset.lr:g} ({preset.schedule}), "
+        f"momentum {preset.momentum:g}, weight decay {preset.weight_decay:g}",
+        file=stream,
+    )
+    print(f"rho grid: {', '.join(f'{r:g}' for r in preset.rhos)}", file=stream)
+    for size in sorted(preset.sizes):
+        n = sum(r.size == size for r in runs)
+        params = workload.count_params(size)
+        print(
+            f"  {workload.size_name}={size:g}: {params:,} parameters, {n} runs",
+            file=stream,
+        )
+    return runs
+
+
+def _base_record(spec: RunSpec, preset: Preset, workload: Workload) -> dict[str, Any]:
+    return {
+        "key": spec.key,
+        "workload": spec.workload,
+        "preset": preset.name,
+        "config_id": spec.config_id,
+        "variant": spec.variant,
+        "size": spec.size,
+        "method": spec.method,
+        "rho": spec.rho,
+        "seed": spec.seed,
+        "metric": workload.metric,
+        "finished_at": None,
+    }
+
+
+def _write_config(out_dir: str, preset: Preset) -> None:
+    path = os.path.join(out_dir, "configs.json")
+    configs = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            configs = json.load(f)
+    configs[preset.config_id()] = preset.training_config()
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(configs, f, indent=1, sort_keys=True, default=str)
+
+
+def run_sweep(
+    preset: Preset,
+    out_dir: str,
+    *,
+    data_dir: str | None = None,
+    download: bool | None = None,
+    make_plots: bool = True,
+    verbose: int | None = None,
+    stream: TextIO | None = None,
+) -> list[summary.SizeSummary]:
+    """Runs every unfinished run of ``preset``, appending to
+    ``out_dir/results.jsonl``; returns the per-size summary.
+
+    A run that raises is recorded with ``status: "failed"`` and its error,
+    and the sweep goes on; it is retried on the next call. ``verbose`` is
+    the Keras ``fit`` verbosity (default: the preset's).
+    """
+    stream = stream or sys.stdout
+    workload = get_workload(preset.workload)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_config(out_dir, preset)
+    path = os.path.join(out_dir, RESULTS_NAME)
+    runs = plan_runs(preset)
+    done = finished_keys(read_results(path))
+    todo = [r for r in runs if r.key not in done]
+    print(
+        f"{workload.name}/{preset.name}: {len(runs)} runs planned, "
+        f"{len(runs) - len(todo)} already in {path}, {len(todo)} to run",
+        file=stream,
+        flush=True,
+    )
+    progress = Progress(len(runs), len(runs) - len(todo), stream)
+    data = None
+    verbose = preset.keras_verbose if verbose is None else verbose
+    for i, spec in enumerate(todo):
+        record = _base_record(spec, preset, workload)
+        params = workload.count_params(spec.size)
+        left = [(r.size, workload.count_params(r.size)) for r in todo[i:]]
+        progress.start(spec.label, spec.size, params, left)
+        try:
+            if data is None:
+                data = workload.load(
+                    num_train=preset.num_train,
+                    num_test=preset.num_test,
+                    seed=preset.data_seed,
+                    batch_size=preset.batch_size,
+                    data_dir=data_dir,
+                    download=download,
+                    image_size=preset.image_size,
+                    **preset.data_options,
+                )
+            record.update(train.train_run(spec, workload, preset, data, verbose))
+            record["status"] = "ok"
+            value = record["value"]
+            message = f"{workload.metric} {value:.4f}"
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # recorded, and the sweep goes on
+            record.update(
+                status="failed",
+                params=params,
+                error=f"{type(error).__name__}: {error}",
+                traceback=traceback.format_exc(limit=8),
+            )
+            message = f"FAILED: {record['error'][:300]}"
+        record["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
+        record["seconds"] = progress.end(spec.size, message)
+        append_result(path, record)
+    return write_summary(preset, out_dir, make_plots=make_plots, stream=stream)
+
+
+def write_summary(
+    preset: Preset,
+    out_dir: str,
+    *,
+    make_plots: bool = True,
+    stream: TextIO | None = None,
+) -> list[summary.SizeSummary]:
+    """Writes ``summary.md`` (and the plots) for the runs of ``preset``
+    found in ``out_dir/results.jsonl``; prints the table."""
+    stream = stream or sys.stdout
+    workload = get_workload(preset.workload)
+    records = read_results(os.path.join(out_dir, RESULTS_NAME))
+    keys = {r.key for r in plan_runs(preset)}
+    sizes = summary.summarize(records, workload.higher_is_better, keys)
+    table = summary.markdown_table(sizes, workload.metric, workload.size_name)
+    title = f"{workload.name} / {preset.name}"
+    parts = [
+        f"# Sweep: {title}\n",
+        f"{workload.description}; {preset.epochs} epochs, batch {preset.batch_size}, "
+        f"lr {preset.lr:g} ({preset.schedule}), momentum {preset.momentum:g}, "
+        f"weight decay {preset.weight_decay:g}, SAM rule {preset.perturbation}, "
+        f"seeds {list(preset.seeds)}; "
+        f"config {preset.config_id()} (see configs.json). Metric: {workload.metric} "
+        f"({'higher' if workload.higher_is_better else 'lower'} is better); "
+        "mean ± standard error over seeds.\n",
+        table,
+        summary.rho_table(sizes, workload.metric),
+    ]
+    curvature = summary.hessian_table(records, keys)
+    if curvature:
+        parts.append("Curvature at the end of training:\n\n" + curvature)
+    seconds = sum(r.get("seconds") or 0.0 for r in records if r["key"] in keys)
+    parts.append(f"Total run time recorded: {format_seconds(seconds)}.\n")
+    if make_plots:
+        try:
+            names = [
+                os.path.basename(p)
+                for p in plots.plot_summary(sizes, workload.metric, out_dir, title)
+            ]
+            conv = plots.plot_convergence(records, out_dir, title, keys)
+            if conv:
+                names.append(os.path.basename(conv))
+            parts.append("\n".join(f"![{n}]({n})" for n in names) + "\n")
+        except ImportError as error:  # matplotlib missing: keep the table
+            print(f"no plots: {error}", file=stream)
+            parts.append(f"No plots: {error}\n")
+    with open(os.path.join(out_dir, SUMMARY_NAME), "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    print("\n" + table, file=stream)
+    print(f"summary: {os.path.join(out_dir, SUMMARY_NAME)}", file=stream, flush=True)
+    return sizes

@@ -1,0 +1,177 @@
+"""Summary of a results file: per size, baseline vs SAM at the best rho.
+
+Gap = SAM's improvement over the baseline (baseline - SAM for a loss, SAM -
+baseline for an accuracy), so a positive gap means SAM is better. The best
+rho maximizes the seed-mean improvement. Standard errors are
+``std(ddof=1) / sqrt(n)`` over seeds; the gap's is that of the per-seed
+paired differences when both have the same seeds (else the two standard
+errors combined in quadrature).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from keras_sam.sweep.results import latest_by_key
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    se: float  # NaN with one seed
+    n: int
+
+    def format(self, digits: int = 4) -> str:
+        if math.isnan(self.mean):
+            return "n/a"
+        text = f"{self.mean:.{digits}f}"
+        if self.n > 1:
+            text += f" ± {self.se:.{digits}f}"
+        return text
+
+
+def stat(values: list[float]) -> Stat:
+    """Mean, standard error (ddof 1) and count; NaN mean if empty."""
+    n = len(values)
+    if n == 0:
+        return Stat(math.nan, math.nan, 0)
+    mean = sum(values) / n
+    if n == 1:
+        return Stat(mean, math.nan, 1)
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return Stat(mean, math.sqrt(var / n), n)
+
+
+@dataclass(frozen=True)
+class SizeSummary:
+    size: float
+    params: int
+    baseline: Stat
+    by_rho: dict[float, Stat]
+    best_rho: float | None
+    best: Stat
+    gap: Stat
+    failed: int
+
+
+def summarize(
+    records: list[dict[str, Any]], higher_is_better: bool, keys: set[str] | None = None
+) -> list[SizeSummary]:
+    """Per-size summaries of the latest ``ok`` records (restricted to
+    ``keys`` if given), sorted by size."""
+    latest = latest_by_key(records)
+    if keys is not None:
+        latest = {k: r for k, r in latest.items() if k in keys}
+    sign = 1.0 if higher_is_better else -1.0
+    sizes = sorted({float(r["size"]) for r in latest.values()})
+    out = []
+    for size in sizes:
+        rows = [r for r in latest.values() if float(r["size"]) == size]
+        ok = [r for r in rows if r.get("status") == "ok" and r.get("value") is not None]
+        base = {r["seed"]: r["value"] for r in ok if r["method"] == "baseline"}
+        sam: dict[float, dict[int, float]] = {}
+        for r in ok:
+            if r["method"] == "sam":
+                sam.setdefault(float(r["rho"]), {})[r["seed"]] = r["value"]
+        by_rho = {rho: stat(list(v.values())) for rho, v in sorted(sam.items())}
+        base_stat = stat(list(base.values()))
+        best_rho = None
+        if by_rho:
+            best_rho = max(by_rho, key=lambda rho: sign * by_rho[rho].mean)
+        best = by_rho[best_rho] if best_rho is not None else stat([])
+        if best_rho is None or not base:
+            gap = stat([])
+        elif set(sam[best_rho]) == set(base):
+            gap = stat([sign * (sam[best_rho][s] - base[s]) for s in sorted(base)])
+        else:
+            se = math.sqrt(
+                (base_stat.se if base_stat.n > 1 else 0.0) ** 2
+                + (best.se if best.n > 1 else 0.0) ** 2
+            )
+            gap = Stat(
+                sign * (best.mean - base_stat.mean), se, min(best.n, base_stat.n)
+            )
+        params = max((int(r.get("params") or 0) for r in rows), default=0)
+        failed = sum(r.get("status") == "failed" for r in rows)
+        out.append(
+            SizeSummary(size, params, base_stat, by_rho, best_rho, best, gap, failed)
+        )
+    return out
+
+
+def _params(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}m"
+    if n >= 10_000:
+        return f"{n / 1e3:.1f}k"
+    return f"{n:,}"
+
+
+def markdown_table(
+    summaries: list[SizeSummary],
+    metric: str,
+    size_name: str = "size",
+    digits: int = 4,
+) -> str:
+    """The summary as a Markdown table, one row per size."""
+    lines = [
+        f"| {size_name} | params | baseline {metric} | best SAM {metric} | "
+        "best rho | gap (SAM better > 0) | seeds | failed |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        rho = "n/a" if s.best_rho is None else f"{s.best_rho:g}"
+        lines.append(
+            f"| {s.size:g} | {_params(s.params)} | {s.baseline.format(digits)} | "
+            f"{s.best.format(digits)} | {rho} | {s.gap.format(digits)} | "
+            f"{s.baseline.n} | {s.failed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def rho_table(summaries: list[SizeSummary], metric: str, digits: int = 4) -> str:
+    """Mean ± standard error of ``metric`` at every rho, one row per size."""
+    rhos = sorted({rho for s in summaries for rho in s.by_rho})
+    head = "| size | baseline | " + " | ".join(f"rho={r:g}" for r in rhos) + " |"
+    lines = [head, "|" + "---:|" * (len(rhos) + 2)]
+    for s in summaries:
+        cells = [s.by_rho[r].format(digits) if r in s.by_rho else "" for r in rhos]
+        lines.append(
+            f"| {s.size:g} | {s.baseline.format(digits)} | " + " | ".join(cells) + " |"
+        )
+    return f"{metric} by rho:\n\n" + "\n".join(lines) + "\n"
+
+
+def hessian_table(
+    records: list[dict[str, Any]], keys: set[str] | None = None, digits: int = 3
+) -> str | None:
+    """Seed-mean sharpness and s2 at the end of training per size and method
+    (None if no record has Hessian metrics)."""
+    latest = latest_by_key(records)
+    rows: dict[tuple[float, float], dict[str, list[float]]] = {}
+    for k, r in latest.items():
+        if keys is not None and k not in keys:
+            continue
+        h = r.get("hessian") if r.get("status") == "ok" else None
+        if not h:
+            continue
+        rho = -1.0 if r["rho"] is None else float(r["rho"])
+        cell = rows.setdefault((float(r["size"]), rho), {"sharpness": [], "s2": []})
+        for name in cell:
+            if h.get(name) is not None:
+                cell[name].append(h[name])
+    if not rows:
+        return None
+    lines = [
+        "| size | method | sharpness lambda_max(H) | non-uniformity s2 |",
+        "|---:|---|---:|---:|",
+    ]
+    for (size, rho), cell in sorted(rows.items()):
+        method = "baseline" if rho < 0 else f"SAM rho={rho:g}"
+        lines.append(
+            f"| {size:g} | {method} | {stat(cell['sharpness']).format(digits)} | "
+            f"{stat(cell['s2']).format(digits)} |"
+        )
+    return "\n".join(lines) + "\n"

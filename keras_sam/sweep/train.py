@@ -1,0 +1,130 @@
+"""One run of a sweep: build, compile, fit, evaluate (and optionally measure
+curvature) and return a JSON-ready record."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+import keras_sam
+from keras_sam.sweep.plan import RunSpec
+from keras_sam.workloads.presets import Preset
+from keras_sam.workloads.registry import Data, Workload
+
+
+def learning_rate(preset: Preset, steps_per_epoch: int):
+    """The preset's learning rate: a float or a Keras schedule."""
+    total = max(1, preset.epochs * steps_per_epoch)
+    if preset.schedule == "constant":
+        return preset.lr
+    if preset.schedule == "step":
+        bounds = [max(1, total // 2), max(2, (3 * total) // 4)]
+        values = [preset.lr, preset.lr * 0.1, preset.lr * 0.01]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
+    warmup = min(preset.warmup_steps, total - 1)
+    if warmup > 0:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, total - warmup, warmup_target=preset.lr, warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(preset.lr, total)
+
+
+def make_optimizer(preset: Preset, steps_per_epoch: int) -> keras.optimizers.SGD:
+    """SGD with the preset's momentum, schedule and decoupled weight decay."""
+    return keras.optimizers.SGD(
+        learning_rate(preset, steps_per_epoch),
+        momentum=preset.momentum,
+        weight_decay=preset.weight_decay or None,
+    )
+
+
+def _steps_per_epoch(data: Data, batch_size: int) -> int:
+    return max(1, math.ceil(data.num_train / batch_size))
+
+
+def _hessian_data(data: Data, n: int):
+    if not data.batched:
+        x, y = data.train
+        return x[:n], y[:n]
+    xs, ys, count = [], [], 0
+    for x, y in data.train:  # augmented training batches
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y))
+        count += len(xs[-1])
+        if count >= n:
+            break
+    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+
+
+def curvature(model: keras.Model, workload: Workload, data: Data, n: int) -> dict:
+    """Sharpness ``lambda_max(H)`` and non-uniformity ``s2`` on ``n`` training
+    examples (batch norm in inference mode, data loss only)."""
+    from keras_sam import hessian
+
+    subset = _hessian_data(data, n)
+    op = hessian.CurvatureOperator(model, subset, loss=workload.loss())
+    return {
+        "sharpness": hessian.sharpness(op),
+        "s2": hessian.non_uniformity(op, order=2),
+        "hessian_examples": int(len(subset[0])),
+    }
+
+
+def train_run(
+    spec: RunSpec,
+    workload: Workload,
+    preset: Preset,
+    data: Data,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """Trains one run and returns its record (``status`` "ok")."""
+    keras.utils.set_random_seed(spec.seed)
+    build_options = {}
+    if preset.image_size is not None:
+        build_options["image_size"] = preset.image_size
+    model = workload.build(spec.size, seed=spec.seed, **build_options)
+    trained = model
+    if spec.rho is not None:
+        trained = keras_sam.sam(model, rho=spec.rho, perturbation=preset.perturbation)
+    trained.compile(
+        make_optimizer(preset, _steps_per_epoch(data, preset.batch_size)),
+        loss=workload.loss(),
+        metrics=workload.metrics(),
+    )
+    fit_options = dict(epochs=preset.epochs, verbose=verbose)
+    start = time.perf_counter()
+    if data.batched:
+        history = trained.fit(data.train, shuffle=False, **fit_options)
+        scores = trained.evaluate(data.test, verbose=0, return_dict=True)
+    else:
+        history = trained.fit(
+            *data.train, batch_size=preset.batch_size, shuffle=True, **fit_options
+        )
+        scores = trained.evaluate(
+            *data.test, batch_size=1024, verbose=0, return_dict=True
+        )
+    seconds = time.perf_counter() - start
+    metric = {"test_loss": scores["loss"]}
+    if "accuracy" in scores:
+        metric["test_accuracy"] = scores["accuracy"]
+    record = {
+        "params": int(sum(math.prod(v.shape) for v in model.trainable_weights)),
+        "metric": workload.metric,
+        "value": float(metric[workload.metric]),
+        "scores": {k: float(v) for k, v in metric.items()},
+        "history": {
+            k: [float(v) for v in vs]
+            for k, vs in history.history.items()
+            if k in ("loss", "perturbed_loss", "accuracy")
+        },
+        "train_seconds": seconds,
+    }
+    if preset.hessian:
+        record["hessian"] = curvature(model, workload, data, preset.hessian_examples)
+    if not all(math.isfinite(v) for v in metric.values()):
+        record["note"] = "non-finite test metric (diverged?)"
+    return record

@@ -1,0 +1,192 @@
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from keras_sam import cli
+from keras_sam.sweep import plan_runs, read_results, run_sweep, runner, train
+from keras_sam.workloads import get_preset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = dict(
+    sizes=(4, 8),
+    rhos=(0.1,),
+    seeds=(0,),
+    epochs=1,
+    num_train=128,
+    num_test=64,
+    batch_size=64,
+    lr=0.01,
+)
+TINY_ARGS = [
+    "--sizes", "4,8", "--rhos", "0.1,0.2", "--seeds", "0", "--epochs", "2",
+    "--num-train", "128", "--num-test", "64", "--batch-size", "32", "--lr", "0.01",
+]  # fmt: skip
+
+
+def tiny(**changes):
+    return get_preset("synthetic", "quick").replace(**{**TINY, **changes})
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts train_run calls; fails the runs whose key is in `fail`."""
+    calls, fail = [], set()
+    real = train.train_run
+
+    def wrapped(spec, *args, **kwargs):
+        calls.append(spec.key)
+        if spec.key in fail:
+            raise RuntimeError("boom: injected failure")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_run", wrapped)
+    return calls, fail
+
+
+def test_failed_run_is_recorded_and_retried(tmp_path, counted):
+    calls, fail = counted
+    preset = tiny()
+    runs = plan_runs(preset)
+    assert len(runs) == 4
+    fail.add(runs[1].key)
+    out = io.StringIO()
+    summaries = run_sweep(preset, str(tmp_path), stream=out)
+    records = read_results(str(tmp_path / "results.jsonl"))
+    assert [r["status"] for r in records] == ["ok", "failed", "ok", "ok"]
+    assert "boom: injected failure" in records[1]["error"]
+    assert records[1]["params"] == 102 * 4 + 1
+    assert summaries[0].failed == 1 and summaries[1].failed == 0
+    assert "FAILED" in out.getvalue() and "[3/4 done, 1 left" in out.getvalue()
+    for name in ["summary.md", "gap_vs_params.png", "best_rho_vs_params.png"]:
+        assert (tmp_path / name).exists(), name
+    assert (tmp_path / "convergence.png").exists()
+    # The next call only retries the failed run.
+    fail.clear()
+    calls.clear()
+    run_sweep(preset, str(tmp_path), make_plots=False, stream=io.StringIO())
+    assert calls == [runs[1].key]
+    # A larger grid reuses what is finished.
+    calls.clear()
+    run_sweep(preset.replace(seeds=(0, 1)), str(tmp_path), make_plots=False,
+              stream=io.StringIO())  # fmt: skip
+    assert len(calls) == 4 and all(k.endswith("|1") for k in calls)
+
+
+def test_records_carry_history_and_metric(tmp_path):
+    run_sweep(tiny(sizes=(4,), epochs=2), str(tmp_path), make_plots=False,
+              stream=io.StringIO())  # fmt: skip
+    base, sam = read_results(str(tmp_path / "results.jsonl"))
+    assert base["method"] == "baseline" and base["rho"] is None
+    assert sam["method"] == "sam" and sam["rho"] == 0.1
+    assert len(sam["history"]["loss"]) == 2 and "perturbed_loss" in sam["history"]
+    assert sam["metric"] == "test_loss" and sam["value"] == sam["scores"]["test_loss"]
+    assert base["params"] == 102 * 4 + 1
+
+
+def test_hessian_metrics_at_the_end(tmp_path):
+    preset = tiny(sizes=(4,), rhos=(), hessian=True, hessian_examples=16)
+    run_sweep(preset, str(tmp_path), make_plots=False, stream=io.StringIO())
+    (record,) = read_results(str(tmp_path / "results.jsonl"))
+    h = record["hessian"]
+    assert h["sharpness"] > 0 and h["hessian_examples"] == 16
+    assert "sharpness" in (tmp_path / "summary.md").read_text()
+
+
+def test_killed_sweep_resumes_without_redoing_runs(tmp_path, counted):
+    calls, _ = counted
+    out = tmp_path / "killed"
+    results = out / "results.jsonl"
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, "-m", "keras_sam", "sweep", "synthetic", *TINY_ARGS]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out), "--no-plots"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {r["key"] for r in read_results(str(results))}
+    assert 2 <= len(done) < 6, "the sweep must be killed part-way"
+    assert cli.main(["sweep", "synthetic", *TINY_ARGS, "--out", str(out),
+                     "--no-plots"]) == 0  # fmt: skip
+    assert set(calls).isdisjoint(done) and len(calls) == 6 - len(done)
+    # Same table as an uninterrupted sweep.
+    fresh = tmp_path / "fresh"
+    assert cli.main(["sweep", "synthetic", *TINY_ARGS, "--out", str(fresh),
+                     "--no-plots"]) == 0  # fmt: skip
+    table = (out / "summary.md").read_text().split("Total run time")[0]
+    assert table == (fresh / "summary.md").read_text().split("Total run time")[0]
+
+
+def test_dry_run_prints_plan_and_counts(capsys, tmp_path):
+    assert cli.main(["sweep", "cifar10", "--preset", "paper", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "210 runs" in text and "base_filters=256: 178,585,866 parameters" in text
+    assert cli.main(["sweep", "mnist", "--sizes", "10", "--dry-run"]) == 0
+    assert "width=10: 5,366,010 parameters" in capsys.readouterr().out
+
+
+def test_unavailable_dataset_is_a_failed_run_naming_data_dir(tmp_path):
+    preset = get_preset("mnist", "quick").replace(sizes=(0.25,), rhos=())
+    run_sweep(preset, str(tmp_path), data_dir=str(tmp_path / "tfds"), download=False,
+              make_plots=False, stream=io.StringIO())  # fmt: skip
+    (record,) = read_results(str(tmp_path / "results.jsonl"))
+    assert record["status"] == "failed" and "--data-dir" in record["error"]
+
+
+def test_cli_rejects_bad_values(capsys):
+    assert cli.main(["sweep", "synthetic", "--epochs", "0", "--dry-run"]) == 2
+    assert "epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "synthetic", "--rhos", "a,b"])
+
+
+def test_configs_json_lists_the_training_config(tmp_path):
+    preset = tiny(sizes=(4,), rhos=())
+    run_sweep(preset, str(tmp_path), make_plots=False, stream=io.StringIO())
+    configs = json.loads((tmp_path / "configs.json").read_text())
+    assert configs[preset.config_id()]["epochs"] == 1
+    assert runner.SUMMARY_NAME == "summary.md"
+
+
+def test_matrix_factorization_sweep_uses_usam(tmp_path, monkeypatch):
+    seen = []
+    real = train.keras_sam.sam
+
+    def spy(model, **kwargs):
+        seen.append(kwargs["perturbation"])
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(train.keras_sam, "sam", spy)
+    preset = get_preset("matrix-factorization", "quick").replace(
+        epochs=2, num_train=100, num_test=20, rhos=(0.01,)
+    )
+    sizes = run_sweep(preset, str(tmp_path), stream=io.StringIO())
+    assert seen == ["usam", "usam"] and [s.params for s in sizes] == [64, 160]
+    assert (tmp_path / "convergence.png").exists()
+    with pytest.raises(ValueError, match="perturbation"):
+        preset.replace(perturbation="adam")
+
+
+def test_summary_without_matplotlib(tmp_path, monkeypatch):
+    from keras_sam.sweep import plots
+
+    def missing():
+        raise ImportError("Plots need matplotlib")
+
+    monkeypatch.setattr(plots, "_pyplot", missing)
+    run_sweep(tiny(sizes=(4,), rhos=()), str(tmp_path), stream=io.StringIO())
+    text = (tmp_path / "summary.md").read_text()
+    assert "| 4 |" in text and "No plots: Plots need matplotlib" in text
