@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m keras_sam demo
+	$(PY) -m keras_sam sweep synthetic --preset quick --out results/synthetic-quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q
