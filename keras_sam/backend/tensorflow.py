@@ -53,7 +53,7 @@ def train_step(model, data):
         # Skip the step on every replica when any replica's gradient is
         # non-finite: the optimizer checks only the first replica's.
         finite = replicas.all_replicas_finite([g for g in grads if g is not None])
-        grads = [_scale_gradient(g, tf.where(finite, 1.0, float("nan"))) for g in grads]
+        grads = _poison_unless(finite, grads)
     batch_size = tf.shape(_first_tensor(x))[0]
     model._loss_tracker.update_state(
         replicas.unscale_for_replicas(loss), sample_weight=batch_size
@@ -91,7 +91,7 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
         finite = tf.reduce_all(
             [tf.reduce_all(tf.math.is_finite(g)) for g in clean_grads]
         )
-        grads = [_scale_gradient(g, tf.where(finite, 1.0, float("nan"))) for g in grads]
+        grads = _poison_unless(finite, grads)
     return grads, y_pred, loss, perturbed_loss
 
 
@@ -288,6 +288,13 @@ def _unscale(optimizer, grads):
     scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
     inverse = 1.0 / tf.cast(tf.convert_to_tensor(scale), tf.float32)
     return [g * tf.cast(inverse, g.dtype) for g in grads]
+
+
+def _poison_unless(finite, grads):
+    """`grads` where `finite`, else NaN: the loss-scale optimizer then skips
+    the step and leaves weights and slots as they were."""
+    factor = tf.where(finite, 1.0, float("nan"))
+    return [_scale_gradient(g, factor) for g in grads]
 
 
 def _scale_gradient(gradient, factor):
