@@ -92,6 +92,13 @@ _OVERRIDES = [
     ("num_train", int, "use the first N training examples"),
     ("num_test", int, "use the first N test examples"),
     ("hessian_examples", int, "examples for the Hessian metrics"),
+    (
+        "sparse_budget",
+        _size,
+        "fixed-budget sweep: prune every larger size at init to this size's "
+        "weight count",
+    ),
+    ("sparse_methods", _numbers(str), "pruning methods: random,snip"),
 ]
 
 
@@ -113,8 +120,9 @@ def _sweep_parser(sub) -> None:
         default="quick",
         choices=presets,
         help="hyperparameters: 'paper' (the paper's full grid), 'quick' (small, "
-        "CPU-friendly; default), 'stability' (synthetic: near-zero loss, "
-        "constant lr, Hessian metrics)",
+        "CPU-friendly; default), 'stability' (near-zero loss, constant lr, "
+        "Hessian metrics), 'sparse' (wider models pruned at init to a fixed "
+        "budget)",
     )
     for name, kind, text in _OVERRIDES:
         sweep.add_argument(

@@ -145,12 +145,13 @@ def _spec(t):
 class _Functions:
     """The traced functions of one model / loss / signature."""
 
-    def __init__(self, model, per_example_loss, training, x_spec, y_spec, jit):
+    def __init__(self, model, per_example_loss, training, x_spec, y_spec, jit, masked):
         model_ref = weakref.ref(model)
         variables = list(model.trainable_variables)
         self.dim = int(sum(np.prod(v.shape) for v in variables))
         dim = self.dim
         zero = tf.UnconnectedGradients.ZERO
+        masks = _masks(variables) if masked else [None] * len(variables)
 
         def flat(tensors):
             return tf.concat(
@@ -169,6 +170,13 @@ class _Functions:
             y_pred = model_ref()(x, training=training)
             return tf.reduce_sum(per_example_loss(y, y_pred) * sw)
 
+        def project(tensors):
+            # P t: pruned coordinates (KernelMask zeros) set to zero.
+            return [
+                t if m is None else tf.cast(t, tf.float32) * tf.cast(m, tf.float32)
+                for t, m in zip(tensors, masks)
+            ]
+
         def hvp_sum(x, y, sw, v):
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
@@ -177,17 +185,17 @@ class _Functions:
                 gv = tf.add_n(
                     [
                         tf.reduce_sum(tf.cast(g, tf.float32) * p)
-                        for g, p in zip(grads, unflat(v))
+                        for g, p in zip(grads, project(unflat(v)))
                     ]
                 )
-            return flat(outer.gradient(gv, variables, unconnected_gradients=zero)), loss
+            hv = outer.gradient(gv, variables, unconnected_gradients=zero)
+            return flat(project(hv)), loss
 
         def grad_sum(x, y, sw):
             with tf.GradientTape() as tape:
                 loss = loss_sum(x, y, sw)
-            return flat(
-                tape.gradient(loss, variables, unconnected_gradients=zero)
-            ), loss
+            grads = tape.gradient(loss, variables, unconnected_gradients=zero)
+            return flat(project(grads)), loss
 
         def per_example_power(x, y, sw, v, k):
             # sum_i sw_i H_i^k v, vectorized across the examples of the chunk.
@@ -245,21 +253,30 @@ class _Functions:
         return self._powers[k]
 
 
-def _functions(model, per_example_loss, training, batch, jit) -> _Functions:
+def _masks(variables) -> list:
+    """The `KernelMask` variable of each pruned kernel (None elsewhere)."""
+    return [getattr(getattr(v, "constraint", None), "mask", None) for v in variables]
+
+
+def _functions(model, per_example_loss, training, batch, jit, masked) -> _Functions:
     x, y = batch[0], batch[1]
     x_spec = tf.nest.map_structure(_spec, x)
     y_spec = tf.nest.map_structure(_spec, y)
+    variables = model.trainable_variables
     key = (
         id(per_example_loss.identity),
         training,
         jit,
-        tuple(id(v) for v in model.trainable_variables),
+        tuple(id(v) for v in variables),
+        tuple(id(m) for m in _masks(variables)) if masked else None,
         repr(x_spec),
         repr(y_spec),
     )
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
-        functions = _Functions(model, per_example_loss, training, x_spec, y_spec, jit)
+        functions = _Functions(
+            model, per_example_loss, training, x_spec, y_spec, jit, masked
+        )
         # Keep the loss object alive so that its id stays unique.
         per_model[key] = (functions, per_example_loss.identity)
     return per_model[key][0]
@@ -288,6 +305,11 @@ class CurvatureOperator:
         chunk_size: examples vectorized together for per-example products.
         jit_compile: XLA-compile the products (off by default: XLA's second
             derivative of max pooling is wrong).
+        masked: on a pruned model (`keras_sam.sparsity`), restrict the
+            curvature to the unpruned weights, the ones training moves:
+            products are ``P H P v`` and ``mean_i (P H_i P)^k v`` with P
+            zeroing the pruned coordinates (default True; no effect on a
+            dense model).
     """
 
     def __init__(
@@ -300,6 +322,7 @@ class CurvatureOperator:
         batch_size: int | None = None,
         chunk_size: int = 16,
         jit_compile: bool = False,
+        masked: bool = True,
     ):
         if not isinstance(model, keras.Model):
             raise ValueError(
@@ -307,6 +330,7 @@ class CurvatureOperator:
             )
         training = _check_bool("training", training)
         jit_compile = _check_bool("jit_compile", jit_compile)
+        masked = _check_bool("masked", masked)
         self.chunk_size = _check_int("chunk_size", chunk_size)
         self.batches = as_batches(data, batch_size)
         if not model.built or not model.trainable_variables:
@@ -315,7 +339,7 @@ class CurvatureOperator:
         self.num_examples = sum(b[3] for b in self.batches)
         per_example_loss = resolve_loss(model, loss)
         self._fn = _functions(
-            model, per_example_loss, training, self.batches[0], jit_compile
+            model, per_example_loss, training, self.batches[0], jit_compile, masked
         )
         self.dim = self._fn.dim
         self.num_products = 0  # H v products (per-example products counted per k)

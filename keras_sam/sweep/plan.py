@@ -1,4 +1,5 @@
-"""The runs of a sweep: sizes x {baseline, SAM at each rho} x seeds."""
+"""The runs of a sweep: sizes x {baseline, SAM at each rho} x seeds, and for
+a fixed-budget sweep, each wider size pruned at init by each method."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from keras_sam.workloads.presets import Preset
 
 BASELINE = "baseline"
 SAM = "sam"
+DENSE = "dense"
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One training run. ``rho`` is None for the baseline optimizer.
 
-    ``variant`` is ``"dense"`` today; sparse-at-fixed-budget runs will add
-    variants (e.g. ``"snip@budget"``) without changing the other fields.
+    ``variant`` is ``"dense"``, or ``"METHOD@BUDGET"`` for a model pruned at
+    init by METHOD (``random``, ``snip``) to the non-zero weight count of
+    the dense model of size BUDGET (e.g. ``"snip@16"``).
     """
 
     workload: str
@@ -24,7 +27,7 @@ class RunSpec:
     method: str
     rho: float | None
     seed: int
-    variant: str = "dense"
+    variant: str = DENSE
 
     @property
     def key(self) -> str:
@@ -36,20 +39,44 @@ class RunSpec:
         )
 
     @property
+    def pruning(self) -> tuple[str, float] | None:
+        """``(method, budget size)`` of a sparse variant, None if dense."""
+        if self.variant == DENSE:
+            return None
+        method, budget = self.variant.split("@")
+        return method, float(budget)
+
+    @property
     def label(self) -> str:
         name = "baseline" if self.rho is None else f"SAM rho={self.rho:g}"
-        return f"size {self.size:g}, {name}, seed {self.seed}"
+        variant = "" if self.variant == DENSE else f" ({self.variant})"
+        return f"size {self.size:g}{variant}, {name}, seed {self.seed}"
+
+
+def sparse_variant(method: str, budget: float) -> str:
+    return f"{method}@{budget:g}"
+
+
+def planned_variants(preset: Preset) -> list[tuple[float, str]]:
+    """``(size, variant)`` pairs, small sizes first: every size dense, or,
+    with ``sparse_budget``, the budget size dense and every wider size
+    pruned by each of ``sparse_methods``."""
+    if preset.sparse_budget is None:
+        return [(size, DENSE) for size in sorted(preset.sizes)]
+    budget = preset.sparse_budget
+    pairs = [(budget, DENSE)]
+    for size in sorted(s for s in set(preset.sizes) if s > budget):
+        pairs += [(size, sparse_variant(m, budget)) for m in preset.sparse_methods]
+    return pairs
 
 
 def plan_runs(preset: Preset) -> list[RunSpec]:
     """All runs of ``preset``, size by size (small first), seeds inner-most."""
     config_id = preset.config_id()
-    runs = []
-    for size in sorted(preset.sizes):
-        methods = [(BASELINE, None)] + [(SAM, float(r)) for r in preset.rhos]
-        for method, rho in methods:
-            for seed in preset.seeds:
-                runs.append(
-                    RunSpec(preset.workload, config_id, size, method, rho, seed)
-                )
-    return runs
+    methods = [(BASELINE, None)] + [(SAM, float(r)) for r in preset.rhos]
+    return [
+        RunSpec(preset.workload, config_id, size, method, rho, seed, variant)
+        for size, variant in planned_variants(preset)
+        for method, rho in methods
+        for seed in preset.seeds
+    ]

@@ -2,7 +2,8 @@
 
 ``gap_vs_params.png``, ``best_rho_vs_params.png``, ``metric_vs_rho.png``
 and ``convergence.png`` (training loss per epoch, log scale; the
-matrix-factorization figure of the paper).
+matrix-factorization figure of the paper); for a fixed-budget sweep
+``metric_vs_sparsity.png`` and ``gap_vs_sparsity.png`` (paper Section 5.2).
 """
 
 from __future__ import annotations
@@ -90,6 +91,63 @@ def plot_summary(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     paths.append(_save(fig, out_dir, "metric_vs_rho.png"))
+    return paths
+
+
+def plot_sparse(
+    summaries: list[SizeSummary], metric: str, out_dir: str, title: str
+) -> list[str]:
+    """Fixed-budget sweep: baseline and best SAM vs sparsity, and the gap vs
+    sparsity, one line per pruning method (the dense model at sparsity 0
+    starts every line); returns the paths."""
+    plt = _pyplot()
+    dense = [s for s in summaries if s.variant == "dense"]
+    methods = sorted({s.pruning_method for s in summaries} - {None})
+    lines = {
+        m: dense + [s for s in summaries if s.pruning_method == m] for m in methods
+    }
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (method, rows) in enumerate(lines.items()):
+        x = [s.sparsity for s in rows]
+        for stat_name, style, label in [
+            ("baseline", "--", "baseline"),
+            ("best", "-", "best SAM"),
+        ]:
+            stats = [getattr(s, stat_name) for s in rows]
+            ax.errorbar(
+                x,
+                [t.mean for t in stats],
+                yerr=_err([t.se for t in stats]),
+                marker="o",
+                ls=style,
+                capsize=2,
+                color=f"C{i}",
+                label=f"{method}: {label}",
+            )
+    ax.set(xlabel="sparsity (fixed non-zero budget)", ylabel=metric)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    paths = [_save(fig, out_dir, "metric_vs_sparsity.png")]
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, (method, rows) in enumerate(lines.items()):
+        rows = [s for s in rows if s.best_rho is not None]
+        ax.errorbar(
+            [s.sparsity for s in rows],
+            [s.gap.mean for s in rows],
+            yerr=_err([s.gap.se for s in rows]),
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label=method,
+        )
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set(xlabel="sparsity (fixed non-zero budget)", ylabel=f"gap in {metric}")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    paths.append(_save(fig, out_dir, "gap_vs_sparsity.png"))
     return paths
 
 

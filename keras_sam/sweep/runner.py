@@ -18,7 +18,7 @@ import traceback
 from typing import Any, TextIO
 
 from keras_sam.sweep import plots, summary, train
-from keras_sam.sweep.plan import RunSpec, plan_runs
+from keras_sam.sweep.plan import RunSpec, plan_runs, planned_variants
 from keras_sam.sweep.progress import Progress, format_seconds
 from keras_sam.sweep.results import (
     RESULTS_NAME,
@@ -40,18 +40,31 @@ def describe_plan(preset: Preset, stream: TextIO | None = None) -> list[RunSpec]
     runs = plan_runs(preset)
     print(
         f"{workload.name} ({workload.description}), preset {preset.name!r}: "
-        f"{len(preset.sizes)} sizes x (baseline + {len(preset.rhos)} rho) x "
+        f"{len(planned_variants(preset))} models x "
+        f"(baseline + {len(preset.rhos)} rho) x "
         f"{len(preset.seeds)} seeds = {len(runs)} runs, {preset.epochs} epochs, "
         f"batch {preset.batch_size}, lr {preset.lr:g} ({preset.schedule}), "
         f"momentum {preset.momentum:g}, weight decay {preset.weight_decay:g}",
         file=stream,
     )
     print(f"rho grid: {', '.join(f'{r:g}' for r in preset.rhos)}", file=stream)
-    for size in sorted(preset.sizes):
-        n = sum(r.size == size for r in runs)
-        params = workload.count_params(size)
+    budget = None
+    if preset.sparse_budget is not None:
+        budget = workload.count_params(preset.sparse_budget)
         print(
-            f"  {workload.size_name}={size:g}: {params:,} parameters, {n} runs",
+            f"fixed budget: {workload.size_name}={preset.sparse_budget:g} "
+            f"({budget:,} parameters); wider sizes pruned at init by "
+            f"{', '.join(preset.sparse_methods)}",
+            file=stream,
+        )
+    for size, variant in planned_variants(preset):
+        n = sum(r.size == size and r.variant == variant for r in runs)
+        params = workload.count_params(size)
+        pruned = ""
+        if variant != "dense":
+            pruned = f" pruned ({variant}), sparsity ~{1 - budget / params:.2f}"
+        print(
+            f"  {workload.size_name}={size:g}: {params:,} parameters{pruned}, {n} runs",
             file=stream,
         )
     return runs
@@ -170,6 +183,7 @@ def write_summary(
     keys = {r.key for r in plan_runs(preset)}
     sizes = summary.summarize(records, workload.higher_is_better, keys)
     table = summary.markdown_table(sizes, workload.metric, workload.size_name)
+    sparse = preset.sparse_budget is not None
     title = f"{workload.name} / {preset.name}"
     parts = [
         f"# Sweep: {title}\n",
@@ -180,6 +194,14 @@ def write_summary(
         f"config {preset.config_id()} (see configs.json). Metric: {workload.metric} "
         f"({'higher' if workload.higher_is_better else 'lower'} is better); "
         "mean ± standard error over seeds.\n",
+    ]
+    if sparse:
+        parts.append(
+            f"Fixed budget: the dense {workload.size_name}={preset.sparse_budget:g} "
+            "model's kernel-weight count; wider models pruned at init "
+            f"({', '.join(preset.sparse_methods)}) to it.\n"
+        )
+    parts += [
         table,
         summary.rho_table(sizes, workload.metric),
     ]
@@ -190,9 +212,10 @@ def write_summary(
     parts.append(f"Total run time recorded: {format_seconds(seconds)}.\n")
     if make_plots:
         try:
+            plot = plots.plot_sparse if sparse else plots.plot_summary
             names = [
                 os.path.basename(p)
-                for p in plots.plot_summary(sizes, workload.metric, out_dir, title)
+                for p in plot(sizes, workload.metric, out_dir, title)
             ]
             conv = plots.plot_convergence(records, out_dir, title, keys)
             if conv:

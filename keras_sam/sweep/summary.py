@@ -46,6 +46,13 @@ def stat(values: list[float]) -> Stat:
 
 @dataclass(frozen=True)
 class SizeSummary:
+    """One size (and variant) of a sweep: baseline, SAM per rho, best, gap.
+
+    ``variant`` is ``"dense"`` or ``"METHOD@BUDGET"`` (pruned at init);
+    ``sparsity`` and ``nonzero`` are the pruned models' measured figures
+    (0 and ``params`` when dense).
+    """
+
     size: float
     params: int
     baseline: Stat
@@ -54,21 +61,32 @@ class SizeSummary:
     best: Stat
     gap: Stat
     failed: int
+    variant: str = "dense"
+    sparsity: float = 0.0
+    nonzero: int = 0
+
+    @property
+    def pruning_method(self) -> str | None:
+        return None if self.variant == "dense" else self.variant.split("@")[0]
 
 
 def summarize(
     records: list[dict[str, Any]], higher_is_better: bool, keys: set[str] | None = None
 ) -> list[SizeSummary]:
-    """Per-size summaries of the latest ``ok`` records (restricted to
-    ``keys`` if given), sorted by size."""
+    """Per-size (and variant) summaries of the latest ``ok`` records
+    (restricted to ``keys`` if given), sorted by size, dense first."""
     latest = latest_by_key(records)
     if keys is not None:
         latest = {k: r for k, r in latest.items() if k in keys}
     sign = 1.0 if higher_is_better else -1.0
-    sizes = sorted({float(r["size"]) for r in latest.values()})
+
+    def group(r):
+        variant = r.get("variant", "dense")
+        return float(r["size"]), variant != "dense", variant
+
     out = []
-    for size in sizes:
-        rows = [r for r in latest.values() if float(r["size"]) == size]
+    for size, _, variant in sorted({group(r) for r in latest.values()}):
+        rows = [r for r in latest.values() if group(r)[::2] == (size, variant)]
         ok = [r for r in rows if r.get("status") == "ok" and r.get("value") is not None]
         base = {r["seed"]: r["value"] for r in ok if r["method"] == "baseline"}
         sam: dict[float, dict[int, float]] = {}
@@ -95,8 +113,22 @@ def summarize(
             )
         params = max((int(r.get("params") or 0) for r in rows), default=0)
         failed = sum(r.get("status") == "failed" for r in rows)
+        sparsities = [r["sparsity"] for r in ok if r.get("sparsity") is not None]
+        nonzero = [r["nonzero_params"] for r in ok if r.get("nonzero_params")]
         out.append(
-            SizeSummary(size, params, base_stat, by_rho, best_rho, best, gap, failed)
+            SizeSummary(
+                size,
+                params,
+                base_stat,
+                by_rho,
+                best_rho,
+                best,
+                gap,
+                failed,
+                variant,
+                sum(sparsities) / len(sparsities) if sparsities else 0.0,
+                max(nonzero) if nonzero else params,
+            )
         )
     return out
 
@@ -115,17 +147,26 @@ def markdown_table(
     size_name: str = "size",
     digits: int = 4,
 ) -> str:
-    """The summary as a Markdown table, one row per size."""
+    """The summary as a Markdown table, one row per size (with pruning
+    method, sparsity and non-zero parameters when any row is pruned)."""
+    sparse = any(s.variant != "dense" for s in summaries)
+    extra = " pruning | sparsity | non-zero |" if sparse else ""
     lines = [
-        f"| {size_name} | params | baseline {metric} | best SAM {metric} | "
+        f"| {size_name} | params |{extra} baseline {metric} | best SAM {metric} | "
         "best rho | gap (SAM better > 0) | seeds | failed |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|" + ("---|---:|---:|" if sparse else "") + "---:|" * 6,
     ]
     for s in summaries:
         rho = "n/a" if s.best_rho is None else f"{s.best_rho:g}"
+        cells = ""
+        if sparse:
+            cells = (
+                f" {s.pruning_method or 'dense'} | {s.sparsity:.3f} | "
+                f"{_params(s.nonzero)} |"
+            )
         lines.append(
-            f"| {s.size:g} | {_params(s.params)} | {s.baseline.format(digits)} | "
-            f"{s.best.format(digits)} | {rho} | {s.gap.format(digits)} | "
+            f"| {s.size:g} | {_params(s.params)} |{cells} {s.baseline.format(digits)} "
+            f"| {s.best.format(digits)} | {rho} | {s.gap.format(digits)} | "
             f"{s.baseline.n} | {s.failed} |"
         )
     return "\n".join(lines) + "\n"
@@ -138,8 +179,9 @@ def rho_table(summaries: list[SizeSummary], metric: str, digits: int = 4) -> str
     lines = [head, "|" + "---:|" * (len(rhos) + 2)]
     for s in summaries:
         cells = [s.by_rho[r].format(digits) if r in s.by_rho else "" for r in rhos]
+        size = f"{s.size:g}" + ("" if s.variant == "dense" else f" {s.variant}")
         lines.append(
-            f"| {s.size:g} | {s.baseline.format(digits)} | " + " | ".join(cells) + " |"
+            f"| {size} | {s.baseline.format(digits)} | " + " | ".join(cells) + " |"
         )
     return f"{metric} by rho:\n\n" + "\n".join(lines) + "\n"
 
@@ -150,7 +192,7 @@ def hessian_table(
     """Seed-mean sharpness and s2 at the end of training per size and method
     (None if no record has Hessian metrics)."""
     latest = latest_by_key(records)
-    rows: dict[tuple[float, float], dict[str, list[float]]] = {}
+    rows: dict[tuple[float, str, float], dict[str, list[float]]] = {}
     for k, r in latest.items():
         if keys is not None and k not in keys:
             continue
@@ -158,7 +200,10 @@ def hessian_table(
         if not h:
             continue
         rho = -1.0 if r["rho"] is None else float(r["rho"])
-        cell = rows.setdefault((float(r["size"]), rho), {"sharpness": [], "s2": []})
+        variant = r.get("variant", "dense")
+        cell = rows.setdefault(
+            (float(r["size"]), variant, rho), {"sharpness": [], "s2": []}
+        )
         for name in cell:
             if h.get(name) is not None:
                 cell[name].append(h[name])
@@ -168,10 +213,11 @@ def hessian_table(
         "| size | method | sharpness lambda_max(H) | non-uniformity s2 |",
         "|---:|---|---:|---:|",
     ]
-    for (size, rho), cell in sorted(rows.items()):
+    for (size, variant, rho), cell in sorted(rows.items()):
         method = "baseline" if rho < 0 else f"SAM rho={rho:g}"
+        label = f"{size:g}" + ("" if variant == "dense" else f" {variant}")
         lines.append(
-            f"| {size:g} | {method} | {stat(cell['sharpness']).format(digits)} | "
+            f"| {label} | {method} | {stat(cell['sharpness']).format(digits)} | "
             f"{stat(cell['s2']).format(digits)} |"
         )
     return "\n".join(lines) + "\n"

@@ -60,6 +60,32 @@ def _hessian_data(data: Data, n: int):
     return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
 
 
+def prune(
+    model: keras.Model,
+    spec: RunSpec,
+    workload: Workload,
+    preset: Preset,
+    data: Data,
+    build_options: dict,
+) -> float:
+    """Prunes ``model`` at init to the kernel-weight count of the dense
+    model of the budget size (``spec.variant``); returns the sparsity."""
+    from keras_sam import sparsity
+
+    method, budget = spec.pruning
+    reference = workload.build(budget, **build_options)
+    budget_count = sum(
+        math.prod(t.variable.shape) for t in sparsity.prunable_weights(reference)
+    )
+    del reference
+    target = sparsity.sparsity_for_budget(int(budget_count), model)
+    snip_batch = _hessian_data(data, preset.batch_size) if method == "snip" else None
+    sparsity.prune_at_init(
+        model, target, method, data=snip_batch, seed=spec.seed, loss=workload.loss()
+    )
+    return target
+
+
 def curvature(model: keras.Model, workload: Workload, data: Data, n: int) -> dict:
     """Sharpness ``lambda_max(H)`` and non-uniformity ``s2`` on ``n`` training
     examples (batch norm in inference mode, data loss only)."""
@@ -71,6 +97,16 @@ def curvature(model: keras.Model, workload: Workload, data: Data, n: int) -> dic
         "sharpness": hessian.sharpness(op),
         "s2": hessian.non_uniformity(op, order=2),
         "hessian_examples": int(len(subset[0])),
+    }
+
+
+def _nonzero(model: keras.Model, params: int) -> dict[str, Any]:
+    from keras_sam import sparsity
+
+    report = sparsity.sparsity_report(model)  # after training: still pruned
+    return {
+        "sparsity": report.sparsity,
+        "nonzero_params": params - (report.size - report.nonzero),
     }
 
 
@@ -87,6 +123,8 @@ def train_run(
     if preset.image_size is not None:
         build_options["image_size"] = preset.image_size
     model = workload.build(spec.size, seed=spec.seed, **build_options)
+    if spec.pruning is not None:
+        prune(model, spec, workload, preset, data, build_options)
     trained = model
     if spec.rho is not None:
         trained = keras_sam.sam(model, rho=spec.rho, perturbation=preset.perturbation)
@@ -123,6 +161,8 @@ def train_run(
         },
         "train_seconds": seconds,
     }
+    if spec.pruning is not None:
+        record.update(_nonzero(model, record["params"]))
     if preset.hessian:
         record["hessian"] = curvature(model, workload, data, preset.hessian_examples)
     if not all(math.isfinite(v) for v in metric.values()):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEDULES = ("constant", "step", "cosine")
+PRUNING_METHODS = ("random", "snip")  # keras_sam.sparsity.METHODS
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Preset:
     hessian: bool = False
     hessian_examples: int = 256
     keras_verbose: int = 2
+    sparse_budget: float | None = None
+    sparse_methods: tuple[str, ...] = PRUNING_METHODS
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -78,6 +81,37 @@ class Preset:
         for name in ("lr", "momentum", "weight_decay"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        self._validate_sparse()
+
+    def _validate_sparse(self) -> None:
+        methods = self.sparse_methods
+        if (
+            isinstance(methods, str)
+            or not methods
+            or any(m not in PRUNING_METHODS for m in methods)
+        ):
+            raise ValueError(
+                f"`sparse_methods` must be a non-empty tuple of {list(PRUNING_METHODS)}"
+                f", got sparse_methods={methods!r}."
+            )
+        budget = self.sparse_budget
+        if budget is None:
+            return
+        if isinstance(budget, bool) or not budget > 0:
+            raise ValueError(
+                f"`sparse_budget` must be a size > 0, got sparse_budget={budget!r}."
+            )
+        if any(s < budget for s in self.sizes):
+            raise ValueError(
+                "`sizes` must all be >= `sparse_budget` (wider models are pruned "
+                f"down to its weight count), got sizes={self.sizes!r} and "
+                f"sparse_budget={budget!r}."
+            )
+        if not any(s > budget for s in self.sizes):
+            raise ValueError(
+                f"`sparse_budget`={budget!r} needs at least one size larger than "
+                f"it to prune, got sizes={self.sizes!r}."
+            )
 
     def replace(self, **changes: Any) -> Preset:
         """A copy with some fields changed (validated again)."""
@@ -86,7 +120,8 @@ class Preset:
     def training_config(self) -> dict[str, Any]:
         """The fields that change a run's result (not the grid, not display)."""
         skip = {"name", "sizes", "rhos", "seeds", "hessian", "keras_verbose"}
-        skip.add("hessian_examples")
+        # The pruning method and budget are in each run's variant instead.
+        skip |= {"hessian_examples", "sparse_budget", "sparse_methods"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     def config_id(self) -> str:
@@ -140,6 +175,20 @@ PRESETS: dict[tuple[str, str], Preset] = {
             hessian=True,
             keras_verbose=0,
         ),
+        # Fixed budget (paper Section 5.2) on the quick preset's data: width
+        # 100's weights, widths 200 / 400 / 1000 at sparsity 0.5 / 0.75 / 0.9.
+        Preset(
+            "synthetic",
+            "sparse",
+            sizes=(100, 200, 400, 1000),
+            rhos=(0.05, 0.2, 0.5),
+            seeds=(0, 1),
+            epochs=100,
+            num_train=2_040,
+            num_test=5_100,
+            sparse_budget=100,
+            keras_verbose=0,
+        ),
         Preset(
             "matrix-factorization",
             "paper",
@@ -177,6 +226,17 @@ PRESETS: dict[tuple[str, str], Preset] = {
             momentum=0.9,
             weight_decay=1e-4,
         ),
+        # ~61k non-zero weights; sparsity 0.52 / 0.77 / 0.96 as in the paper.
+        Preset(
+            "mnist",
+            "sparse",
+            sizes=(0.25, 0.5, 1.0, 4.0),
+            rhos=(0.01, 0.02, 0.05, 0.1, 0.2),
+            epochs=100,
+            momentum=0.9,
+            weight_decay=1e-4,
+            sparse_budget=0.25,
+        ),
         Preset(
             "mnist",
             "quick",
@@ -197,6 +257,18 @@ PRESETS: dict[tuple[str, str], Preset] = {
             epochs=200,
             momentum=0.9,
             weight_decay=5e-4,
+        ),
+        # ~701k non-zero weights (16 filters); 24 / 32 / 64 filters at
+        # sparsity ~0.56 / 0.75 / 0.94 as in the paper.
+        Preset(
+            "cifar10",
+            "sparse",
+            sizes=(16, 24, 32, 64),
+            rhos=(0.01, 0.02, 0.05, 0.1, 0.2),
+            epochs=200,
+            momentum=0.9,
+            weight_decay=5e-4,
+            sparse_budget=16,
         ),
         Preset(
             "cifar10",

@@ -121,3 +121,44 @@ def test_uncompiled_model_needs_loss():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="`loss`"):
         CurvatureOperator(model, (np.ones((2, 2)), np.ones((2, 1))))
+
+
+def test_pruned_model_curvature_is_restricted_to_unpruned_weights():
+    from tests.hessian.conftest import dense_per_example_hessians
+
+    keras.utils.set_random_seed(4)
+    rng = np.random.default_rng(4)
+    inputs = keras.Input((3,))
+    h = keras.layers.Dense(4, activation="tanh")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    x = rng.normal(size=(6, 3)).astype("float32")
+    y = rng.normal(size=(6, 2)).astype("float32")
+    keras_sam.sparsity.prune_at_init(model, 0.5, method="random", seed=0)
+    keep = np.concatenate(
+        [
+            np.ravel(v.constraint.mask.numpy())
+            if v.path.endswith("kernel")
+            else np.ones(int(np.prod(v.shape)))
+            for v in model.trainable_variables
+        ]
+    )
+    assert 0 < keep.sum() < len(keep)
+
+    def loss_fn(yt, yp):
+        return keras.losses.mean_squared_error(yt, yp)
+
+    hessians = dense_per_example_hessians(model, loss_fn, x, y)
+    p = np.diag(keep)
+    restricted = [p @ hi @ p for hi in hessians]
+    h_p = np.mean(restricted, axis=0)
+    op = CurvatureOperator(model, (x, y), loss="mse", chunk_size=4)
+    v = rng.normal(size=op.dim)
+    assert rel_err(op.hvp(v), h_p @ v) < 1e-5
+    assert rel_err(op.gradient()[1], keep * op.gradient()[1]) == 0
+    m2 = np.mean([hi @ hi for hi in restricted], axis=0)
+    assert rel_err(op.moment(v, 2), m2 @ v) < 1e-4
+    full = CurvatureOperator(model, (x, y), loss="mse", masked=False)
+    assert rel_err(full.hvp(v), hessians.mean(axis=0) @ v) < 1e-5
+    assert rel_err(full.hvp(v), h_p @ v) > 1e-2  # the restriction matters
+    top = np.linalg.eigvalsh(h_p)[-1]
+    assert abs(keras_sam.hessian.sharpness(op) - top) < 1e-3 * abs(top)

@@ -190,3 +190,61 @@ def test_summary_without_matplotlib(tmp_path, monkeypatch):
     run_sweep(tiny(sizes=(4,), rhos=()), str(tmp_path), stream=io.StringIO())
     text = (tmp_path / "summary.md").read_text()
     assert "| 4 |" in text and "No plots: Plots need matplotlib" in text
+
+
+def test_fixed_budget_sweep_prunes_to_the_budget(tmp_path):
+    preset = tiny(
+        sizes=(4, 16), sparse_budget=4, hessian=True, hessian_examples=8, epochs=2
+    )
+    summaries = run_sweep(preset, str(tmp_path), stream=io.StringIO())
+    records = {
+        (r["variant"], r["method"]): r
+        for r in read_results(str(tmp_path / "results.jsonl"))
+    }
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records.values())
+    budget_kernels = 100 * 4 + 4 * 1
+    wide_kernels, wide_params = 100 * 16 + 16, 102 * 16 + 1
+    for method in ("random", "snip"):
+        for opt in ("baseline", "sam"):
+            r = records[(f"{method}@4", opt)]
+            # Non-zero kernel weights after training = the budget's kernels.
+            assert r["nonzero_params"] == wide_params - wide_kernels + budget_kernels
+            assert r["sparsity"] == pytest.approx(1 - budget_kernels / wide_kernels)
+            assert r["hessian"]["sharpness"] > 0
+    assert "sparsity" not in records[("dense", "baseline")]
+    assert [s.variant for s in summaries] == ["dense", "random@4", "snip@4"]
+    text = (tmp_path / "summary.md").read_text()
+    assert "Fixed budget" in text and "| 16 | 1,633 | snip |" in text
+    for name in ["metric_vs_sparsity.png", "gap_vs_sparsity.png"]:
+        assert (tmp_path / name).exists(), name
+    assert not (tmp_path / "gap_vs_params.png").exists()
+
+
+def test_snip_keeps_the_highest_scores_of_the_first_batch(tmp_path):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_sam.sweep.plan import RunSpec
+    from keras_sam.workloads import get_workload
+
+    preset = tiny(sizes=(4, 16), sparse_budget=4)
+    workload = get_workload("synthetic")
+    data = workload.load(num_train=128, num_test=64)
+    spec = RunSpec("synthetic", preset.config_id(), 16, "baseline", None, 0, "snip@4")
+    model = workload.build(16, seed=0)
+    before = [v.numpy() for v in model.trainable_variables]
+    x, y = data.train[0][:64], data.train[1][:64]
+    with tf.GradientTape() as tape:
+        loss = keras.ops.mean((model(x) - y) ** 2)
+    grads = tape.gradient(loss, model.trainable_variables)
+    train.prune(model, spec, workload, preset, data, {})
+    kernels = [i for i, v in enumerate(model.trainable_variables) if len(v.shape) == 2]
+    scores = np.concatenate(
+        [np.abs(before[i] * grads[i].numpy()).ravel() for i in kernels]
+    )
+    kept = np.concatenate(
+        [model.trainable_variables[i].numpy().ravel() != 0 for i in kernels]
+    )
+    assert kept.sum() == 100 * 4 + 4
+    assert scores[kept].min() >= scores[~kept].max()

@@ -111,3 +111,36 @@ def test_hessian_table():
     assert "| 1 | baseline | 4.000 | 2.000 |" in table
     assert "| 1 | SAM rho=0.1 | 1.000 | 0.500 |" in table
     assert hessian_table(RECORDS) is None
+
+
+def sparse_rec(size, variant, method, rho, seed, value, sparsity, nonzero):
+    r = rec(size, method, rho, seed, value, params=size * 100)
+    r["key"] = r["key"].replace("|dense|", f"|{variant}|")
+    r.update(variant=variant, sparsity=sparsity, nonzero_params=nonzero)
+    return r
+
+
+def test_sparse_variants_are_summarized_apart_by_hand():
+    records = [
+        rec(10, "baseline", None, 0, 1.0),
+        rec(10, "sam", 0.1, 0, 0.9),
+        sparse_rec(40, "random@10", "baseline", None, 0, 0.8, 0.75, 1030),
+        sparse_rec(40, "random@10", "sam", 0.1, 0, 0.6, 0.75, 1030),
+        sparse_rec(40, "snip@10", "baseline", None, 0, 0.7, 0.75, 1030),
+        sparse_rec(40, "snip@10", "sam", 0.1, 0, 0.65, 0.75, 1030),
+    ]
+    dense, rand, snip = summarize(records, higher_is_better=False)
+    assert (dense.variant, dense.sparsity, dense.nonzero) == ("dense", 0.0, 1000)
+    assert dense.pruning_method is None and rand.pruning_method == "random"
+    assert rand.variant == "random@10" and snip.variant == "snip@10"
+    assert rand.gap.mean == pytest.approx(0.2) and snip.gap.mean == pytest.approx(0.05)
+    assert rand.sparsity == 0.75 and rand.nonzero == 1030 and rand.params == 4000
+    table = markdown_table([dense, rand, snip], "test_loss", "hidden")
+    lines = table.splitlines()
+    assert "| pruning | sparsity | non-zero |" in lines[0]
+    assert len(lines[1].split("|")) == len(lines[0].split("|"))
+    assert "| 40 | 4,000 | random | 0.750 | 1,030 | 0.8000 | 0.6000 | 0.1 |" in table
+    assert "| 10 | 1,000 | dense | 0.000 | 1,000 |" in table
+    assert "40 snip@10" in rho_table([dense, rand, snip], "test_loss")
+    # Dense-only tables keep their columns.
+    assert "sparsity" not in markdown_table([dense], "test_loss")

@@ -1,0 +1,53 @@
+import pytest
+
+from keras_sam.sweep import plan_runs
+from keras_sam.workloads import get_preset
+from keras_sam.workloads.presets import PRUNING_METHODS
+
+
+def test_dense_plan_is_sizes_by_methods_by_seeds():
+    preset = get_preset("synthetic", "quick")
+    runs = plan_runs(preset)
+    assert len(runs) == 3 * 4 * 2 and {r.variant for r in runs} == {"dense"}
+    assert runs[0].key.startswith(f"synthetic|{preset.config_id()}|dense|100|")
+
+
+def test_fixed_budget_plan():
+    preset = get_preset("synthetic", "sparse").replace(seeds=(0,), rhos=(0.1,))
+    runs = plan_runs(preset)
+    pairs = sorted({(r.size, r.variant) for r in runs})
+    assert pairs == [
+        (100, "dense"),
+        (200, "random@100"), (200, "snip@100"),
+        (400, "random@100"), (400, "snip@100"),
+        (1000, "random@100"), (1000, "snip@100"),
+    ]  # fmt: skip
+    assert len(runs) == 7 * 2
+    assert runs[2].pruning == ("random", 100.0) and runs[0].pruning is None
+    assert "(random@100)" in runs[2].label
+    # Same training settings: the dense budget runs are shared with a plain sweep.
+    dense = get_preset("synthetic", "quick").replace(
+        sizes=(100,), rhos=(0.1,), seeds=(0,), num_train=2_040
+    )
+    assert {r.key for r in plan_runs(dense)} <= {r.key for r in runs}
+
+
+def test_pruning_methods_match_the_library():
+    from keras_sam import sparsity
+
+    assert tuple(sparsity.METHODS) == PRUNING_METHODS
+
+
+@pytest.mark.parametrize(
+    "changes, name",
+    [
+        (dict(sparse_budget=100, sizes=(50, 200)), "sizes"),
+        (dict(sparse_budget=100, sizes=(100,)), "sparse_budget"),
+        (dict(sparse_budget=-1.0, sizes=(100,)), "sparse_budget"),
+        (dict(sparse_budget=100, sparse_methods=("magnitude",)), "sparse_methods"),
+        (dict(sparse_budget=100, sparse_methods="snip"), "sparse_methods"),
+    ],
+)
+def test_bad_fixed_budget_names_the_argument(changes, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        get_preset("synthetic", "sparse").replace(**changes)
