@@ -181,7 +181,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
             "synthetic",
             "sparse",
             sizes=(100, 200, 400, 1000),
-            rhos=(0.05, 0.2, 0.5),
+            rhos=(0.01, 0.05, 0.2),
             seeds=(0, 1),
             epochs=100,
             num_train=2_040,
