@@ -141,6 +141,12 @@ def _sweep_parser(sub) -> None:
         default=None,
         help="measure sharpness and s2 at the end of every run",
     )
+    sweep.add_argument(
+        "--smoothness",
+        action="store_true",
+        default=None,
+        help="track the smoothness and PL estimates (paper Fig. 21) along training",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan only")
     sweep.add_argument("--no-plots", action="store_true")
     sweep.add_argument(
@@ -160,6 +166,8 @@ def sweep_preset(args: argparse.Namespace):
     }
     if args.hessian:
         changes["hessian"] = True
+    if args.smoothness:
+        changes["smoothness"] = True
     return preset.replace(**changes) if changes else preset
 
 

@@ -190,6 +190,52 @@ def plot_convergence(
     return _save(fig, out_dir, "convergence.png")
 
 
+def plot_smoothness(
+    records: list[dict[str, Any]], out_dir: str, title: str, keys: set[str] | None
+) -> str | None:
+    """``beta_hat`` and ``alpha_hat`` per measured epoch, seed-mean, one line
+    per size and method (solid: baseline, dashed: SAM), log scale."""
+    latest = latest_by_key(records)
+    ok = [
+        r
+        for k, r in latest.items()
+        if r.get("status") == "ok"
+        and (keys is None or k in keys)
+        and r.get("smoothness")
+    ]
+    if not ok:
+        return None
+    plt = _pyplot()
+    sizes = sorted({float(r["size"]) for r in ok})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    curves: dict[tuple, dict[int, list[dict]]] = {}
+    for r in ok:
+        name = "baseline" if r["method"] == "baseline" else f"SAM {r['rho']:g}"
+        per_epoch = curves.setdefault((float(r["size"]), name), {})
+        for point in r["smoothness"]:
+            per_epoch.setdefault(point["epoch"] + 1, []).append(point)
+    for (size, name), per_epoch in sorted(curves.items()):
+        epochs = sorted(per_epoch)
+        for ax, key in zip(axes, ("beta_hat", "alpha_hat"), strict=True):
+            values = [
+                [p[key] for p in per_epoch[e] if p.get(key) is not None] for e in epochs
+            ]
+            points = [(e, sum(v) / len(v)) for e, v in zip(epochs, values) if v]
+            ax.plot(
+                [e for e, _ in points],
+                [v for _, v in points],
+                marker=".",
+                ls="-" if name == "baseline" else "--",
+                color=f"C{sizes.index(size) % 10}",
+                label=f"size {size:g}, {name}",
+            )
+    for ax, label in zip(axes, ("beta_hat (smoothness)", "alpha_hat (PL)")):
+        ax.set(yscale="log", xlabel="epoch", ylabel=label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, out_dir, "smoothness.png")
+
+
 def _save(fig, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
     fig.tight_layout()

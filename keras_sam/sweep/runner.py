@@ -208,6 +208,12 @@ def write_summary(
     curvature = summary.hessian_table(records, keys)
     if curvature:
         parts.append("Curvature at the end of training:\n\n" + curvature)
+    smoothness = summary.smoothness_table(records, keys)
+    if smoothness:
+        parts.append(
+            "Smoothness and PL estimates along training (f* = 0; median over "
+            "the measured steps):\n\n" + smoothness
+        )
     seconds = sum(r.get("seconds") or 0.0 for r in records if r["key"] in keys)
     parts.append(f"Total run time recorded: {format_seconds(seconds)}.\n")
     if make_plots:
@@ -217,9 +223,10 @@ def write_summary(
                 os.path.basename(p)
                 for p in plot(sizes, workload.metric, out_dir, title)
             ]
-            conv = plots.plot_convergence(records, out_dir, title, keys)
-            if conv:
-                names.append(os.path.basename(conv))
+            for extra in (plots.plot_convergence, plots.plot_smoothness):
+                path = extra(records, out_dir, title, keys)
+                if path:
+                    names.append(os.path.basename(path))
             parts.append("\n".join(f"![{n}]({n})" for n in names) + "\n")
         except ImportError as error:  # matplotlib missing: keep the table
             print(f"no plots: {error}", file=stream)

@@ -221,3 +221,49 @@ def hessian_table(
             f"{stat(cell['s2']).format(digits)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def smoothness_table(
+    records: list[dict[str, Any]], keys: set[str] | None = None, digits: int = 3
+) -> str | None:
+    """Seed-mean of each run's median ``beta_hat`` and ``alpha_hat`` along
+    training, per size and method (None if no record tracked them)."""
+    latest = latest_by_key(records)
+    rows: dict[tuple[float, str, float], dict[str, list[float]]] = {}
+    for k, r in latest.items():
+        if (keys is not None and k not in keys) or r.get("status") != "ok":
+            continue
+        track = r.get("smoothness")
+        if not track:
+            continue
+        rho = -1.0 if r["rho"] is None else float(r["rho"])
+        cell = rows.setdefault(
+            (float(r["size"]), r.get("variant", "dense"), rho),
+            {"beta_hat": [], "alpha_hat": []},
+        )
+        for name, values in cell.items():
+            points = [p[name] for p in track if p.get(name) is not None]
+            if points:
+                values.append(_median(points))
+    if not rows:
+        return None
+    lines = [
+        "| size | method | median beta_hat (smoothness) | median alpha_hat (PL) |",
+        "|---:|---|---:|---:|",
+    ]
+    for (size, variant, rho), cell in sorted(rows.items()):
+        method = "baseline" if rho < 0 else f"SAM rho={rho:g}"
+        label = f"{size:g}" + ("" if variant == "dense" else f" {variant}")
+        lines.append(
+            f"| {label} | {method} | {stat(cell['beta_hat']).format(digits)} | "
+            f"{stat(cell['alpha_hat']).format(digits)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return 0.5 * (ordered[mid - 1] + ordered[mid])

@@ -100,6 +100,21 @@ def curvature(model: keras.Model, workload: Workload, data: Data, n: int) -> dic
     }
 
 
+def _smoothness_tracker(preset: Preset, workload: Workload, data: Data):
+    """`SmoothnessEstimates` on the first step of ~10 evenly spaced epochs,
+    on the Hessian subset, with f* = 0 (the interpolation assumption)."""
+    if not preset.smoothness:
+        return None
+    from keras_sam.callbacks import SmoothnessEstimates
+
+    return SmoothnessEstimates(
+        _hessian_data(data, preset.hessian_examples),
+        every=max(1, preset.epochs // 10),
+        num_examples=None,
+        loss=workload.loss(),
+    )
+
+
 def _nonzero(model: keras.Model, params: int) -> dict[str, Any]:
     from keras_sam import sparsity
 
@@ -133,7 +148,10 @@ def train_run(
         loss=workload.loss(),
         metrics=workload.metrics(),
     )
-    fit_options = dict(epochs=preset.epochs, verbose=verbose)
+    tracker = _smoothness_tracker(preset, workload, data)
+    fit_options = dict(
+        epochs=preset.epochs, verbose=verbose, callbacks=[tracker] if tracker else []
+    )
     start = time.perf_counter()
     if data.batched:
         history = trained.fit(data.train, shuffle=False, **fit_options)
@@ -163,6 +181,8 @@ def train_run(
     }
     if spec.pruning is not None:
         record.update(_nonzero(model, record["params"]))
+    if tracker is not None:
+        record["smoothness"] = tracker.records
     if preset.hessian:
         record["hessian"] = curvature(model, workload, data, preset.hessian_examples)
     if not all(math.isfinite(v) for v in metric.values()):

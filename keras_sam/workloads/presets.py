@@ -53,6 +53,7 @@ class Preset:
     hessian: bool = False
     hessian_examples: int = 256
     keras_verbose: int = 2
+    smoothness: bool = False
     sparse_budget: float | None = None
     sparse_methods: tuple[str, ...] = PRUNING_METHODS
 
@@ -120,6 +121,7 @@ class Preset:
     def training_config(self) -> dict[str, Any]:
         """The fields that change a run's result (not the grid, not display)."""
         skip = {"name", "sizes", "rhos", "seeds", "hessian", "keras_verbose"}
+        skip.add("smoothness")
         # The pruning method and budget are in each run's variant instead.
         skip |= {"hessian_examples", "sparse_budget", "sparse_methods"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
@@ -187,6 +189,23 @@ PRESETS: dict[tuple[str, str], Preset] = {
             num_train=2_040,
             num_test=5_100,
             sparse_budget=100,
+            keras_verbose=0,
+        ),
+        # Smoothness and PL estimates along training (paper Fig. 21) on
+        # noiseless data, where wide students interpolate (f* = 0).
+        Preset(
+            "synthetic",
+            "smoothness",
+            sizes=(100, 300, 1000),
+            rhos=(0.05,),
+            seeds=(0,),
+            epochs=50,
+            lr=0.1,
+            schedule="constant",
+            num_train=2_040,
+            num_test=1_024,
+            data_options={"noise": 0.0},
+            smoothness=True,
             keras_verbose=0,
         ),
         Preset(

@@ -248,3 +248,17 @@ def test_snip_keeps_the_highest_scores_of_the_first_batch(tmp_path):
     )
     assert kept.sum() == 100 * 4 + 4
     assert scores[kept].min() >= scores[~kept].max()
+
+
+def test_smoothness_estimates_along_training(tmp_path):
+    preset = tiny(sizes=(4,), rhos=(0.1,), smoothness=True, hessian_examples=16,
+                  epochs=4)  # fmt: skip
+    run_sweep(preset, str(tmp_path), stream=io.StringIO())
+    records = read_results(str(tmp_path / "results.jsonl"))
+    for r in records:
+        track = r["smoothness"]
+        assert [p["epoch"] for p in track] == [0, 1, 2, 3]
+        assert all(p["beta_hat"] > 0 and p["alpha_hat"] > 0 for p in track)
+    assert preset.config_id() == preset.replace(smoothness=False).config_id()
+    assert "median beta_hat" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "smoothness.png").exists()

@@ -144,3 +144,21 @@ def test_sparse_variants_are_summarized_apart_by_hand():
     assert "40 snip@10" in rho_table([dense, rand, snip], "test_loss")
     # Dense-only tables keep their columns.
     assert "sparsity" not in markdown_table([dense], "test_loss")
+
+
+def test_smoothness_table_by_hand():
+    from keras_sam.sweep.summary import smoothness_table
+
+    a = rec(10, "baseline", None, 0, 1.0)
+    a["smoothness"] = [
+        {"epoch": 0, "beta_hat": 4.0, "alpha_hat": 0.1},
+        {"epoch": 1, "beta_hat": 2.0, "alpha_hat": 0.3},
+        {"epoch": 2, "beta_hat": 3.0, "alpha_hat": None},
+    ]
+    b = rec(10, "baseline", None, 1, 1.0)
+    b["smoothness"] = [{"epoch": 0, "beta_hat": 5.0, "alpha_hat": 0.5}]
+    table = smoothness_table([a, b, rec(10, "sam", 0.1, 0, 0.9)], digits=2)
+    # Medians 3.0 and 5.0 (beta), 0.2 and 0.5 (alpha); then mean ± s.e.
+    assert "| 10 | baseline | 4.00 ± 1.00 | 0.35 ± 0.15 |" in table
+    assert "SAM" not in table  # no estimates for that run
+    assert smoothness_table([rec(10, "sam", 0.1, 0, 0.9)]) is None
