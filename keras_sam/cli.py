@@ -89,9 +89,10 @@ _OVERRIDES = [
     ("momentum", float, None),
     ("weight_decay", float, "decoupled weight decay"),
     ("schedule", str, "constant, step (x0.1 at 50%%, 75%%) or cosine"),
+    ("loss", str, "default or squared (classifiers: MSE of logits vs one-hot)"),
     ("num_train", int, "use the first N training examples"),
     ("num_test", int, "use the first N test examples"),
-    ("hessian_examples", int, "examples for the Hessian metrics"),
+    ("hessian_examples", int, "random training examples for the Hessian metrics"),
 ]
 
 
@@ -113,7 +114,7 @@ def _sweep_parser(sub) -> None:
         default="quick",
         choices=presets,
         help="hyperparameters: 'paper' (the paper's full grid), 'quick' (small, "
-        "CPU-friendly; default), 'stability' (synthetic: near-zero loss, "
+        "CPU-friendly; default), 'stability' (synthetic, mnist: near-zero loss, "
         "constant lr, Hessian metrics)",
     )
     for name, kind, text in _OVERRIDES:
@@ -132,6 +133,13 @@ def _sweep_parser(sub) -> None:
         action="store_true",
         default=None,
         help="measure sharpness and s2 at the end of every run",
+    )
+    sweep.add_argument(
+        "--strategy",
+        default="none",
+        choices=["none", "mirrored"],
+        help="'mirrored': each run on all visible GPUs (tf.distribute."
+        "MirroredStrategy; the global batch is split across them)",
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan only")
     sweep.add_argument("--no-plots", action="store_true")
@@ -174,6 +182,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         download=False if args.no_download else None,
         make_plots=not args.no_plots,
         verbose=args.verbose,
+        strategy=args.strategy,
     )
     failed = sum(s.failed for s in summaries)
     return 1 if failed else 0
