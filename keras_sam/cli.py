@@ -89,9 +89,10 @@ _OVERRIDES = [
     ("momentum", float, None),
     ("weight_decay", float, "decoupled weight decay"),
     ("schedule", str, "constant, step (x0.1 at 50%%, 75%%) or cosine"),
+    ("loss", str, "default or squared (classifiers: MSE of logits vs one-hot)"),
     ("num_train", int, "use the first N training examples"),
     ("num_test", int, "use the first N test examples"),
-    ("hessian_examples", int, "examples for the Hessian metrics"),
+    ("hessian_examples", int, "random training examples for the Hessian metrics"),
     (
         "sparse_budget",
         _size,
@@ -120,9 +121,9 @@ def _sweep_parser(sub) -> None:
         default="quick",
         choices=presets,
         help="hyperparameters: 'paper' (the paper's full grid), 'quick' (small, "
-        "CPU-friendly; default), 'stability' (near-zero loss, constant lr, "
-        "Hessian metrics), 'sparse' (wider models pruned at init to a fixed "
-        "budget)",
+        "CPU-friendly; default), 'stability' (synthetic, mnist: near-zero loss, "
+        "constant lr, Hessian metrics), 'sparse' (wider models pruned at init "
+        "to a fixed budget), 'smoothness' (synthetic: Fig. 21 estimates)",
     )
     for name, kind, text in _OVERRIDES:
         sweep.add_argument(
@@ -146,6 +147,13 @@ def _sweep_parser(sub) -> None:
         action="store_true",
         default=None,
         help="track the smoothness and PL estimates (paper Fig. 21) along training",
+    )
+    sweep.add_argument(
+        "--strategy",
+        default="none",
+        choices=["none", "mirrored"],
+        help="'mirrored': each run on all visible GPUs (tf.distribute."
+        "MirroredStrategy; the global batch is split across them)",
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan only")
     sweep.add_argument("--no-plots", action="store_true")
@@ -190,6 +198,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         download=False if args.no_download else None,
         make_plots=not args.no_plots,
         verbose=args.verbose,
+        strategy=args.strategy,
     )
     failed = sum(s.failed for s in summaries)
     return 1 if failed else 0

@@ -90,6 +90,17 @@ def _batches(data: Any) -> Iterable[Any]:
     return data
 
 
+def _in_replica_context(fn, *args):
+    """``fn(*args)``; inside a strategy's scope (cross-replica context, where
+    distributed variables cannot be differentiated) on the first replica, with
+    the whole batch."""
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        strategy = tf.distribute.get_strategy()
+        results = strategy.run(fn, args)
+        return [strategy.experimental_local_results(r)[0] for r in results]
+    return fn(*args)
+
+
 def _snip_scores(model, targets: list[Prunable], data, loss) -> list[np.ndarray]:
     if data is None:
         raise ValueError(
@@ -109,8 +120,8 @@ def _snip_scores(model, targets: list[Prunable], data, loss) -> list[np.ndarray]
     variables = [t.variable for t in targets]
     sums = [np.zeros(v.shape, "float64") for v in variables]
     count = 0
-    for batch in _batches(data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+
+    def gradients(x, y, sample_weight):
         # Stateless: batch-norm statistics and seeds are left as they are.
         with tf.GradientTape() as tape, keras.StatelessScope():
             y_pred = model(x, training=True)
@@ -120,8 +131,13 @@ def _snip_scores(model, targets: list[Prunable], data, loss) -> list[np.ndarray]
                 )
             else:
                 value = loss_fn(y, y_pred, sample_weight=sample_weight)
-        grads = tape.gradient(
+        return tape.gradient(
             value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+
+    for batch in _batches(data):
+        grads = _in_replica_context(
+            gradients, *keras.utils.unpack_x_y_sample_weight(batch)
         )
         for total, g in zip(sums, grads):
             total += tf.convert_to_tensor(g).numpy()

@@ -18,6 +18,7 @@ import traceback
 from typing import Any, TextIO
 
 from keras_sam.sweep import plots, summary, train
+from keras_sam.sweep.distribute import resolve_strategy
 from keras_sam.sweep.plan import RunSpec, plan_runs, planned_variants
 from keras_sam.sweep.progress import Progress, format_seconds
 from keras_sam.sweep.results import (
@@ -48,6 +49,13 @@ def describe_plan(preset: Preset, stream: TextIO | None = None) -> list[RunSpec]
         file=stream,
     )
     print(f"rho grid: {', '.join(f'{r:g}' for r in preset.rhos)}", file=stream)
+    if preset.loss != "default":
+        print(f"loss: {preset.loss}", file=stream)
+    if preset.hessian:
+        print(
+            f"Hessian metrics on {preset.hessian_examples} random training examples",
+            file=stream,
+        )
     budget = None
     if preset.sparse_budget is not None:
         budget = workload.count_params(preset.sparse_budget)
@@ -106,6 +114,7 @@ def run_sweep(
     make_plots: bool = True,
     verbose: int | None = None,
     stream: TextIO | None = None,
+    strategy: Any = None,
 ) -> list[summary.SizeSummary]:
     """Runs every unfinished run of ``preset``, appending to
     ``out_dir/results.jsonl``; returns the per-size summary.
@@ -113,8 +122,16 @@ def run_sweep(
     A run that raises is recorded with ``status: "failed"`` and its error,
     and the sweep goes on; it is retried on the next call. ``verbose`` is
     the Keras ``fit`` verbosity (default: the preset's).
+
+    ``strategy``: None / ``"none"`` (default), ``"mirrored"`` (all visible
+    GPUs, or the CPU; created once for the sweep) or a
+    `tf.distribute.Strategy`; each run is built and compiled in its scope
+    and records its ``replicas``. Not part of ``config_id``: the results are
+    the same up to round-off, except with per-replica batch-norm statistics
+    or SAM's per-replica eps (see `keras_sam.sweep.distribute`).
     """
     stream = stream or sys.stdout
+    strategy = resolve_strategy(strategy)
     workload = get_workload(preset.workload)
     os.makedirs(out_dir, exist_ok=True)
     _write_config(out_dir, preset)
@@ -137,7 +154,10 @@ def run_sweep(
         left = [(r.size, workload.count_params(r.size)) for r in todo[i:]]
         progress.start(spec.label, spec.size, params, left)
         try:
-            if data is None:
+            # tf.data pipelines carry their shuffle state from run to run:
+            # a fresh one per run makes a run's data order independent of
+            # the runs before it (resumed == uninterrupted). Arrays are reused.
+            if data is None or data.batched:
                 data = workload.load(
                     num_train=preset.num_train,
                     num_test=preset.num_test,
@@ -148,7 +168,9 @@ def run_sweep(
                     image_size=preset.image_size,
                     **preset.data_options,
                 )
-            record.update(train.train_run(spec, workload, preset, data, verbose))
+            record.update(
+                train.train_run(spec, workload, preset, data, verbose, strategy)
+            )
             record["status"] = "ok"
             value = record["value"]
             message = f"{workload.metric} {value:.4f}"
@@ -205,6 +227,8 @@ def write_summary(
         table,
         summary.rho_table(sizes, workload.metric),
     ]
+    if preset.loss != "default":
+        parts.insert(2, f"Loss: {preset.loss} (training and Hessian metrics).\n")
     curvature = summary.hessian_table(records, keys)
     if curvature:
         parts.append("Curvature at the end of training:\n\n" + curvature)

@@ -3,6 +3,7 @@ curvature) and return a JSON-ready record."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -11,6 +12,7 @@ import keras
 import numpy as np
 
 import keras_sam
+from keras_sam.sweep.distribute import replicas, resolve_strategy
 from keras_sam.sweep.plan import RunSpec
 from keras_sam.workloads.presets import Preset
 from keras_sam.workloads.registry import Data, Workload
@@ -47,6 +49,8 @@ def _steps_per_epoch(data: Data, batch_size: int) -> int:
 
 
 def _hessian_data(data: Data, n: int):
+    if getattr(data, "sample", None) is not None:  # seeded, not augmented
+        return data.sample(n)
     if not data.batched:
         x, y = data.train
         return x[:n], y[:n]
@@ -81,18 +85,34 @@ def prune(
     target = sparsity.sparsity_for_budget(int(budget_count), model)
     snip_batch = _hessian_data(data, preset.batch_size) if method == "snip" else None
     sparsity.prune_at_init(
-        model, target, method, data=snip_batch, seed=spec.seed, loss=workload.loss()
+        model,
+        target,
+        method,
+        data=snip_batch,
+        seed=spec.seed,
+        loss=workload.loss(preset.loss),
     )
     return target
 
 
-def curvature(model: keras.Model, workload: Workload, data: Data, n: int) -> dict:
+def curvature(
+    model: keras.Model, workload: Workload, data: Data, n: int, loss: str = "default"
+) -> dict:
     """Sharpness ``lambda_max(H)`` and non-uniformity ``s2`` on ``n`` training
-    examples (batch norm in inference mode, data loss only)."""
+    examples (batch norm in inference mode, data loss ``workload.loss(loss)``
+    only).
+
+    The examples are the same for every run of a preset: for the tfds
+    workloads ``data.sample(n)``, a uniform random sample without
+    replacement of the (first ``num_train``) training examples drawn with
+    the preset's ``data_seed``, without augmentation; for the array
+    workloads (synthetic, matrix factorization, whose examples are i.i.d.
+    draws seeded by ``data_seed``) the first ``n``.
+    """
     from keras_sam import hessian
 
     subset = _hessian_data(data, n)
-    op = hessian.CurvatureOperator(model, subset, loss=workload.loss())
+    op = hessian.CurvatureOperator(model, subset, loss=workload.loss(loss))
     return {
         "sharpness": hessian.sharpness(op),
         "s2": hessian.non_uniformity(op, order=2),
@@ -111,7 +131,7 @@ def _smoothness_tracker(preset: Preset, workload: Workload, data: Data):
         _hessian_data(data, preset.hessian_examples),
         every=max(1, preset.epochs // 10),
         num_examples=None,
-        loss=workload.loss(),
+        loss=workload.loss(preset.loss),
     )
 
 
@@ -125,14 +145,14 @@ def _nonzero(model: keras.Model, params: int) -> dict[str, Any]:
     }
 
 
-def train_run(
+def _train_run(
     spec: RunSpec,
     workload: Workload,
     preset: Preset,
     data: Data,
     verbose: int = 0,
+    scope: contextlib.ExitStack | None = None,
 ) -> dict[str, Any]:
-    """Trains one run and returns its record (``status`` "ok")."""
     keras.utils.set_random_seed(spec.seed)
     build_options = {}
     if preset.image_size is not None:
@@ -145,9 +165,11 @@ def train_run(
         trained = keras_sam.sam(model, rho=spec.rho, perturbation=preset.perturbation)
     trained.compile(
         make_optimizer(preset, _steps_per_epoch(data, preset.batch_size)),
-        loss=workload.loss(),
+        loss=workload.loss(preset.loss),
         metrics=workload.metrics(),
     )
+    if scope is not None:  # built and compiled in the strategy's scope: leave it
+        scope.close()  # (Keras keeps the model's strategy for fit / evaluate)
     tracker = _smoothness_tracker(preset, workload, data)
     fit_options = dict(
         epochs=preset.epochs, verbose=verbose, callbacks=[tracker] if tracker else []
@@ -184,7 +206,35 @@ def train_run(
     if tracker is not None:
         record["smoothness"] = tracker.records
     if preset.hessian:
-        record["hessian"] = curvature(model, workload, data, preset.hessian_examples)
+        record["hessian"] = curvature(
+            model, workload, data, preset.hessian_examples, preset.loss
+        )
     if not all(math.isfinite(v) for v in metric.values()):
         record["note"] = "non-finite test metric (diverged?)"
+    return record
+
+
+def train_run(
+    spec: RunSpec,
+    workload: Workload,
+    preset: Preset,
+    data: Data,
+    verbose: int = 0,
+    strategy: Any = None,
+) -> dict[str, Any]:
+    """Trains one run and returns its record (``status`` "ok").
+
+    ``strategy``: None / ``"none"``, ``"mirrored"`` or a
+    `tf.distribute.Strategy` (see `keras_sam.sweep.distribute`); the model
+    is built, wrapped and compiled in its scope, so `fit` and `evaluate`
+    run on its replicas; the Hessian metrics run outside it (the primary
+    copy of the weights). The record's ``replicas`` is the strategy's
+    replica count (1 without one).
+    """
+    strategy = resolve_strategy(strategy)
+    with contextlib.ExitStack() as scope:
+        if strategy is not None:
+            scope.enter_context(strategy.scope())
+        record = _train_run(spec, workload, preset, data, verbose, scope)
+    record["replicas"] = replicas(strategy)
     return record

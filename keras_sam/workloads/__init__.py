@@ -11,7 +11,9 @@ from keras_sam.workloads.datasets import (
     cifar10,
     imagenet,
     mnist,
+    train_sample,
 )
+from keras_sam.workloads.losses import OneHotMeanSquaredError
 from keras_sam.workloads.matrix_factorization import (
     factorization_data,
     factorization_model,
@@ -34,6 +36,7 @@ __all__ = [
     "WORKLOADS",
     "Data",
     "DatasetUnavailableError",
+    "OneHotMeanSquaredError",
     "Preset",
     "Workload",
     "cifar10",
@@ -52,5 +55,6 @@ __all__ = [
     "squared_norm_loss",
     "student",
     "teacher_student",
+    "train_sample",
     "trainable_params",
 ]

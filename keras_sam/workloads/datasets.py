@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -106,18 +107,24 @@ def mnist(
     num_test: int | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
     """MNIST scaled to [0, 1], shape (28, 28, 1), no augmentation."""
-
-    def prep(image, label):
-        return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
-
     train = load_split("mnist", "train", data_dir, download)
     test = load_split("mnist", "test", data_dir, download)
-    return _finish(train, test, batch_size, seed, num_train, num_test, prep, prep)
+    return _finish(
+        train, test, batch_size, seed, num_train, num_test, _mnist_map, _mnist_map
+    )
+
+
+def _mnist_map(image, label):
+    return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
 
 
 def _normalize(image, mean, std):
     image = tf.cast(image, tf.float32) / 255.0
     return (image - tf.constant(mean)) / tf.constant(std)
+
+
+def _cifar_test_map(image, label):
+    return _normalize(image, _CIFAR_MEAN, _CIFAR_STD), tf.cast(label, tf.int32)
 
 
 def cifar10(
@@ -138,9 +145,7 @@ def cifar10(
         image = tf.image.random_flip_left_right(image)
         return image, tf.cast(label, tf.int32)
 
-    def test_map(image, label):
-        return _normalize(image, _CIFAR_MEAN, _CIFAR_STD), tf.cast(label, tf.int32)
-
+    test_map = _cifar_test_map
     train = load_split("cifar10", "train", data_dir, download)
     test = load_split("cifar10", "test", data_dir, download)
     return _finish(
@@ -195,13 +200,79 @@ def imagenet(
         image = (image / 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
         return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
 
-    def test_map(image, label):
-        image = _center_crop(image, image_size)
-        image = (image / 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
-        return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
-
+    test_map = _imagenet_test_map(image_size)
     train = load_split("imagenet2012", "train", data_dir, download)
     test = load_split("imagenet2012", "validation", data_dir, download)
     return _finish(
         train, test, batch_size, seed, num_train, num_test, train_map, test_map
     )
+
+
+def _imagenet_test_map(image_size: int):
+    def test_map(image, label):
+        image = _center_crop(image, image_size)
+        image = (image / 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
+        return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+
+    return test_map
+
+
+_SAMPLE_SOURCES = {
+    "mnist": ("mnist", lambda _: _mnist_map),
+    "cifar10": ("cifar10", lambda _: _cifar_test_map),
+    "imagenet": ("imagenet2012", lambda size: _imagenet_test_map(size or 224)),
+}
+
+
+def train_sample(
+    name: str,
+    n: int,
+    seed: int = 0,
+    num_train: int | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` training examples drawn uniformly without replacement, as arrays.
+
+    The sample is deterministic: indices ``numpy.random.default_rng(seed)
+    .choice(N, n, replace=False)`` (sorted) into the first ``N = num_train``
+    examples of the ``train`` split in its stored order (files not
+    shuffled), with the evaluation preprocessing (no augmentation). It
+    does not depend on how often the shuffled training pipeline was
+    iterated. ``name`` is ``"mnist"``, ``"cifar10"`` or ``"imagenet"``.
+    The split is read once up to the largest drawn index (seconds for
+    MNIST / CIFAR-10, a full decoding pass for ImageNet).
+
+    ```python
+    x, y = train_sample("mnist", 1000, seed=0)   # the stability sample
+    ```
+    """
+    if name not in _SAMPLE_SOURCES:
+        raise ValueError(
+            f"`name` must be one of {sorted(_SAMPLE_SOURCES)}, got name={name!r}."
+        )
+    _check_positive("n", n)
+    _check_positive("num_train", num_train, allow_none=True)
+    tfds_name, make_map = _SAMPLE_SOURCES[name]
+    split = load_split(tfds_name, "train", data_dir, download)
+    if num_train is not None:
+        split = split.take(num_train)
+    total = _size(split)
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    mask = np.zeros(int(index[-1]) + 1, dtype=bool)
+    mask[index] = True
+    keep, prep = tf.constant(mask), make_map(image_size)
+    chosen = (
+        split.take(len(mask))
+        .enumerate()
+        .filter(lambda i, example: tf.gather(keep, i))
+        .map(lambda i, example: prep(*example))
+        .batch(256)
+    )
+    xs, ys = [], []
+    for x, y in chosen:
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)

@@ -18,6 +18,7 @@ from typing import Any
 
 SCHEDULES = ("constant", "step", "cosine")
 PRUNING_METHODS = ("random", "snip")  # keras_sam.sparsity.METHODS
+LOSSES = ("default", "squared")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,13 @@ class Preset:
     ``weight_decay`` is decoupled (Keras SGD ``weight_decay``): applied with
     the SAM gradient, it does not enter eps. ``data_options`` go to the
     workload's loader (e.g. ``{"noise": 0.0}``).
+    ``loss``: ``"default"`` (the workload's loss) or ``"squared"`` (for the
+    classifiers, the mean over classes of the squared difference between
+    logits and one-hot labels, as Keras ``"mse"`` / PyTorch ``MSELoss``;
+    for the regressions the same as the default); used for training and
+    for the Hessian metrics.
+    ``hessian_examples``: the examples of the Hessian metrics, a seeded
+    random sample of the training set (see `keras_sam.sweep.train.curvature`).
     """
 
     workload: str
@@ -50,6 +58,7 @@ class Preset:
     image_size: int | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
     perturbation: str = "sam"
+    loss: str = "default"
     hessian: bool = False
     hessian_examples: int = 256
     keras_verbose: int = 2
@@ -73,6 +82,10 @@ class Preset:
             raise ValueError(
                 "`perturbation` must be one of ['sam', 'usam', 'asam'], got "
                 f"perturbation={self.perturbation!r}."
+            )
+        if self.loss not in LOSSES:
+            raise ValueError(
+                f"`loss` must be one of {list(LOSSES)}, got loss={self.loss!r}."
             )
         for name in ("sizes", "seeds"):
             if not getattr(self, name):
@@ -124,6 +137,8 @@ class Preset:
         skip.add("smoothness")
         # The pruning method and budget are in each run's variant instead.
         skip |= {"hessian_examples", "sparse_budget", "sparse_methods"}
+        if self.loss == "default":  # keeps the ids of the older configs
+            skip.add("loss")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     def config_id(self) -> str:
@@ -267,6 +282,27 @@ PRESETS: dict[tuple[str, str], Preset] = {
             weight_decay=1e-4,
             num_train=10_000,
             keras_verbose=0,
+        ),
+        # Linear stability (paper Fig. 6a/b): the 5.37m MLP, squared loss,
+        # constant lr 0.1, plain SGD, trained to ~0 loss; sharpness and s2
+        # on 1000 random training examples. 200 epochs: twice the paper's
+        # budget, as plain SGD on a mean-over-classes squared loss converges
+        # slowly (check the training loss in convergence.png).
+        Preset(
+            "mnist",
+            "stability",
+            sizes=(10.0,),
+            rhos=(0.01, 0.02, 0.05, 0.1, 0.2),
+            seeds=(0,),
+            epochs=200,
+            batch_size=128,
+            lr=0.1,
+            momentum=0.0,
+            schedule="constant",
+            weight_decay=0.0,
+            loss="squared",
+            hessian=True,
+            hessian_examples=1000,
         ),
         Preset(
             "cifar10",

@@ -10,6 +10,7 @@ w.count_params(4)                   # 1_426_410, without building
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -17,14 +18,23 @@ from typing import Any, NamedTuple
 import keras
 
 from keras_sam.workloads import datasets, matrix_factorization, mlp, resnet, synthetic
+from keras_sam.workloads.losses import OneHotMeanSquaredError
+from keras_sam.workloads.presets import LOSSES
 
 
 class Data(NamedTuple):
-    """Training and test data: ``(x, y)`` arrays or batched `tf.data.Dataset`s."""
+    """Training and test data: ``(x, y)`` arrays or batched `tf.data.Dataset`s.
+
+    ``sample(n)``, where given, returns ``n`` training examples as arrays,
+    drawn at random with the loader's seed and without augmentation (see
+    `datasets.train_sample`); the tfds workloads have it, the array
+    workloads draw their examples i.i.d. already.
+    """
 
     train: Any
     test: Any
     num_train: int
+    sample: Callable[[int], tuple[Any, Any]] | None = None
 
     @property
     def batched(self) -> bool:
@@ -37,7 +47,9 @@ class Workload:
 
     ``metric`` is ``"test_loss"`` (lower is better) or ``"test_accuracy"``
     (higher is better); ``size_name`` names the size knob (``hidden``,
-    ``width``, ``base_filters``, ``rank``).
+    ``width``, ``base_filters``, ``rank``). ``squared_loss_fn`` gives the
+    ``loss("squared")`` of a classifier (None: the default loss is already
+    a squared loss).
     """
 
     name: str
@@ -49,6 +61,7 @@ class Workload:
     load_fn: Callable[..., Data]
     loss_fn: Callable[[], Any]
     metrics_fn: Callable[[], list]
+    squared_loss_fn: Callable[[], Any] | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -66,7 +79,18 @@ class Workload:
         """The data, e.g. ``load(num_train=..., data_dir=..., batch_size=...)``."""
         return self.load_fn(**options)
 
-    def loss(self):
+    def loss(self, kind: str = "default"):
+        """The training loss: ``"default"`` (cross-entropy on logits for the
+        classifiers, squared error for the regressions) or ``"squared"``
+        (classifiers: `OneHotMeanSquaredError`, the mean over classes of
+        the squared difference between logits and one-hot labels;
+        regressions: the default loss)."""
+        if kind not in LOSSES:
+            raise ValueError(
+                f"`loss` must be one of {list(LOSSES)}, got loss={kind!r}."
+            )
+        if kind == "squared" and self.squared_loss_fn is not None:
+            return self.squared_loss_fn()
         return self.loss_fn()
 
     def metrics(self) -> list:
@@ -87,7 +111,7 @@ def _factorization_load(num_train=1000, num_test=1000, seed=0, **_):
     return Data(train, test, len(train[0]))
 
 
-def _tfds_load(loader):
+def _tfds_load(loader, name):
     def load(
         num_train=None,
         num_test=None,
@@ -110,7 +134,15 @@ def _tfds_load(loader):
         if image_size is not None:
             kwargs["image_size"] = image_size
         train, test, n = loader(**kwargs)
-        return Data(train, test, n)
+        sample = functools.partial(
+            datasets.train_sample,
+            name,
+            seed=seed,
+            num_train=num_train,
+            data_dir=data_dir,
+            image_size=image_size,
+        )
+        return Data(train, test, n, sample)
 
     return load
 
@@ -175,9 +207,10 @@ WORKLOADS: dict[str, Workload] = {
             "test_accuracy",
             lambda p, seed=None: mlp.lenet_300_100(p, seed=seed),
             mlp.lenet_300_100_params,
-            _tfds_load(datasets.mnist),
+            _tfds_load(datasets.mnist, "mnist"),
             _classification_loss,
             _accuracy,
+            OneHotMeanSquaredError,
         ),
         Workload(
             "cifar10",
@@ -186,9 +219,10 @@ WORKLOADS: dict[str, Workload] = {
             "test_accuracy",
             lambda w, seed=None: resnet.resnet18_cifar(_filters(w), seed=seed),
             lambda w: resnet.resnet18_params(_filters(w)),
-            _tfds_load(datasets.cifar10),
+            _tfds_load(datasets.cifar10, "cifar10"),
             _classification_loss,
             _accuracy,
+            OneHotMeanSquaredError,
         ),
         Workload(
             "imagenet",
@@ -199,9 +233,10 @@ WORKLOADS: dict[str, Workload] = {
                 _filters(w), input_shape=(image_size, image_size, 3), seed=seed
             ),
             lambda w, **_: resnet.resnet50_params(_filters(w)),
-            _tfds_load(datasets.imagenet),
+            _tfds_load(datasets.imagenet, "imagenet"),
             _classification_loss,
             _accuracy,
+            OneHotMeanSquaredError,
         ),
     ]
 }

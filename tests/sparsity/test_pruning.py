@@ -120,6 +120,19 @@ def test_snip_accepts_a_dataset_and_a_loss(regression_data):
     assert sparsity.sparsity_report(model).sparsity == pytest.approx(0.5, abs=0.01)
 
 
+def test_snip_inside_a_strategy_scope_equals_outside(regression_data):
+    import tensorflow as tf
+
+    x, y = regression_data
+    plain = mlp(sam=False)
+    sparsity.prune_at_init(plain, 0.6, method="snip", data=(x, y), loss="mse")
+    with tf.distribute.MirroredStrategy().scope():  # cross-replica context
+        mirrored = mlp(sam=False)
+        sparsity.prune_at_init(mirrored, 0.6, method="snip", data=(x, y), loss="mse")
+    for got, want in zip(masks(mirrored), masks(plain)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_one_masked_sam_step_matches_numpy(regression_data):
     """Masked g (so the norm ignores pruned weights), eps and g2."""
     x, y = regression_data

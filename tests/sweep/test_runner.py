@@ -262,3 +262,108 @@ def test_smoothness_estimates_along_training(tmp_path):
     assert preset.config_id() == preset.replace(smoothness=False).config_id()
     assert "median beta_hat" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "smoothness.png").exists()
+
+
+def test_mnist_stability_run_on_mock_data(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from keras_sam.workloads.registry import Workload
+
+    kinds = []
+    real = Workload.loss
+
+    def spy(self, kind="default"):
+        kinds.append(kind)
+        return real(self, kind)
+
+    monkeypatch.setattr(Workload, "loss", spy)
+    preset = get_preset("mnist", "stability").replace(
+        sizes=(0.25,), rhos=(0.1,), epochs=1, num_train=64, num_test=32,
+        batch_size=32, hessian_examples=16, keras_verbose=0,
+    )  # fmt: skip
+    with tfds.testing.mock_data(num_examples=100):
+        run_sweep(preset, str(tmp_path), make_plots=False, stream=io.StringIO())
+    base, sam = read_results(str(tmp_path / "results.jsonl"))
+    for record in (base, sam):
+        assert record["status"] == "ok", record.get("error")
+        h = record["hessian"]
+        assert h["sharpness"] > 0 and h["s2"] > 0 and h["hessian_examples"] == 16
+    assert kinds == ["squared"] * 4  # training and Hessian metrics, both runs
+    text = (tmp_path / "summary.md").read_text()
+    assert "Loss: squared" in text and "non-uniformity s2" in text
+
+
+def test_cli_loss_override_and_mnist_stability_plan(capsys):
+    parser_args = ["sweep", "mnist", "--preset", "stability", "--dry-run"]
+    assert cli.main([*parser_args, "--loss", "default"]) == 0
+    text = capsys.readouterr().out
+    assert "width=10: 5,366,010 parameters, 6 runs" in text
+    assert "loss:" not in text and "1000 random training examples" in text
+    assert cli.main(["sweep", "synthetic", "--loss", "squared", "--dry-run"]) == 0
+    assert "loss: squared" in capsys.readouterr().out
+    assert cli.main(["sweep", "synthetic", "--loss", "hinge", "--dry-run"]) == 2
+    assert "`loss` must be one of" in capsys.readouterr().err
+
+
+def test_mirrored_strategy_run_equals_the_plain_run():
+    from keras_sam.workloads import get_workload
+
+    preset = tiny(sizes=(4,), hessian=True, hessian_examples=16)
+    workload = get_workload("synthetic")
+    data = workload.load(num_train=128, num_test=64, seed=0)
+    spec = plan_runs(preset)[1]  # SAM
+    plain = train.train_run(spec, workload, preset, data)
+    mirrored = train.train_run(spec, workload, preset, data, strategy="mirrored")
+    assert plain["replicas"] == mirrored["replicas"] == 1
+    assert mirrored["value"] == pytest.approx(plain["value"], abs=1e-6)
+    assert mirrored["hessian"]["sharpness"] == pytest.approx(
+        plain["hessian"]["sharpness"], rel=1e-4
+    )
+
+
+def test_sweep_creates_one_strategy_for_all_runs(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    seen = []
+
+    def fake(spec, workload, preset, data, verbose=0, strategy=None):
+        seen.append(strategy)
+        return {"value": 1.0, "params": 1, "replicas": 1}
+
+    monkeypatch.setattr(train, "train_run", fake)
+    run_sweep(tiny(), str(tmp_path), make_plots=False, stream=io.StringIO(),
+              strategy="mirrored")  # fmt: skip
+    assert len(seen) == 4 and all(s is seen[0] for s in seen)
+    assert isinstance(seen[0], tf.distribute.MirroredStrategy)
+
+
+def test_bad_strategy_names_the_accepted_values(tmp_path):
+    with pytest.raises(ValueError, match=r"`strategy` must be one of \['none', 'm"):
+        run_sweep(tiny(), str(tmp_path), strategy="tpu", stream=io.StringIO())
+    assert not (tmp_path / "results.jsonl").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "synthetic", "--strategy", "tpu", "--dry-run"])
+
+
+def test_tfds_run_does_not_depend_on_the_runs_before_it(tmp_path):
+    import shutil
+
+    import tensorflow_datasets as tfds
+
+    preset = get_preset("mnist", "quick").replace(
+        sizes=(0.25,), rhos=(0.1,), seeds=(0,), epochs=1, num_train=64,
+        num_test=32, batch_size=16,
+    )  # fmt: skip
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    with tfds.testing.mock_data(num_examples=100):
+        run_sweep(preset, str(whole), make_plots=False, stream=io.StringIO())
+        base, sam = read_results(str(whole / "results.jsonl"))
+        resumed.mkdir()
+        shutil.copy(whole / "configs.json", resumed)
+        with open(resumed / "results.jsonl", "w") as f:
+            f.write(json.dumps(base) + "\n")  # as if killed after the first run
+        run_sweep(preset, str(resumed), make_plots=False, stream=io.StringIO())
+    again = read_results(str(resumed / "results.jsonl"))[-1]
+    assert again["key"] == sam["key"] and sam["status"] == "ok"
+    assert again["history"]["loss"] == sam["history"]["loss"]
+    assert again["value"] == sam["value"]

@@ -58,3 +58,22 @@ def test_bad_batch_size():
     with tfds.testing.mock_data(num_examples=4):
         with pytest.raises(ValueError, match="batch_size"):
             workloads.mnist(batch_size=0)
+
+
+def test_train_sample_is_a_seeded_unaugmented_sample():
+    with tfds.testing.mock_data(num_examples=40):
+        x, y = workloads.train_sample("cifar10", 8, seed=3, num_train=32)
+        x2, y2 = workloads.train_sample("cifar10", 8, seed=3, num_train=32)
+        x_other, _ = workloads.train_sample("cifar10", 8, seed=4, num_train=32)
+        raw = tfds.load("cifar10", split="train", as_supervised=True)
+        labels = np.array([int(label) for _, label in raw.take(32)])
+        xm, ym = workloads.train_sample("mnist", 100, seed=0, num_train=32)
+    np.testing.assert_array_equal(x, x2)  # deterministic, no augmentation
+    np.testing.assert_array_equal(y, y2)
+    assert x.shape == (8, 32, 32, 3) and x.dtype == np.float32
+    index = np.sort(np.random.default_rng(3).choice(32, 8, replace=False))
+    np.testing.assert_array_equal(y, labels[index])
+    assert not np.array_equal(x, x_other)
+    assert xm.shape == (32, 28, 28, 1) and 0.0 <= xm.min() and xm.max() <= 1.0
+    with pytest.raises(ValueError, match="name"):
+        workloads.train_sample("svhn", 4)

@@ -45,3 +45,31 @@ def test_config_id_ignores_the_grid_but_not_training():
 def test_bad_presets(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_default_loss_keeps_the_config_ids():
+    # Computed before the `loss` field existed: old results stay reusable.
+    quick = get_preset("synthetic", "quick")
+    assert quick.loss == "default" and quick.config_id() == "d084e597cd"
+    assert "loss" not in quick.training_config()
+    squared = quick.replace(loss="squared")
+    assert squared.training_config()["loss"] == "squared"
+    assert squared.config_id() != quick.config_id()
+
+
+def test_mnist_stability_preset():
+    p = get_preset("mnist", "stability")
+    assert (p.sizes, p.rhos, p.seeds) == ((10.0,), (0.01, 0.02, 0.05, 0.1, 0.2), (0,))
+    assert (p.lr, p.schedule, p.momentum, p.weight_decay) == (0.1, "constant", 0, 0)
+    assert (p.loss, p.hessian, p.hessian_examples, p.batch_size) == (
+        "squared",
+        True,
+        1000,
+        128,
+    )
+    assert get_workload("mnist").count_params(10.0) == 5_366_010
+
+
+def test_bad_loss_names_the_argument():
+    with pytest.raises(ValueError, match=r"`loss` must be one of \['default', "):
+        get_preset("synthetic").replace(loss="l1")
