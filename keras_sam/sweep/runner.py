@@ -11,6 +11,7 @@ run_sweep(get_preset("synthetic", "quick"), out_dir="results/synthetic-quick")
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import sys
@@ -105,6 +106,23 @@ def _write_config(out_dir: str, preset: Preset) -> None:
         json.dump(configs, f, indent=1, sort_keys=True, default=str)
 
 
+def _fresh_data(workload, preset, previous, data_dir, download):
+    data = workload.load(
+        num_train=preset.num_train,
+        num_test=preset.num_test,
+        seed=preset.data_seed,
+        batch_size=preset.batch_size,
+        data_dir=data_dir,
+        download=download,
+        image_size=preset.image_size,
+        **preset.data_options,
+    )
+    if data.sample is not None:  # the same examples every run: draw them once
+        sample = previous.sample if previous is not None else None
+        data = data._replace(sample=sample or functools.lru_cache(4)(data.sample))
+    return data
+
+
 def run_sweep(
     preset: Preset,
     out_dir: str,
@@ -158,16 +176,7 @@ def run_sweep(
             # a fresh one per run makes a run's data order independent of
             # the runs before it (resumed == uninterrupted). Arrays are reused.
             if data is None or data.batched:
-                data = workload.load(
-                    num_train=preset.num_train,
-                    num_test=preset.num_test,
-                    seed=preset.data_seed,
-                    batch_size=preset.batch_size,
-                    data_dir=data_dir,
-                    download=download,
-                    image_size=preset.image_size,
-                    **preset.data_options,
-                )
+                data = _fresh_data(workload, preset, data, data_dir, download)
             record.update(
                 train.train_run(spec, workload, preset, data, verbose, strategy)
             )

@@ -277,6 +277,16 @@ def test_mnist_stability_run_on_mock_data(tmp_path, monkeypatch):
         return real(self, kind)
 
     monkeypatch.setattr(Workload, "loss", spy)
+    from keras_sam.workloads import datasets
+
+    samples = []
+    real_sample = datasets.train_sample
+
+    def sample_spy(*args, **kwargs):
+        samples.append(args)
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "train_sample", sample_spy)
     preset = get_preset("mnist", "stability").replace(
         sizes=(0.25,), rhos=(0.1,), epochs=1, num_train=64, num_test=32,
         batch_size=32, hessian_examples=16, keras_verbose=0,
@@ -289,6 +299,7 @@ def test_mnist_stability_run_on_mock_data(tmp_path, monkeypatch):
         h = record["hessian"]
         assert h["sharpness"] > 0 and h["s2"] > 0 and h["hessian_examples"] == 16
     assert kinds == ["squared"] * 4  # training and Hessian metrics, both runs
+    assert len(samples) == 1  # drawn once, though the pipeline is fresh per run
     text = (tmp_path / "summary.md").read_text()
     assert "Loss: squared" in text and "non-uniformity s2" in text
 
