@@ -143,6 +143,12 @@ def _sweep_parser(sub) -> None:
         help="measure sharpness and s2 at the end of every run",
     )
     sweep.add_argument(
+        "--sparse-rescale",
+        action="store_true",
+        default=None,
+        help="fixed-budget sweep: rescale kept weights by 1/sqrt(density)",
+    )
+    sweep.add_argument(
         "--smoothness",
         action="store_true",
         default=None,
@@ -176,6 +182,8 @@ def sweep_preset(args: argparse.Namespace):
         changes["hessian"] = True
     if args.smoothness:
         changes["smoothness"] = True
+    if args.sparse_rescale:
+        changes["sparse_rescale"] = True
     return preset.replace(**changes) if changes else preset
 
 

@@ -154,6 +154,7 @@ def prune_at_init(
     data: Any = None,
     seed: int | None = None,
     loss: Any = None,
+    rescale: bool = False,
 ) -> keras.Model:
     """Prunes the kernels of a built `model` in place and returns it.
 
@@ -182,8 +183,14 @@ def prune_at_init(
             of them (a `tf.data.Dataset`, a list).
         seed: random only: seed of the scores.
         loss: SNIP only: a loss to use instead of the compiled one.
+        rescale: multiply each kernel's kept weights by ``1 / sqrt(density)``
+            (density = its kept fraction), so a unit's pre-activation keeps
+            the variance its dense initializer gave it; without it a
+            90%-sparse layer starts with about a third of the signal.
     """
     sparsity = validate_sparsity(sparsity)
+    if not isinstance(rescale, bool):
+        raise ValueError(f"`rescale` must be True or False, got rescale={rescale!r}.")
     if not isinstance(method, str) or method.lower() not in METHODS:
         raise ValueError(
             f"`method` must be one of {', '.join(map(repr, METHODS))}; "
@@ -202,6 +209,9 @@ def prune_at_init(
         masks = _global_masks(scores, sparsity)
     for target, mask in zip(targets, masks):
         set_mask(target, mask)
+        density = float(np.mean(mask))
+        if rescale and 0 < density < 1:
+            target.variable.assign(target.variable.numpy() / np.sqrt(density))
     return model
 
 

@@ -4,12 +4,22 @@ a fixed-budget sweep, each wider size pruned at init by each method."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from keras_sam.workloads.presets import Preset
 
 BASELINE = "baseline"
 SAM = "sam"
 DENSE = "dense"
+RESCALED = "-rescaled"
+
+
+class Pruning(NamedTuple):
+    """How a sparse variant is pruned at init (see `prune_at_init`)."""
+
+    method: str
+    budget: float
+    rescale: bool
 
 
 @dataclass(frozen=True)
@@ -18,7 +28,8 @@ class RunSpec:
 
     ``variant`` is ``"dense"``, or ``"METHOD@BUDGET"`` for a model pruned at
     init by METHOD (``random``, ``snip``) to the non-zero weight count of
-    the dense model of size BUDGET (e.g. ``"snip@16"``).
+    the dense model of size BUDGET (e.g. ``"snip@16"``), or
+    ``"METHOD-rescaled@BUDGET"`` with the kept weights rescaled.
     """
 
     workload: str
@@ -39,12 +50,14 @@ class RunSpec:
         )
 
     @property
-    def pruning(self) -> tuple[str, float] | None:
-        """``(method, budget size)`` of a sparse variant, None if dense."""
+    def pruning(self) -> Pruning | None:
+        """How a sparse variant is pruned, None if dense."""
         if self.variant == DENSE:
             return None
         method, budget = self.variant.split("@")
-        return method, float(budget)
+        rescale = method.endswith(RESCALED)
+        method = method.removesuffix(RESCALED)
+        return Pruning(method, float(budget), rescale)
 
     @property
     def label(self) -> str:
@@ -53,8 +66,8 @@ class RunSpec:
         return f"size {self.size:g}{variant}, {name}, seed {self.seed}"
 
 
-def sparse_variant(method: str, budget: float) -> str:
-    return f"{method}@{budget:g}"
+def sparse_variant(method: str, budget: float, rescale: bool = False) -> str:
+    return f"{method}{RESCALED if rescale else ''}@{budget:g}"
 
 
 def planned_variants(preset: Preset) -> list[tuple[float, str]]:
@@ -66,7 +79,10 @@ def planned_variants(preset: Preset) -> list[tuple[float, str]]:
     budget = preset.sparse_budget
     pairs = [(budget, DENSE)]
     for size in sorted(s for s in set(preset.sizes) if s > budget):
-        pairs += [(size, sparse_variant(m, budget)) for m in preset.sparse_methods]
+        pairs += [
+            (size, sparse_variant(m, budget, preset.sparse_rescale))
+            for m in preset.sparse_methods
+        ]
     return pairs
 
 

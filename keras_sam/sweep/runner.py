@@ -63,7 +63,8 @@ def describe_plan(preset: Preset, stream: TextIO | None = None) -> list[RunSpec]
         print(
             f"fixed budget: {workload.size_name}={preset.sparse_budget:g} "
             f"({budget:,} parameters); wider sizes pruned at init by "
-            f"{', '.join(preset.sparse_methods)}",
+            f"{', '.join(preset.sparse_methods)}"
+            + (", kept weights rescaled" if preset.sparse_rescale else ""),
             file=stream,
         )
     for size, variant in planned_variants(preset):
@@ -230,7 +231,13 @@ def write_summary(
         parts.append(
             f"Fixed budget: the dense {workload.size_name}={preset.sparse_budget:g} "
             "model's kernel-weight count; wider models pruned at init "
-            f"({', '.join(preset.sparse_methods)}) to it.\n"
+            f"({', '.join(preset.sparse_methods)}) to it"
+            + (
+                ", kept weights rescaled by 1/sqrt(density)"
+                if preset.sparse_rescale
+                else ""
+            )
+            + ".\n"
         )
     parts += [
         table,

@@ -76,7 +76,7 @@ def prune(
     model of the budget size (``spec.variant``); returns the sparsity."""
     from keras_sam import sparsity
 
-    method, budget = spec.pruning
+    method, budget, rescale = spec.pruning
     reference = workload.build(budget, **build_options)
     budget_count = sum(
         math.prod(t.variable.shape) for t in sparsity.prunable_weights(reference)
@@ -91,6 +91,7 @@ def prune(
         data=snip_batch,
         seed=spec.seed,
         loss=workload.loss(preset.loss),
+        rescale=rescale,
     )
     return target
 

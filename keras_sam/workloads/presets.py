@@ -65,6 +65,7 @@ class Preset:
     smoothness: bool = False
     sparse_budget: float | None = None
     sparse_methods: tuple[str, ...] = PRUNING_METHODS
+    sparse_rescale: bool = False
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -108,6 +109,11 @@ class Preset:
                 f"`sparse_methods` must be a non-empty tuple of {list(PRUNING_METHODS)}"
                 f", got sparse_methods={methods!r}."
             )
+        if not isinstance(self.sparse_rescale, bool):
+            raise ValueError(
+                "`sparse_rescale` must be True or False, got "
+                f"sparse_rescale={self.sparse_rescale!r}."
+            )
         budget = self.sparse_budget
         if budget is None:
             return
@@ -137,6 +143,7 @@ class Preset:
         skip.add("smoothness")
         # The pruning method and budget are in each run's variant instead.
         skip |= {"hessian_examples", "sparse_budget", "sparse_methods"}
+        skip.add("sparse_rescale")
         if self.loss == "default":  # keeps the ids of the older configs
             skip.add("loss")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}

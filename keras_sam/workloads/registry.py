@@ -97,9 +97,15 @@ class Workload:
         return self.metrics_fn()
 
 
-def _synthetic_load(num_train=20_400, num_test=5_100, seed=0, noise=1.0, **_):
+def _synthetic_load(
+    num_train=20_400, num_test=5_100, seed=0, noise=1.0, teacher_init="he", **_
+):
     train, test = synthetic.teacher_student(
-        num_train=num_train, num_test=num_test, noise=noise, seed=seed
+        num_train=num_train,
+        num_test=num_test,
+        noise=noise,
+        seed=seed,
+        teacher_init=teacher_init,
     )
     return Data(train, test, len(train[0]))
 

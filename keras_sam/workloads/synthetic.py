@@ -11,6 +11,13 @@ import keras
 import numpy as np
 
 Arrays = tuple[np.ndarray, np.ndarray]
+TEACHER_INITS = ("he", "uniform")
+
+
+def _uniform(rng, fan_in: int, fan_out: int):
+    bound = 1.0 / np.sqrt(fan_in)
+    w = rng.uniform(-bound, bound, size=(fan_in, fan_out))
+    return w, rng.uniform(-bound, bound, size=fan_out)
 
 
 def teacher_student(
@@ -20,12 +27,18 @@ def teacher_student(
     teacher_hidden: int = 200,
     noise: float = 1.0,
     seed: int = 0,
+    teacher_init: str = "he",
 ) -> tuple[Arrays, Arrays]:
     """Generated ((x_train, y_train), (x_test, y_test)), float32, no download.
 
     ```python
     (x, y), (x_test, y_test) = keras_sam.workloads.teacher_student(seed=0)
     ```
+
+    ``teacher_init`` is how the teacher is "randomly initialised":
+    ``"he"`` (He-normal first layer, variance-1 output: signal-to-noise 1)
+    or ``"uniform"`` (PyTorch's `nn.Linear` default, weights and biases
+    U(+-1/sqrt(fan_in)): output variance about 0.06).
     """
     for name, value in [
         ("num_train", num_train),
@@ -39,14 +52,23 @@ def teacher_student(
             )
     if not noise >= 0:
         raise ValueError(f"`noise` must be >= 0, got noise={noise!r}.")
+    if teacher_init not in TEACHER_INITS:
+        raise ValueError(
+            f"`teacher_init` must be one of {list(TEACHER_INITS)}, got "
+            f"teacher_init={teacher_init!r}."
+        )
     rng = np.random.default_rng(seed)
-    # He-normal teacher weights, as a freshly initialised ReLU network.
-    w1 = rng.normal(scale=np.sqrt(2.0 / dim), size=(dim, teacher_hidden))
-    w2 = rng.normal(scale=np.sqrt(1.0 / teacher_hidden), size=(teacher_hidden, 1))
+    if teacher_init == "he":
+        w1 = rng.normal(scale=np.sqrt(2.0 / dim), size=(dim, teacher_hidden))
+        w2 = rng.normal(scale=np.sqrt(1.0 / teacher_hidden), size=(teacher_hidden, 1))
+        b1, b2 = np.zeros(teacher_hidden), np.zeros(1)
+    else:
+        w1, b1 = _uniform(rng, dim, teacher_hidden)
+        w2, b2 = _uniform(rng, teacher_hidden, 1)
 
     def draw(n):
         x = rng.normal(size=(n, dim))
-        y = np.maximum(x @ w1, 0.0) @ w2 + noise * rng.normal(size=(n, 1))
+        y = np.maximum(x @ w1 + b1, 0.0) @ w2 + b2 + noise * rng.normal(size=(n, 1))
         return x.astype("float32"), y.astype("float32")
 
     return draw(num_train), draw(num_test)

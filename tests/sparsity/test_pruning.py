@@ -133,6 +133,27 @@ def test_snip_inside_a_strategy_scope_equals_outside(regression_data):
         np.testing.assert_array_equal(got, want)
 
 
+def test_rescale_keeps_each_kernels_kept_weights_over_sqrt_density(regression_data):
+    x, y = regression_data
+    plain, scaled = mlp(sam=False), mlp(sam=False)
+    before = params_of(scaled)
+    for model, rescale in [(plain, False), (scaled, True)]:
+        sparsity.prune_at_init(model, 0.75, method="snip", data=(x, y), loss="mse",
+                               rescale=rescale)  # fmt: skip
+    for i, mask in zip((0, 2), masks(scaled)):
+        density = mask.mean()
+        assert 0 < density < 1
+        np.testing.assert_allclose(
+            params_of(scaled)[i], before[i] * mask / np.sqrt(density), rtol=1e-6
+        )
+        np.testing.assert_array_equal(params_of(plain)[i], before[i] * mask)
+    np.testing.assert_array_equal(
+        params_of(scaled)[1], before[1]
+    )  # biases as they were
+    with pytest.raises(ValueError, match="`rescale`"):
+        sparsity.prune_at_init(mlp(sam=False), 0.5, rescale="yes")
+
+
 def test_one_masked_sam_step_matches_numpy(regression_data):
     """Masked g (so the norm ignores pruned weights), eps and g2."""
     x, y = regression_data

@@ -248,6 +248,18 @@ def test_snip_keeps_the_highest_scores_of_the_first_batch(tmp_path):
     )
     assert kept.sum() == 100 * 4 + 4
     assert scores[kept].min() >= scores[~kept].max()
+    # The rescaled variant: kept weights / sqrt(density), per kernel.
+    model = workload.build(16, seed=0)
+    spec = RunSpec("synthetic", preset.config_id(), 16, "sam", 0.1, 0,
+                   "random-rescaled@4")  # fmt: skip
+    before = [v.numpy() for v in model.trainable_variables]
+    train.prune(model, spec, workload, preset, data, {})
+    for i in kernels:
+        after = model.trainable_variables[i].numpy()
+        density = np.mean(after != 0)
+        np.testing.assert_allclose(
+            after, before[i] * (after != 0) / np.sqrt(density), rtol=1e-6
+        )
 
 
 def test_smoothness_estimates_along_training(tmp_path):
