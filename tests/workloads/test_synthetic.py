@@ -57,15 +57,18 @@ def test_demo_runs_both_optimizers(capsys):
 
 
 def test_uniform_teacher_follows_pytorch_linear_default():
-    (_, clean), _ = teacher_student(
-        num_train=20_000, num_test=1, noise=0.0, seed=1, teacher_init="uniform"
-    )
+    variances = [
+        teacher_student(
+            num_train=4000, num_test=1, noise=0.0, seed=seed, teacher_init="uniform"
+        )[0][1].var()
+        for seed in range(16)
+    ]  # the output variance of one teacher varies by ~20%: average 16 teachers
     # w ~ U(+-1/sqrt(fan_in)) has variance 1 / (3 fan_in), so a hidden unit's
     # pre-activation has variance ~100 / 300 and Var(relu(z)) = s2 (1/2 - 1/(2 pi));
-    # Var(y) ~ 200 units * Var(w2) = 1 / 600 * Var(relu(z)) (biases, correlations
-    # between units and the finite teacher leave some percent).
+    # Var(y) ~ 200 units * Var(w2) = 1 / 600 * Var(relu(z)) (biases and
+    # correlations between units leave some percent).
     s2 = 100 / 300
     expected = 200 / 600 * s2 * (0.5 - 0.5 / np.pi)
-    assert abs(clean.var() - expected) < 0.25 * expected
+    assert abs(np.mean(variances) - expected) < 0.08 * expected
     with pytest.raises(ValueError, match="`teacher_init`"):
         teacher_student(num_train=5, num_test=5, teacher_init="xavier")
