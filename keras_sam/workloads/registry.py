@@ -98,7 +98,7 @@ class Workload:
 
 
 def _synthetic_load(
-    num_train=20_400, num_test=5_100, seed=0, noise=1.0, teacher_init="he", **_
+    num_train=20_400, num_test=5_100, seed=0, noise=1.0, teacher_init="uniform", **_
 ):
     train, test = synthetic.teacher_student(
         num_train=num_train,

@@ -8,7 +8,7 @@ from keras_sam.workloads.presets import PRUNING_METHODS
 def test_dense_plan_is_sizes_by_methods_by_seeds():
     preset = get_preset("synthetic", "quick")
     runs = plan_runs(preset)
-    assert len(runs) == 3 * 4 * 2 and {r.variant for r in runs} == {"dense"}
+    assert len(runs) == 3 * 5 * 2 and {r.variant for r in runs} == {"dense"}
     assert runs[0].key.startswith(f"synthetic|{preset.config_id()}|dense|100|")
 
 

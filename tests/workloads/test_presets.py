@@ -49,8 +49,8 @@ def test_bad_presets(call, name):
 
 def test_default_loss_keeps_the_config_ids():
     # Computed before the `loss` field existed: old results stay reusable.
-    quick = get_preset("synthetic", "quick")
-    assert quick.loss == "default" and quick.config_id() == "d084e597cd"
+    quick = get_preset("mnist", "quick")
+    assert quick.loss == "default" and quick.config_id() == "3ba0812008"
     assert "loss" not in quick.training_config()
     squared = quick.replace(loss="squared")
     assert squared.training_config()["loss"] == "squared"
@@ -73,3 +73,12 @@ def test_mnist_stability_preset():
 def test_bad_loss_names_the_argument():
     with pytest.raises(ValueError, match=r"`loss` must be one of \['default', "):
         get_preset("synthetic").replace(loss="l1")
+
+
+def test_synthetic_presets_name_their_teacher():
+    # Results made with the earlier He-normal teacher have no `teacher_init` in
+    # their config, so they can never be taken for the uniform teacher's.
+    for (workload, _), preset in PRESETS.items():
+        if workload == "synthetic":
+            assert preset.data_options["teacher_init"] == "uniform"
+            assert preset.training_config()["data_options"]["teacher_init"]
