@@ -80,5 +80,8 @@ def test_synthetic_presets_name_their_teacher():
     # their config, so they can never be taken for the uniform teacher's.
     for (workload, _), preset in PRESETS.items():
         if workload == "synthetic":
-            assert preset.data_options["teacher_init"] == "uniform"
+            noiseless = preset.data_options.get("noise") == 0.0
+            assert preset.data_options["teacher_init"] == (
+                "he" if noiseless else "uniform"
+            )
             assert preset.training_config()["data_options"]["teacher_init"]
