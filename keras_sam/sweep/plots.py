@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from keras_sam.sweep.results import latest_by_key
+from keras_sam.sweep.results import latest_ok
 from keras_sam.sweep.summary import SizeSummary
 
 
@@ -155,13 +155,10 @@ def plot_convergence(
     records: list[dict[str, Any]], out_dir: str, title: str, keys: set[str] | None
 ) -> str | None:
     """Seed-mean training loss per epoch, one panel per size, log scale."""
-    latest = latest_by_key(records)
     ok = [
         r
-        for k, r in latest.items()
-        if r.get("status") == "ok"
-        and (keys is None or k in keys)
-        and r.get("history", {}).get("loss")
+        for r in latest_ok(records, keys)
+        if r.get("history", {}).get("loss")
         and None not in r["history"]["loss"]  # NaN is stored as None
     ]
     if not ok:
@@ -195,14 +192,7 @@ def plot_smoothness(
 ) -> str | None:
     """``beta_hat`` and ``alpha_hat`` per measured epoch, seed-mean, one line
     per size and method (solid: baseline, dashed: SAM), log scale."""
-    latest = latest_by_key(records)
-    ok = [
-        r
-        for k, r in latest.items()
-        if r.get("status") == "ok"
-        and (keys is None or k in keys)
-        and r.get("smoothness")
-    ]
+    ok = [r for r in latest_ok(records, keys) if r.get("smoothness")]
     if not ok:
         return None
     plt = _pyplot()

@@ -68,6 +68,17 @@ def latest_by_key(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["key"]: r for r in records}
 
 
+def latest_ok(
+    records: list[dict[str, Any]], keys: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """The latest record of each key (of ``keys`` if given) if it succeeded."""
+    return [
+        r
+        for k, r in latest_by_key(records).items()
+        if r.get("status") == "ok" and (keys is None or k in keys)
+    ]
+
+
 def finished_keys(records: list[dict[str, Any]]) -> set[str]:
     """Keys whose latest record succeeded (failed runs are retried)."""
-    return {k for k, r in latest_by_key(records).items() if r.get("status") == "ok"}
+    return {r["key"] for r in latest_ok(records)}

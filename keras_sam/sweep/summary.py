@@ -11,10 +11,12 @@ errors combined in quadrature).
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from keras_sam.sweep.results import latest_by_key
+from keras_sam.sweep.results import latest_by_key, latest_ok
 
 
 @dataclass(frozen=True)
@@ -186,41 +188,49 @@ def rho_table(summaries: list[SizeSummary], metric: str, digits: int = 4) -> str
     return f"{metric} by rho:\n\n" + "\n".join(lines) + "\n"
 
 
+def _per_run_table(
+    records: list[dict[str, Any]],
+    keys: set[str] | None,
+    field: str,
+    value: Callable[[Any, str], float | None],
+    columns: dict[str, str],
+    digits: int,
+) -> str | None:
+    """Seed-mean ± s.e. of ``value(record[field], name)`` for each name in
+    ``columns`` (name -> header), one row per size, variant and method, over
+    the runs that have ``field``; None if none has."""
+    rows: dict[tuple[float, str, float], dict[str, list[float]]] = {}
+    for r in latest_ok(records, keys):
+        if not r.get(field):
+            continue
+        found = {name: value(r[field], name) for name in columns}
+        rho = -1.0 if r["rho"] is None else float(r["rho"])
+        group = (float(r["size"]), r.get("variant", "dense"), rho)
+        cell = rows.setdefault(group, {name: [] for name in columns})
+        for name, v in found.items():
+            if v is not None:
+                cell[name].append(v)
+    if not rows:
+        return None
+    lines = [
+        "| size | method | " + " | ".join(columns.values()) + " |",
+        "|---:|---|" + "---:|" * len(columns),
+    ]
+    for (size, variant, rho), cell in sorted(rows.items()):
+        method = "baseline" if rho < 0 else f"SAM rho={rho:g}"
+        label = f"{size:g}" + ("" if variant == "dense" else f" {variant}")
+        stats = " | ".join(stat(cell[name]).format(digits) for name in columns)
+        lines.append(f"| {label} | {method} | {stats} |")
+    return "\n".join(lines) + "\n"
+
+
 def hessian_table(
     records: list[dict[str, Any]], keys: set[str] | None = None, digits: int = 3
 ) -> str | None:
     """Seed-mean sharpness and s2 at the end of training per size and method
     (None if no record has Hessian metrics)."""
-    latest = latest_by_key(records)
-    rows: dict[tuple[float, str, float], dict[str, list[float]]] = {}
-    for k, r in latest.items():
-        if keys is not None and k not in keys:
-            continue
-        h = r.get("hessian") if r.get("status") == "ok" else None
-        if not h:
-            continue
-        rho = -1.0 if r["rho"] is None else float(r["rho"])
-        variant = r.get("variant", "dense")
-        cell = rows.setdefault(
-            (float(r["size"]), variant, rho), {"sharpness": [], "s2": []}
-        )
-        for name in cell:
-            if h.get(name) is not None:
-                cell[name].append(h[name])
-    if not rows:
-        return None
-    lines = [
-        "| size | method | sharpness lambda_max(H) | non-uniformity s2 |",
-        "|---:|---|---:|---:|",
-    ]
-    for (size, variant, rho), cell in sorted(rows.items()):
-        method = "baseline" if rho < 0 else f"SAM rho={rho:g}"
-        label = f"{size:g}" + ("" if variant == "dense" else f" {variant}")
-        lines.append(
-            f"| {label} | {method} | {stat(cell['sharpness']).format(digits)} | "
-            f"{stat(cell['s2']).format(digits)} |"
-        )
-    return "\n".join(lines) + "\n"
+    columns = {"sharpness": "sharpness lambda_max(H)", "s2": "non-uniformity s2"}
+    return _per_run_table(records, keys, "hessian", dict.get, columns, digits)
 
 
 def smoothness_table(
@@ -228,42 +238,13 @@ def smoothness_table(
 ) -> str | None:
     """Seed-mean of each run's median ``beta_hat`` and ``alpha_hat`` along
     training, per size and method (None if no record tracked them)."""
-    latest = latest_by_key(records)
-    rows: dict[tuple[float, str, float], dict[str, list[float]]] = {}
-    for k, r in latest.items():
-        if (keys is not None and k not in keys) or r.get("status") != "ok":
-            continue
-        track = r.get("smoothness")
-        if not track:
-            continue
-        rho = -1.0 if r["rho"] is None else float(r["rho"])
-        cell = rows.setdefault(
-            (float(r["size"]), r.get("variant", "dense"), rho),
-            {"beta_hat": [], "alpha_hat": []},
-        )
-        for name, values in cell.items():
-            points = [p[name] for p in track if p.get(name) is not None]
-            if points:
-                values.append(_median(points))
-    if not rows:
-        return None
-    lines = [
-        "| size | method | median beta_hat (smoothness) | median alpha_hat (PL) |",
-        "|---:|---|---:|---:|",
-    ]
-    for (size, variant, rho), cell in sorted(rows.items()):
-        method = "baseline" if rho < 0 else f"SAM rho={rho:g}"
-        label = f"{size:g}" + ("" if variant == "dense" else f" {variant}")
-        lines.append(
-            f"| {label} | {method} | {stat(cell['beta_hat']).format(digits)} | "
-            f"{stat(cell['alpha_hat']).format(digits)} |"
-        )
-    return "\n".join(lines) + "\n"
 
+    def value(track, name):
+        points = [p[name] for p in track if p.get(name) is not None]
+        return statistics.median(points) if points else None
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[mid]
-    return 0.5 * (ordered[mid - 1] + ordered[mid])
+    columns = {
+        "beta_hat": "median beta_hat (smoothness)",
+        "alpha_hat": "median alpha_hat (PL)",
+    }
+    return _per_run_table(records, keys, "smoothness", value, columns, digits)
