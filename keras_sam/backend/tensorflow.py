@@ -32,6 +32,7 @@ from keras import tree
 
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
 from keras_sam.backend import tf_replicas as replicas
+from keras_sam.sparsity._masks import kernel_masks
 
 
 def train_step(model, data):
@@ -75,7 +76,7 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
     clean_grads, y_pred, loss = _compiled(model, _clean_pass)(
         model, x, y, sample_weight
     )
-    masks = _masks(model.trainable_variables)
+    masks = kernel_masks(model.trainable_variables)
     clean_grads = _apply_masks(clean_grads, masks)
     eps_grads = replicas.gradients_for_eps(clean_grads, replica_eps)
     weights = [tf.identity(v.value) for v in model.trainable_variables]
@@ -222,11 +223,6 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     ]
     y_pred = tree.pack_sequence_as(pred_spec, [ta.concat() for ta in pred_arrays])
     return grads, y_pred, loss_sum / count, perturbed_sum / count
-
-
-def _masks(variables):
-    """Per-variable 0/1 masks (None where unmasked): see the module docstring."""
-    return [getattr(getattr(v, "constraint", None), "mask", None) for v in variables]
 
 
 def _apply_masks(tensors, masks):

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_sam.sparsity._masks import kernel_masks
+
 # model -> {key: traced functions}. The functions hold the model only through
 # a weak reference, so the cache does not keep models alive.
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -151,7 +153,7 @@ class _Functions:
         self.dim = int(sum(np.prod(v.shape) for v in variables))
         dim = self.dim
         zero = tf.UnconnectedGradients.ZERO
-        masks = _masks(variables) if masked else [None] * len(variables)
+        masks = kernel_masks(variables) if masked else [None] * len(variables)
 
         def flat(tensors):
             return tf.concat(
@@ -253,11 +255,6 @@ class _Functions:
         return self._powers[k]
 
 
-def _masks(variables) -> list:
-    """The `KernelMask` variable of each pruned kernel (None elsewhere)."""
-    return [getattr(getattr(v, "constraint", None), "mask", None) for v in variables]
-
-
 def _functions(model, per_example_loss, training, batch, jit, masked) -> _Functions:
     x, y = batch[0], batch[1]
     x_spec = tf.nest.map_structure(_spec, x)
@@ -268,7 +265,7 @@ def _functions(model, per_example_loss, training, batch, jit, masked) -> _Functi
         training,
         jit,
         tuple(id(v) for v in variables),
-        tuple(id(m) for m in _masks(variables)) if masked else None,
+        tuple(id(m) for m in kernel_masks(variables)) if masked else None,
         repr(x_spec),
         repr(y_spec),
     )

@@ -89,6 +89,13 @@ class Prunable:
         return self.variable.path
 
 
+def kernel_masks(variables: list) -> list:
+    """The `KernelMask` 0/1 variable of each variable (None where unmasked):
+    what a SAM step and the curvature operators read to stay on the
+    unpruned weights."""
+    return [getattr(getattr(v, "constraint", None), "mask", None) for v in variables]
+
+
 def prunable_weights(model: keras.Model) -> list[Prunable]:
     """The kernels of `model` that pruning acts on, in layer order.
 
