@@ -23,6 +23,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_sam import _validation
+
 #: Added to norms in denominators so that a zero gradient gives eps = 0.
 TINY = 1e-12
 
@@ -118,10 +120,8 @@ class ASAM(Perturbation):
     """
 
     def __init__(self, eta: float = 0.01, adapt_vectors: bool = False):
-        if isinstance(eta, bool) or not isinstance(eta, int | float) or not eta > 0:
-            raise ValueError(f"`eta` must be a positive number, got eta={eta!r}.")
-        self.eta = float(eta)
-        self.adapt_vectors = bool(adapt_vectors)
+        self.eta = _validation.positive_float(eta, "eta")
+        self.adapt_vectors = _validation.boolean(adapt_vectors, "adapt_vectors")
 
     def _scale(self, weight):
         if len(weight.shape) >= 2 or self.adapt_vectors:

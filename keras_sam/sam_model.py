@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import keras
 
-# `Functional` is not exported by Keras; it is the class that
-# `keras.Model(inputs, outputs)` returns.
-from keras.src.models.functional import Functional
-
-from keras_sam import perturbations
+from keras_sam import _compat, _validation, perturbations
 from keras_sam.backend import REPLICA_EPS_MODES, get_train_step
 
 _RANDOM_STATE_KEY = "random_state_"
@@ -23,35 +18,6 @@ def _is_functional_call(args: tuple, kwargs: dict) -> bool:
         or (len(args) == 1 and "outputs" in kwargs)
         or ("inputs" in kwargs and "outputs" in kwargs)
     )
-
-
-def _validate_rho(rho: Any) -> float:
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
-        raise ValueError(f"`rho` must be a non-negative number, got rho={rho!r}.")
-    rho = float(rho)
-    if not rho >= 0 or rho == float("inf"):
-        raise ValueError(f"`rho` must be a finite number >= 0, got rho={rho!r}.")
-    return rho
-
-
-def _validate_replica_eps(mode: Any) -> str:
-    if mode not in REPLICA_EPS_MODES:
-        raise ValueError(
-            f"`replica_eps` must be one of {list(REPLICA_EPS_MODES)}, got "
-            f"replica_eps={mode!r}."
-        )
-    return mode
-
-
-def _validate_micro_batch_size(size: Any) -> int | None:
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(
-            "`micro_batch_size` must be None or a positive integer that divides "
-            f"the batch size, got micro_batch_size={size!r}."
-        )
-    return int(size)
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -109,10 +75,14 @@ class SAMModel(keras.Model):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        self.rho = _validate_rho(rho)
+        self.rho = _validation.non_negative_float(rho, "rho")
         self.perturbation = perturbations.get(perturbation)
-        self.micro_batch_size = _validate_micro_batch_size(micro_batch_size)
-        self.replica_eps = _validate_replica_eps(replica_eps)
+        self.micro_batch_size = _validation.positive_int(
+            micro_batch_size, "micro_batch_size", allow_none=True
+        )
+        self.replica_eps = _validation.one_of(
+            replica_eps, "replica_eps", REPLICA_EPS_MODES
+        )
         self._jit_compile_per_replica = False
         self.perturbed_loss_tracker = keras.metrics.Mean(name="perturbed_loss")
 
@@ -128,6 +98,8 @@ class SAMModel(keras.Model):
     def train_step(self, data):
         return get_train_step()(self, data)
 
+    # A private Keras hook (`_compat.SYMBOLIC_BUILD_HOOK`): build from a
+    # worker-local batch under multi-worker strategies.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self.distribute_strategy
         if iterator is not None and keras.backend.backend() == "tensorflow":
@@ -183,7 +155,7 @@ class SAMModel(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
-class FunctionalSAMModel(SAMModel, Functional):
+class FunctionalSAMModel(SAMModel, _compat.Functional):
     """What `SAMModel(inputs, outputs)` returns: a functional `SAMModel`."""
 
 

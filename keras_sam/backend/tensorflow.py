@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from keras_sam import _compat
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
 from keras_sam.backend import tf_replicas as replicas
 from keras_sam.sparsity._masks import kernel_masks
@@ -56,7 +57,7 @@ def train_step(model, data):
         finite = replicas.all_replicas_finite([g for g in grads if g is not None])
         grads = _poison_unless(finite, grads)
     batch_size = tf.shape(_first_tensor(x))[0]
-    model._loss_tracker.update_state(
+    _compat.loss_tracker(model).update_state(
         replicas.unscale_for_replicas(loss), sample_weight=batch_size
     )
     model.perturbed_loss_tracker.update_state(
@@ -248,24 +249,20 @@ def _warn_if_xla_on_cpu(model):
 
 
 def _forward(model, x):
-    if getattr(model, "_call_has_training_arg", True):
+    if _compat.call_has_training_arg(model):
         return model(x, training=True)
     return model(x)
 
 
 def _loss(model, x, y, y_pred, sample_weight):
-    # `_compute_loss` is Keras' dispatcher that copes with user overrides of
-    # `compute_loss` with or without a `training` argument.
-    return model._compute_loss(
-        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-    )
+    return _compat.compute_loss(model, x, y, y_pred, sample_weight, training=True)
 
 
 def _output_spec(model, x):
     symbolic = tree.map_structure(
         lambda t: None if t is None else keras.KerasTensor(t.shape, t.dtype), x
     )
-    if getattr(model, "_call_has_training_arg", True):
+    if _compat.call_has_training_arg(model):
         return model.compute_output_spec(symbolic, training=True)
     return model.compute_output_spec(symbolic)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from keras_sam import _compat
 from keras_sam.backend import SYNCHRONIZED
 
 
@@ -74,9 +75,7 @@ def local_first_batch(strategy, iterator):
 
 
 def is_multi_worker(strategy=None) -> bool:
-    strategy = strategy or tf.distribute.get_strategy()
-    in_multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", None)
-    return bool(in_multi_worker and in_multi_worker())
+    return _compat.in_multi_worker_mode(strategy or tf.distribute.get_strategy())
 
 
 def logs_for_reduction(logs):

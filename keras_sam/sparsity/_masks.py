@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sam import _compat, _validation
+
 #: Variable name -> the layer attributes that may hold that variable's
 #: constraint (the first one the layer has), for the kernels pruned by default
 #: (Dense, EinsumDense, Conv*, Conv*Transpose, DepthwiseConv*, SeparableConv*,
@@ -108,10 +110,10 @@ def prunable_weights(model: keras.Model) -> list[Prunable]:
     if not model.built:
         raise ValueError("`model` must be built before pruning.")
     found, seen = [], set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in _compat.flatten_layers(model):
         if isinstance(layer, KernelMask):
             continue
-        for variable in layer._trainable_variables:
+        for variable in _compat.own_trainable_variables(layer):
             attribute = next(
                 (a for a in PRUNABLE.get(variable.name, ()) if hasattr(layer, a)),
                 None,
@@ -142,13 +144,8 @@ def attach_masks(model: keras.Model) -> list[Prunable]:
             constraint=getattr(layer, target.attribute),
             name=f"{variable.name}_mask",
         )
-        locked = layer._tracker.locked
-        layer._tracker.unlock()
-        try:
+        with _compat.unlocked_tracker(layer):
             setattr(layer, target.attribute, mask)
-        finally:
-            if locked:
-                layer._tracker.lock()
         variable.constraint = mask
         added = True
     if added:
@@ -170,17 +167,9 @@ def _retrace(model: keras.Model) -> None:
 
 
 def validate_sparsity(sparsity: Any, name: str = "sparsity") -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise ValueError(
-            f"`{name}` must be a number in [0, 1), got {name}={sparsity!r}."
-        )
-    value = float(sparsity)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"`{name}` must be a number in [0, 1) (0 = dense, 0.9 = 90% of the "
-            f"prunable weights zero), got {name}={sparsity!r}."
-        )
-    return value
+    return _validation.fraction(
+        sparsity, name, hint="0 = dense, 0.9 = 90% of the prunable weights zero"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

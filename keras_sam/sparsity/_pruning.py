@@ -11,8 +11,8 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.losses import LossFunctionWrapper
 
+from keras_sam import _compat, _validation
 from keras_sam.sparsity._masks import (
     Prunable,
     attach_masks,
@@ -110,7 +110,7 @@ def _snip_scores(model, targets: list[Prunable], data, loss) -> list[np.ndarray]
     if loss is not None:
         loss_fn = keras.losses.get(loss)
         if not isinstance(loss_fn, keras.losses.Loss):
-            loss_fn = LossFunctionWrapper(loss_fn)
+            loss_fn = _compat.LossFunctionWrapper(loss_fn)
     elif getattr(model, "compiled", False) and model.loss is not None:
         loss_fn = None
     else:
@@ -189,14 +189,10 @@ def prune_at_init(
             90%-sparse layer starts with about a third of the signal.
     """
     sparsity = validate_sparsity(sparsity)
-    if not isinstance(rescale, bool):
-        raise ValueError(f"`rescale` must be True or False, got rescale={rescale!r}.")
-    if not isinstance(method, str) or method.lower() not in METHODS:
-        raise ValueError(
-            f"`method` must be one of {', '.join(map(repr, METHODS))}; "
-            f"got method={method!r}."
-        )
-    method = method.lower()
+    _validation.boolean(rescale, "rescale")
+    if isinstance(method, str):
+        method = method.lower()
+    _validation.one_of(method, "method", METHODS)
     targets = attach_masks(model)
     if not targets:
         raise ValueError(f"`model` {model.name!r} has no prunable kernels.")
@@ -322,9 +318,5 @@ def tfmot_schedule(name: str, **kwargs: Any) -> Schedule:
         "ConstantSparsity", target_sparsity=0.5, begin_step=0, frequency=10)
     ```
     """
-    if name not in _TFMOT_SCHEDULES:
-        raise ValueError(
-            f"`name` must be one of {', '.join(map(repr, _TFMOT_SCHEDULES))}; "
-            f"got name={name!r}."
-        )
+    _validation.one_of(name, "name", _TFMOT_SCHEDULES)
     return getattr(load_tfmot().sparsity.keras, name)(**kwargs)

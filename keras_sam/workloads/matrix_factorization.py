@@ -10,6 +10,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_sam import _validation
+
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
@@ -32,8 +34,7 @@ def factorization_data(
         ("in_dim", in_dim),
         ("out_dim", out_dim),
     ]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        _validation.positive_int(value, name)
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(out_dim, in_dim))
 
@@ -56,8 +57,7 @@ def factorization_model(
 
     Parameter count ``rank * (in_dim + out_dim)``.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"`rank` must be a positive integer, got rank={rank!r}.")
+    _validation.positive_int(rank, "rank")
     init = keras.initializers.VarianceScaling(1.0, "fan_in", "normal", seed=seed)
     inputs = keras.Input((in_dim,))
     h = keras.layers.Dense(rank, use_bias=False, kernel_initializer=init)(inputs)

@@ -6,15 +6,14 @@ Hidden layers [300 p, 100 p]; p = 0.25, 0.5, 1, 4, 10 give the paper's
 
 from __future__ import annotations
 
-import numbers
-
 import keras
+
+from keras_sam import _validation
 
 
 def lenet_hidden(width: float) -> tuple[int, int]:
     """Hidden sizes ``(round(300 p), round(100 p))`` for width factor ``p``."""
-    if isinstance(width, bool) or not isinstance(width, numbers.Real) or width <= 0:
-        raise ValueError(f"`width` must be a number > 0, got width={width!r}.")
+    _validation.positive_float(width, "width")
     h1, h2 = round(300 * width), round(100 * width)
     if h2 < 1:
         raise ValueError(f"`width` must be >= 0.005 (1 unit), got width={width!r}.")

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_sam import _validation
+
 SCHEDULES = ("constant", "step", "cosine")
 PRUNING_METHODS = ("random", "snip")  # keras_sam.sparsity.METHODS
 LOSSES = ("default", "squared")
@@ -68,34 +70,19 @@ class Preset:
     sparse_rescale: bool = False
 
     def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"`schedule` must be one of {list(SCHEDULES)}, got "
-                f"schedule={self.schedule!r}."
-            )
+        check = _validation
+        check.one_of(self.schedule, "schedule", SCHEDULES)
         for name in ("epochs", "batch_size", "hessian_examples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"`{name}` must be a positive integer, got {name}={value!r}."
-                )
-        if self.perturbation not in ("sam", "usam", "asam"):
-            raise ValueError(
-                "`perturbation` must be one of ['sam', 'usam', 'asam'], got "
-                f"perturbation={self.perturbation!r}."
-            )
-        if self.loss not in LOSSES:
-            raise ValueError(
-                f"`loss` must be one of {list(LOSSES)}, got loss={self.loss!r}."
-            )
-        for name in ("sizes", "seeds"):
-            if not getattr(self, name):
-                raise ValueError(f"`{name}` must not be empty.")
-        if any(not r >= 0 for r in self.rhos):
-            raise ValueError(f"`rhos` must be numbers >= 0, got rhos={self.rhos!r}.")
-        for name in ("lr", "momentum", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+            check.positive_int(getattr(self, name), name)
+        check.one_of(self.perturbation, "perturbation", ("sam", "usam", "asam"))
+        check.one_of(self.loss, "loss", LOSSES)
+        check.non_empty_tuple(self.sizes, "sizes", check.positive_float)
+        check.non_empty_tuple(self.seeds, "seeds")
+        for rho in self.rhos:  # may be empty: a baseline-only sweep
+            check.non_negative_float(rho, "rhos")
+        check.positive_float(self.lr, "lr")
+        for name in ("momentum", "weight_decay"):
+            check.non_negative_float(getattr(self, name), name)
         self._validate_sparse()
 
     def _validate_sparse(self) -> None:
@@ -109,18 +96,11 @@ class Preset:
                 f"`sparse_methods` must be a non-empty tuple of {list(PRUNING_METHODS)}"
                 f", got sparse_methods={methods!r}."
             )
-        if not isinstance(self.sparse_rescale, bool):
-            raise ValueError(
-                "`sparse_rescale` must be True or False, got "
-                f"sparse_rescale={self.sparse_rescale!r}."
-            )
+        _validation.boolean(self.sparse_rescale, "sparse_rescale")
         budget = self.sparse_budget
         if budget is None:
             return
-        if isinstance(budget, bool) or not budget > 0:
-            raise ValueError(
-                f"`sparse_budget` must be a size > 0, got sparse_budget={budget!r}."
-            )
+        _validation.positive_float(budget, "sparse_budget")
         if any(s < budget for s in self.sizes):
             raise ValueError(
                 "`sizes` must all be >= `sparse_budget` (wider models are pruned "

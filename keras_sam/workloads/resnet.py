@@ -12,20 +12,14 @@ import math
 
 import keras
 
+from keras_sam import _validation
+
 _RESNET18_BLOCKS = (2, 2, 2, 2)
 _RESNET50_BLOCKS = (3, 4, 6, 3)
 
 
 def _check_filters(base_filters) -> int:
-    if isinstance(base_filters, bool) or not isinstance(base_filters, int):
-        raise ValueError(
-            f"`base_filters` must be a positive integer, got {base_filters!r}."
-        )
-    if base_filters < 1:
-        raise ValueError(
-            f"`base_filters` must be a positive integer, got {base_filters!r}."
-        )
-    return base_filters
+    return _validation.positive_int(base_filters, "base_filters")
 
 
 def resnet18_params(base_filters: int, classes: int = 10, channels: int = 3) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_sam import _validation
+
 Arrays = tuple[np.ndarray, np.ndarray]
 TEACHER_INITS = ("he", "uniform")
 
@@ -48,17 +50,9 @@ def teacher_student(
         ("dim", dim),
         ("teacher_hidden", teacher_hidden),
     ]:
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"`{name}` must be a positive integer, got {name}={value!r}."
-            )
-    if not noise >= 0:
-        raise ValueError(f"`noise` must be >= 0, got noise={noise!r}.")
-    if teacher_init not in TEACHER_INITS:
-        raise ValueError(
-            f"`teacher_init` must be one of {list(TEACHER_INITS)}, got "
-            f"teacher_init={teacher_init!r}."
-        )
+        _validation.positive_int(value, name)
+    _validation.non_negative_float(noise, "noise")
+    _validation.one_of(teacher_init, "teacher_init", TEACHER_INITS)
     rng = np.random.default_rng(seed)
     if teacher_init == "he":
         w1 = rng.normal(scale=np.sqrt(2.0 / dim), size=(dim, teacher_hidden))
@@ -86,10 +80,8 @@ def student(
     makes the Hessian's top eigenvalue ~100x smaller, so the paper's lr 0.1
     is stable at every width.
     """
-    if not isinstance(hidden, int) or hidden < 1:
-        raise ValueError(f"`hidden` must be a positive integer, got hidden={hidden!r}.")
-    if not input_scale > 0:
-        raise ValueError(f"`input_scale` must be > 0, got input_scale={input_scale!r}.")
+    _validation.positive_int(hidden, "hidden")
+    _validation.positive_float(input_scale, "input_scale")
     inputs = keras.Input((dim,))
     x = inputs
     if input_scale != 1.0:

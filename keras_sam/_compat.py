@@ -1,0 +1,133 @@
+"""The one module that touches private Keras and TensorFlow internals.
+
+Everything here is outside Keras' public API and may move in any release.
+Each item says why the public API does not suffice; `tests/test_compat.py`
+checks each one against the installed Keras and fails with a message
+naming the item when a release moves it. The tested Keras range is declared
+in ``pyproject.toml`` (``dependencies``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import keras
+
+# Turns a plain loss function `fn(y_true, y_pred)` into a `keras.losses.Loss`
+# with Keras' reduction and sample-weight handling. `keras.losses.get` returns
+# bare functions for names such as "mse", and no public class wraps them.
+from keras.src.losses import LossFunctionWrapper
+
+# `keras.Model(inputs, outputs)` returns an instance of this class, which Keras
+# does not export. `SAMModel(inputs, outputs)` must return a subclass of it
+# (as `keras.Model` does) for functional models to build, save and load like
+# Keras' own; no public name reaches it.
+from keras.src.models.functional import Functional
+
+__all__ = [
+    "SYMBOLIC_BUILD_HOOK",
+    "Functional",
+    "LossFunctionWrapper",
+    "call_has_training_arg",
+    "compile_arguments",
+    "compute_loss",
+    "flatten_layers",
+    "in_multi_worker_mode",
+    "loss_tracker",
+    "own_trainable_variables",
+    "unlocked_tracker",
+]
+
+#: The `keras.Model` hook, called by `fit`, `evaluate` and `predict`, that
+#: builds the model, its metrics and optimizer from the first batch. There is
+#: no public hook for this; `SAMModel` overrides it to build from a
+#: worker-local batch under `MultiWorkerMirroredStrategy`
+#: (keras-team/keras#20585).
+SYMBOLIC_BUILD_HOOK = "_maybe_symbolic_build"
+
+
+def compute_loss(model: keras.Model, x, y, y_pred, sample_weight, training=True):
+    """`model.compute_loss(...)`, through Keras' dispatcher.
+
+    The public `compute_loss` gained its `training` argument in Keras 3.3;
+    Keras' own train steps call `_compute_loss`, which passes `training` only
+    to user overrides that accept it. A custom train step must do the same to
+    honour such overrides.
+    """
+    return model._compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+    )
+
+
+def loss_tracker(model: keras.Model) -> keras.metrics.Mean:
+    """The `Mean` metric behind the logged ``loss`` of a compiled model.
+
+    Keras' own train steps update it; a custom train step must too, or the
+    logged loss stays at 0. The public `model.metrics` lists it, but only by
+    its name ``"loss"``, which a user metric may share.
+    """
+    return model._loss_tracker
+
+
+def call_has_training_arg(layer: keras.layers.Layer) -> bool:
+    """Whether `layer.call` takes a ``training`` argument, as Keras itself
+    decides it when it calls the layer (``inspect`` on `call` would miss
+    Keras' own rules for ``**kwargs`` and wrapped calls)."""
+    return layer._call_has_training_arg
+
+
+def flatten_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """`model` and all its sublayers, nested models included, each once.
+
+    The public `model.layers` lists only the direct children of a model.
+    """
+    return model._flatten_layers(include_self=True, recursive=True)
+
+
+def own_trainable_variables(layer: keras.layers.Layer) -> list[keras.Variable]:
+    """The trainable variables a layer created itself, without its
+    sublayers'. The public `trainable_variables` includes the sublayers'
+    variables, so a walk over all layers would meet each variable several
+    times and could not tell which layer's constraint governs it."""
+    return list(layer._trainable_variables)
+
+
+@contextlib.contextmanager
+def unlocked_tracker(layer: keras.layers.Layer):
+    """Lets a built layer take a new sublayer attribute (a `KernelMask` as a
+    kernel constraint). Keras locks a layer's state tracker after `build` and
+    has no public way to add state later."""
+    tracker = layer._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        yield
+    finally:
+        if locked:
+            tracker.lock()
+
+
+def in_multi_worker_mode(strategy: Any) -> bool:
+    """Whether a `tf.distribute` strategy spans several workers.
+
+    TensorFlow has no public predicate that covers every multi-worker
+    strategy (`MultiWorkerMirroredStrategy`, multi-host TPU); Keras' own
+    trainer reads this same private method.
+    """
+    method = strategy.extended._in_multi_worker_mode
+    return bool(method())
+
+
+def compile_arguments(model: keras.Model) -> dict[str, Any] | None:
+    """The arguments `model.compile` was last called with, as the objects
+    the user passed (None if the model was never compiled).
+
+    The public `get_compile_config()` serializes them, so reviving it would
+    build a fresh optimizer (losing its state) and fail on unregistered
+    custom losses and metrics; `keras_sam.sam` needs the objects themselves
+    to compile the SAM model like the model it wraps.
+    """
+    if not model.compiled:
+        return None
+    return dict(model._compile_config.config)

@@ -1,0 +1,182 @@
+"""One check per private Keras / TF internal in `keras_sam/_compat.py`.
+
+Each test first looks the internal up where Keras has it today and fails with
+a message naming the item when a Keras (or TF) release has moved it; then it
+checks that the `_compat` accessor still does its job.
+"""
+
+import importlib
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_sam import _compat
+
+
+def _moved(item: str, detail: str) -> str:
+    return (
+        f"Keras {keras.version()} / TF {tf.__version__} moved the private "
+        f"internal {item} that keras_sam/_compat.py relies on ({detail}). "
+        "Update _compat.py and the Keras range in pyproject.toml."
+    )
+
+
+def _require_attribute(owner, name: str, item: str):
+    if not hasattr(owner, name):
+        pytest.fail(_moved(item, f"{type(owner).__name__} has no `{name}`"))
+    return getattr(owner, name)
+
+
+def _require_import(module: str, name: str):
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        pytest.fail(_moved(f"{module}.{name}", str(error)))
+
+
+def _compiled_mlp():
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)]
+    )
+    model.compile("sgd", "mse", metrics=["mae"], loss_weights=[0.5])
+    return model
+
+
+def test_functional_class():
+    functional = _require_import("keras.src.models.functional", "Functional")
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    assert type(model) is functional, _moved(
+        "Functional", f"keras.Model(inputs, outputs) is a {type(model).__name__}"
+    )
+    assert _compat.Functional is functional
+
+
+def test_loss_function_wrapper():
+    wrapper = _require_import("keras.src.losses", "LossFunctionWrapper")
+    assert issubclass(wrapper, keras.losses.Loss)
+    loss = _compat.LossFunctionWrapper(keras.losses.get("mse"))
+    value = loss(np.zeros((2, 1)), np.ones((2, 1)), sample_weight=np.array([1, 0]))
+    assert float(value) == pytest.approx(0.5)
+
+
+def test_compute_loss_dispatcher():
+    model = _compiled_mlp()
+    method = _require_attribute(model, "_compute_loss", "Model._compute_loss")
+    assert {"x", "y", "y_pred", "sample_weight", "training"} <= set(
+        inspect.signature(method).parameters
+    ), _moved("Model._compute_loss", "its arguments changed")
+    y = np.ones((2, 1), "float32")
+    loss = _compat.compute_loss(model, None, y, np.zeros_like(y), None)
+    assert float(loss) == pytest.approx(0.5)  # mse 1 times loss_weight 0.5
+
+
+def test_loss_tracker():
+    model = _compiled_mlp()
+    tracker = _require_attribute(model, "_loss_tracker", "Model._loss_tracker")
+    assert isinstance(tracker, keras.metrics.Mean), _moved(
+        "Model._loss_tracker", f"it is a {type(tracker).__name__}, not a Mean"
+    )
+    assert _compat.loss_tracker(model) in model.metrics
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
+    assert float(_compat.loss_tracker(model).result()) > 0, _moved(
+        "Model._loss_tracker", "fit no longer logs the loss from it"
+    )
+
+
+class _NoTraining(keras.layers.Layer):
+    def call(self, x):
+        return x
+
+
+def test_call_has_training_arg():
+    _require_attribute(
+        keras.layers.Dropout(0.5), "_call_has_training_arg", "_call_has_training_arg"
+    )
+    assert _compat.call_has_training_arg(keras.layers.Dropout(0.5)) is True
+    assert _compat.call_has_training_arg(_NoTraining()) is False
+
+
+def test_symbolic_build_hook_is_called_by_fit():
+    calls = []
+
+    class Recording(keras.Model):
+        pass
+
+    def hook(self, iterator=None, data_batch=None):
+        calls.append((iterator is not None, data_batch is not None))
+        return original(self, iterator=iterator, data_batch=data_batch)
+
+    original = _require_attribute(
+        keras.Model, _compat.SYMBOLIC_BUILD_HOOK, "Model._maybe_symbolic_build"
+    )
+    setattr(Recording, _compat.SYMBOLIC_BUILD_HOOK, hook)
+    inputs = keras.Input((3,))
+    model = Recording(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
+    assert calls, _moved("Model._maybe_symbolic_build", "fit no longer calls it")
+
+
+def test_flatten_layers_recurses_into_nested_models():
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    outer = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(1)])
+    _require_attribute(outer, "_flatten_layers", "Layer._flatten_layers")
+    layers = _compat.flatten_layers(outer)
+    assert layers[0] is outer
+    assert inner.layers[0] in layers and outer.layers[-1] in layers
+
+
+def test_own_trainable_variables_exclude_sublayers():
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    dense = inner.layers[0]
+    _require_attribute(dense, "_trainable_variables", "Layer._trainable_variables")
+    assert _compat.own_trainable_variables(dense) == [dense.kernel, dense.bias]
+    assert _compat.own_trainable_variables(inner) == []
+
+
+def test_unlocked_tracker_lets_a_built_layer_take_a_sublayer():
+    dense = keras.layers.Dense(2)
+    dense.build((None, 3))
+    tracker = _require_attribute(dense, "_tracker", "Layer._tracker")
+    for name in ("locked", "lock", "unlock"):
+        _require_attribute(tracker, name, f"Layer._tracker.{name}")
+    assert tracker.locked, _moved("Layer._tracker", "a built layer is not locked")
+    with _compat.unlocked_tracker(dense):
+        dense.extra = keras.layers.Dense(1)
+    assert tracker.locked
+    assert dense.extra in dense._layers
+
+
+def test_in_multi_worker_mode():
+    for strategy in (
+        tf.distribute.get_strategy(),
+        tf.distribute.OneDeviceStrategy("/cpu:0"),
+    ):
+        _require_attribute(
+            strategy.extended, "_in_multi_worker_mode", "extended._in_multi_worker_mode"
+        )
+        assert _compat.in_multi_worker_mode(strategy) is False
+
+
+def test_compile_arguments_are_the_objects_passed():
+    optimizer = keras.optimizers.SGD(0.1)
+    metric = keras.metrics.MeanAbsoluteError()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    assert _compat.compile_arguments(model) is None
+    model.compile(optimizer, "mse", metrics=[metric], loss_weights=[0.5])
+    config = _require_attribute(model, "_compile_config", "Model._compile_config")
+    _require_attribute(config, "config", "Model._compile_config.config")
+    arguments = _compat.compile_arguments(model)
+    assert arguments["optimizer"] is optimizer
+    assert arguments["metrics"][0] is metric
+    assert arguments["loss"] == "mse" and arguments["loss_weights"] == [0.5]
+    assert set(arguments) >= {
+        "weighted_metrics",
+        "run_eagerly",
+        "steps_per_execution",
+        "jit_compile",
+    }
