@@ -15,7 +15,7 @@ TPU: --strategy tpu (untested here; same code path as the others).
 
 --replica-eps synchronized (default) trains exactly like one device on the
 global batch; per_replica gives each replica its own eps (m-sharpness with m =
-per-replica batch, as in the paper's code). The logged eps_batch_size is m.
+per-replica batch, as in the paper's code); model.eps_batch_size is m.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     test_loss = model.evaluate(x_test, y_test, verbose=0)
     print(
         f"{strategy.num_replicas_in_sync} replica(s), eps_batch_size "
-        f"{history.history['eps_batch_size'][-1]:.0f}, test loss {test_loss:.4f}"
+        f"{model.eps_batch_size}, test loss {test_loss:.4f}"
     )
     return history.history
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import keras
 
-from keras_sam import _compat, _validation, perturbations
+from keras_sam import _compat, _trackers, _validation, perturbations
 from keras_sam.backend import REPLICA_EPS_MODES, get_train_step
 
 _RANDOM_STATE_KEY = "random_state_"
@@ -36,6 +36,7 @@ class SAMModel(keras.Model):
     model = keras_sam.SAMModel(inputs, outputs, rho=0.05)
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=10)  # logs `loss` and `perturbed_loss`
+    model.eps_batch_size, model.skipped_steps  # (32, 0)
     ```
 
     Like `keras.Model`, it can also be subclassed with a custom `call`.
@@ -47,13 +48,24 @@ class SAMModel(keras.Model):
             or a `keras_sam.perturbations.Perturbation`.
         micro_batch_size: if set, m-sharpness: each micro-batch of this many
             examples gets eps from its own gradient, and the perturbed
-            gradients are averaged. It must divide every batch size.
+            gradients are averaged. A batch it does not divide (a partial
+            last batch) ends with a smaller micro-batch; each perturbed
+            gradient is weighted by its micro-batch's size.
         replica_eps: under a `tf.distribute` strategy with several replicas,
             ``"synchronized"`` (default) forms eps from the all-reduced
             gradient, so training equals single-device SAM on the global
             batch; ``"per_replica"`` forms it from each replica's own
             gradient (m-sharpness with m = per-replica batch, as in the
-            paper's code). The logged ``eps_batch_size`` is the effective m.
+            paper's code). `eps_batch_size` is the effective m.
+
+    Attributes:
+        eps_batch_size: how many examples' gradient formed each eps (the m
+            of m-sharpness) in the latest `fit`: the largest, where a partial
+            last batch had fewer; None before training.
+        skipped_steps: how many training steps were skipped because the
+            loss-scale optimizer of a ``mixed_float16`` model met a
+            non-finite gradient (clean or perturbed), since the model was
+            created. Skipped steps leave the logged means alone.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
@@ -85,8 +97,21 @@ class SAMModel(keras.Model):
         )
         self._jit_compile_per_replica = False
         self.perturbed_loss_tracker = keras.metrics.Mean(name="perturbed_loss")
+        # Updated by the step, kept out of the logs (see the properties).
+        self.skipped_steps_tracker = _trackers.StepCounter(name="skipped_steps")
+        self.eps_batch_size_tracker = _trackers.RunningMax(name="eps_batch_size")
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self.skipped_steps_tracker.result())
+
+    @property
+    def eps_batch_size(self) -> int | None:
+        return int(self.eps_batch_size_tracker.result()) or None
 
     def make_train_function(self, force: bool = False):
+        # Called at the start of every `fit` (and `train_on_batch`).
+        self.eps_batch_size_tracker.reset_state()
         # Keras cannot XLA-compile a whole multi-replica step on
         # `MirroredStrategy` ("Trying to access resource ... replica_1");
         # compile each replica's two passes instead.
@@ -113,8 +138,14 @@ class SAMModel(keras.Model):
     @property
     def metrics(self):
         # The perturbed loss is a training log only, so that `evaluate`
-        # reports just what the user compiled.
-        return [m for m in super().metrics if m is not self.perturbed_loss_tracker]
+        # reports just what the user compiled; the step's own trackers are
+        # attributes, not logs.
+        own = (
+            self.perturbed_loss_tracker,
+            self.skipped_steps_tracker,
+            self.eps_batch_size_tracker,
+        )
+        return [m for m in super().metrics if not any(m is o for o in own)]
 
     def reset_metrics(self):
         super().reset_metrics()
@@ -219,7 +250,16 @@ def sam(
     model.fit(x, y)
     ```
 
-    Training the returned model trains `model`'s weights.
+    Training the returned model trains `model`'s weights. A compiled `model`
+    passes on its compile settings (its optimizer object with its state,
+    loss, loss weights, metrics, `jit_compile`, `steps_per_execution`, ...),
+    so wrapping after `compile` works too:
+
+    ```python
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    model = keras_sam.sam(model)
+    model.fit(x, y)
+    ```
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
@@ -238,4 +278,20 @@ def sam(
         replica_eps=replica_eps,
         name=name or f"sam_{model.name}",
     )
+    if model.compiled:
+        _compile_like(wrapper, model)
     return wrapper
+
+
+def _compile_like(wrapper: SAMModel, model: keras.Model) -> None:
+    arguments = _compat.compile_arguments(model)
+    if arguments is None:
+        raise ValueError(
+            "`model` is compiled, but its compile settings cannot be read in "
+            f"Keras {keras.version()}. Wrap the model before compiling it: "
+            "`model = keras_sam.sam(model)`, then `model.compile(...)`."
+        )
+    # The optimizer object itself (with its state; already wrapped in a
+    # `LossScaleOptimizer` where `compile` decided so).
+    arguments["optimizer"] = model.optimizer
+    wrapper.compile(**arguments, auto_scale_loss=False)

@@ -135,42 +135,95 @@ def test_micro_batch_graph_does_not_grow_with_count(regression_data):
     assert sizes[4] == sizes[32] > 0
 
 
-def test_micro_batch_size_must_divide_batch(regression_data):
+def _micro_batch_reference(params, x, y, batches, m, rho=0.2):
+    """Weights after SGD steps on `batches` (start, stop) with NumPy SAM per
+    micro-batch of `m` (the last one smaller), each gradient weighted by its
+    size; and the last batch's size-weighted clean and perturbed losses."""
+    for start, stop in batches:
+        pieces = [
+            (min(m, stop - k), reference.sam_gradient(
+                "sam", params, x[k : min(k + m, stop)], y[k : min(k + m, stop)], rho
+            ))
+            for k in range(start, stop, m)
+        ]  # fmt: skip
+        fractions = [size / (stop - start) for size, _ in pieces]
+        grads = [
+            sum(f * p[2][i] for f, (_, p) in zip(fractions, pieces)) for i in range(4)
+        ]
+        params = [p - LR * g for p, g in zip(params, grads)]
+        losses = [sum(f * p[j] for f, (_, p) in zip(fractions, pieces)) for j in (0, 1)]
+    return params, losses
+
+
+@pytest.mark.parametrize(
+    "jit_compile, call", [(False, "fit"), (True, "fit"), (False, "train_on_batch")]
+)
+def test_partial_micro_batch_weighted_by_size_matches_numpy(
+    regression_data, jit_compile, call
+):
+    """A batch of 20 with m = 8 runs micro-batches of 8, 8 and 4; a last batch
+    of 4 < m runs one of 4. `fit` traces with an unknown batch size (the
+    partial micro-batch under a `tf.cond`), `train_on_batch` with a known one."""
     x, y = regression_data
-    model = mlp(micro_batch_size=5)
-    model.compile(keras.optimizers.SGD(LR), loss="mse")
-    with pytest.raises(ValueError, match="micro_batch_size=5 must divide"):
-        model.train_on_batch(x[:32], y[:32])  # traced with a known batch size
-    # fit traces with an unknown batch size: the check runs in the graph.
-    model = mlp(micro_batch_size=8)
-    model.compile(keras.optimizers.SGD(LR), loss="mse")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="micro_batch_size=8 must"):
-        model.fit(x[:36], y[:36], batch_size=16, verbose=0)  # last batch: 4
+    model = mlp(rho=0.2, micro_batch_size=8)
+    params = weights_of(model)
+    model.compile(keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
+    if call == "fit":
+        model.fit(x[:24], y[:24], batch_size=20, shuffle=False, verbose=0)
+        expected, _ = _micro_batch_reference(params, x, y, [(0, 20), (20, 24)], 8)
+    else:
+        logs = model.train_on_batch(x[:20], y[:20], return_dict=True)
+        expected, losses = _micro_batch_reference(params, x, y, [(0, 20)], 8)
+        assert logs["loss"] == pytest.approx(losses[0], rel=1e-5)
+        assert logs["perturbed_loss"] == pytest.approx(losses[1], rel=1e-5)
+    assert_weights_close(weights_of(model), expected)
+    assert model.eps_batch_size == 8
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_micro_batch_with_batch_norm_threads_state(jit_compile):
-    """Each micro-batch's clean pass updates the moving mean, in order; the
+@pytest.mark.parametrize(
+    "jit_compile, call",
+    [(False, "train_on_batch"), (True, "train_on_batch"), (False, "fit")],
+)
+def test_micro_batch_with_batch_norm_threads_state(jit_compile, call):
+    """Conv + batch norm, a batch of 20 with m = 8: each micro-batch's clean
+    pass (8, 8, then the partial 4) updates the moving mean, in order; the
     perturbed passes change nothing."""
     rng = np.random.default_rng(5)
-    x = rng.normal(loc=2.0, size=(24, 3)).astype("float32")
-    y = rng.normal(size=(24, 1)).astype("float32")
+    x = rng.normal(loc=2.0, size=(20, 4, 3)).astype("float32")
+    y = rng.normal(size=(20, 1)).astype("float32")
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((3,))
+    inputs = keras.Input((4, 3))
     normalized = keras.layers.BatchNormalization(momentum=0.9)(inputs)
-    outputs = keras.layers.Dense(1)(normalized)
+    features = keras.layers.Conv1D(2, 3)(normalized)
+    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(features))
     model = keras_sam.SAMModel(inputs, outputs, rho=0.5, micro_batch_size=8)
     model.compile(keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
     if jit_compile:
         with pytest.warns(UserWarning, match="XLA runs the micro-batch loop"):
             model.train_on_batch(x, y)
+    elif call == "fit":
+        model.fit(x, y, batch_size=20, shuffle=False, verbose=0)
     else:
         model.train_on_batch(x, y)
     expected = np.zeros(3)
-    for k in range(0, 24, 8):
-        expected = 0.9 * expected + 0.1 * x[k : k + 8].mean(0)
+    for k in range(0, 20, 8):
+        expected = 0.9 * expected + 0.1 * x[k : k + 8].mean((0, 1))
     bn = model.layers[1]
     np.testing.assert_allclose(bn.moving_mean.numpy(), expected, rtol=1e-5)
+
+
+def test_eps_batch_size_is_an_attribute_not_a_log(regression_data):
+    """Not in the logs; the full batch's m, not the partial last batch's."""
+    x, y = regression_data
+    assert mlp().eps_batch_size is None
+    for options, expected in [({}, 16), ({"micro_batch_size": 8}, 8)]:
+        model = mlp(**options)
+        model.compile(keras.optimizers.SGD(LR), loss="mse")
+        history = model.fit(x[:36], y[:36], batch_size=16, verbose=0)  # 16, 16, 4
+        assert set(history.history) == {"loss", "perturbed_loss"}
+        assert model.eps_batch_size == expected
+        model.evaluate(x, y, verbose=0)
+        assert model.eps_batch_size == expected
 
 
 def dropout_bn_model(sam, seed=0, l2=1e-3, **options):
@@ -328,6 +381,33 @@ def test_mixed_float16_skips_non_finite_step(
     for a, b in zip(_optimizer_state(model), state):
         np.testing.assert_array_equal(a, b)
     assert float(model.optimizer.dynamic_scale.numpy()) == scale / 2
+
+
+def test_mixed_float16_skipped_step_leaves_the_logs_alone(
+    regression_data, mixed_precision
+):
+    """One batch of four overflows float16 (NaN loss and gradients): the
+    step is skipped and counted, and the epoch ends with the weights and
+    logs of training on the other three batches alone."""
+    x, y = regression_data
+    mixed_precision("mixed_float16")
+    bad = x.copy()
+    bad[16:32] *= 1e6
+    good = slice(0, 16), slice(32, 64)
+    runs = []
+    for data in [
+        (bad, y),
+        (np.concatenate([x[s] for s in good]), np.concatenate([y[s] for s in good])),
+    ]:
+        model = mlp(rho=0.05)
+        model.compile(keras.optimizers.SGD(LR, momentum=0.9), loss="mse")
+        history = model.fit(*data, batch_size=16, shuffle=False, verbose=0)
+        runs.append((model, history.history))
+    (skipping, logs), (clean, clean_logs) = runs
+    assert skipping.skipped_steps == 1 and clean.skipped_steps == 0
+    for name in ("loss", "perturbed_loss"):
+        assert logs[name][0] == pytest.approx(clean_logs[name][0], rel=1e-3), name
+    assert_weights_close(weights_of(skipping), weights_of(clean), atol=1e-3)
 
 
 def test_save_load_and_resume(tmp_path, regression_data):

@@ -19,12 +19,16 @@ those weights), eps and the perturbed gradient by it; the constraint re-masks
 the weights after the optimizer's update.
 
 Loss, metrics and `y_pred` come from the clean pass; the perturbed loss is
-logged as ``perturbed_loss``.
+logged as ``perturbed_loss``. A step skipped by loss scaling (a non-finite
+gradient) is counted in ``model.skipped_steps`` and leaves the running means
+alone: its perturbed loss (taken at an eps formed from a non-finite gradient)
+never enters them, its clean loss only when finite.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -51,23 +55,36 @@ def train_step(model, data):
         grads, y_pred, loss, perturbed_loss = _micro_batch_sam_gradients(
             model, x, y, sample_weight
         )
+    applied = tf.constant(True)
     if _is_loss_scaled(model.optimizer):
         # Skip the step on every replica when any replica's gradient is
         # non-finite: the optimizer checks only the first replica's.
-        finite = replicas.all_replicas_finite([g for g in grads if g is not None])
-        grads = _poison_unless(finite, grads)
+        applied = replicas.all_replicas_finite([g for g in grads if g is not None])
+        grads = _poison_unless(applied, grads)
     batch_size = tf.shape(_first_tensor(x))[0]
-    _compat.loss_tracker(model).update_state(
-        replicas.unscale_for_replicas(loss), sample_weight=batch_size
+    loss = replicas.unscale_for_replicas(loss)
+    perturbed_loss = replicas.unscale_for_replicas(perturbed_loss)
+    _update_mean(
+        _compat.loss_tracker(model), loss, batch_size, applied | _is_finite(loss)
     )
-    model.perturbed_loss_tracker.update_state(
-        replicas.unscale_for_replicas(perturbed_loss), sample_weight=batch_size
-    )
+    _update_mean(model.perturbed_loss_tracker, perturbed_loss, batch_size, applied)
+    model.skipped_steps_tracker.update_state(tf.logical_not(applied))
+    model.eps_batch_size_tracker.update_state(_eps_batch_size(model, batch_size))
     model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
     logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
-    logs["eps_batch_size"] = _eps_batch_size(model, batch_size)
     return replicas.logs_for_reduction(logs)
+
+
+def _is_finite(value):
+    return tf.reduce_all(tf.math.is_finite(value))
+
+
+def _update_mean(tracker, value, batch_size, include):
+    """Adds `value` with weight `batch_size` to a `Mean`, or nothing (not even
+    a NaN times 0) where `include` is False."""
+    weight = tf.where(include, tf.cast(batch_size, tf.float32), 0.0)
+    tracker.update_state(tf.where(include, value, tf.zeros_like(value)), weight)
 
 
 def _sam_gradients(model, x, y, sample_weight, replica_eps):
@@ -137,46 +154,104 @@ def _compiled(model, pass_fn):
 
 def _eps_batch_size(model, local_batch_size):
     """How many examples' gradient forms each eps (the m of m-sharpness)."""
-    if model.micro_batch_size is not None:
-        return tf.constant(float(model.micro_batch_size))
     size = tf.cast(local_batch_size, tf.float32)
+    if model.micro_batch_size is not None:
+        return tf.minimum(size, float(model.micro_batch_size))
     if model.replica_eps == SYNCHRONIZED:
         size *= replicas.num_replicas()
     return size
 
 
 def _micro_batch_sam_gradients(model, x, y, sample_weight):
-    """m-sharpness: each micro-batch gets its own eps; gradients are averaged.
+    """m-sharpness: each micro-batch gets its own eps; the perturbed
+    gradients are averaged, each weighted by its micro-batch's size.
 
-    The micro-batches run one after another in a `tf.while_loop` (the graph
-    holds one copy of the step whatever their number); each clean pass updates
-    the state as calling the model on that micro-batch would. Under a
-    strategy each micro-batch's eps comes from its own gradient on its own
-    replica: with aligned shards this equals single-device micro-batch SAM
-    on the global batch, and needs no all-reduce inside the loop.
+    A batch of n runs as floor(n/m) micro-batches of m, one after another in
+    a `tf.while_loop` (the graph holds one copy of the step whatever their
+    number), then one of n mod m if that is not 0 (a partial last batch):
+    each perturbed gradient and loss counts with weight size / n, so a batch
+    that m divides gives the plain mean. Each clean pass updates the state
+    as calling the model on that micro-batch would. Under a strategy each
+    micro-batch's eps comes from its own gradient on its own replica: with
+    aligned shards this equals single-device micro-batch SAM on the global
+    batch, and needs no all-reduce inside the loop.
     """
     m = model.micro_batch_size
     _warn_if_xla_on_cpu(model)
-    message = (
-        f"micro_batch_size={m} must divide the batch size. Batch the data with "
-        "drop_remainder=True, or use a batch size that is a multiple of "
-        "micro_batch_size."
-    )
-    static_size = _first_tensor(x).shape[0]
-    if static_size is not None and static_size % m:
-        raise ValueError(f"{message} Got a batch of {static_size}.")
-    batch_size = tf.shape(_first_tensor(x))[0]
-    check = tf.debugging.assert_equal(batch_size % m, 0, message=message)
-    with tf.control_dependencies([check]):
-        num_micro = batch_size // m
+    first = _first_tensor(x)
+    static_size = first.shape[0]
+    batch_size = tf.shape(first)[0]
+    num_full = batch_size // m
+    full_size = num_full * m
+    data = (x, y, sample_weight)
+    tail = tree.map_structure(lambda t: None if t is None else t[full_size:], data)
+
+    pred_spec = _output_spec(model, _take_rows(x, m))
+    flat_spec = tree.flatten(pred_spec)
+    # Where the batch size is known when traced (eager, `train_on_batch`,
+    # `drop_remainder`) only the passes that run are traced; else both, and
+    # the partial one runs under a `tf.cond`.
+    parts = []  # (fraction of the batch, result of the passes)
+    total = tf.cast(batch_size, tf.float32)
+    if static_size is None or static_size >= m:
+        result = _full_micro_batches(
+            model, *data, m, num_full, flat_spec, pad=static_size is None
+        )
+        parts.append((tf.cast(full_size, tf.float32) / total, result))
+    if static_size is None or static_size % m:
+        size = batch_size - full_size
+        result = _partial_micro_batch(
+            model, *tail, size, static_size is None, flat_spec
+        )
+        parts.append((tf.cast(size, tf.float32) / total, result))
+
+    grads = [
+        _weighted_sum([(f, r.grads[i]) for f, r in parts if r.grads[i] is not None])
+        for i in range(len(model.trainable_variables))
+    ]
+    preds = [
+        tf.concat([r.preds[i] for _, r in parts], axis=0) for i in range(len(flat_spec))
+    ]
+    y_pred = tree.pack_sequence_as(pred_spec, preds)
+    loss = _weighted_sum([(f, r.loss) for f, r in parts])
+    perturbed_loss = _weighted_sum([(f, r.perturbed_loss) for f, r in parts])
+    return grads, y_pred, loss, perturbed_loss
+
+
+class _Passes(NamedTuple):
+    """SAM on some micro-batches: mean perturbed gradients (None where a
+    variable gets none), flat predictions, mean clean and perturbed loss."""
+
+    grads: list
+    preds: list
+    loss: tf.Tensor
+    perturbed_loss: tf.Tensor
+
+
+def _weighted_sum(terms):
+    """sum of fraction * value over (fraction, value) pairs; None if none."""
+    if not terms:
+        return None
+    return tf.add_n([v * tf.cast(f, v.dtype) for f, v in terms])
+
+
+def _full_micro_batches(model, x, y, sample_weight, m, num_micro, flat_spec, pad):
+    """SAM on the first `num_micro` micro-batches of `m`, one by one in a
+    loop."""
+    rows = num_micro + 1 if pad else num_micro
 
     def split(t):
-        # [batch, ...] -> [num_micro, m, ...]: each micro-batch is then read
-        # with a dynamic index but a static size, which XLA needs to keep
-        # shapes static inside the loop.
+        # [batch, ...] -> [rows, m, ...]: each micro-batch is then read with
+        # a dynamic index but a static size, which XLA needs to keep shapes
+        # static inside the loop. With a batch size unknown when traced, the
+        # data gets m rows of padding (never read), so that XLA never meets
+        # a loop body that reads from an empty array (a batch smaller than m).
         if t is None:
             return None
-        shape = tf.concat([[num_micro, m], tf.shape(t)[1:]], axis=0)
+        if pad:
+            t = tf.pad(t, [[0, m]] + [[0, 0]] * (t.shape.rank - 1))
+        t = t[: rows * m]
+        shape = tf.concat([[rows, m], tf.shape(t)[1:]], axis=0)
         micro = tf.reshape(t, shape)
         micro.set_shape(tf.TensorShape([None, m]).concatenate(t.shape[1:]))
         return micro
@@ -186,7 +261,6 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     def take(structure, k):
         return tree.map_structure(lambda t: None if t is None else t[k], structure)
 
-    pred_spec = _output_spec(model, take(x, 0))
     trainable = model.trainable_variables
     gradient_is_none = []  # set while the body is traced
 
@@ -212,18 +286,71 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
         [tf.zeros(v.shape, v.dtype) for v in trainable],
         tf.constant(0.0),
         tf.constant(0.0),
-        [tf.TensorArray(s.dtype, size=num_micro) for s in tree.flatten(pred_spec)],
+        [
+            tf.TensorArray(s.dtype, size=num_micro, element_shape=s.shape)
+            for s in flat_spec
+        ],
     )
     _, grad_sums, loss_sum, perturbed_sum, pred_arrays = tf.while_loop(
         lambda k, *_: k < num_micro, body, initial
     )
-    count = tf.cast(num_micro, tf.float32)
+    # Over zero micro-batches (a batch smaller than m) the sums are zeros,
+    # and their weight is 0.
+    count = tf.cast(tf.maximum(num_micro, 1), tf.float32)
     grads = [
         None if none else s / tf.cast(count, s.dtype)
         for s, none in zip(grad_sums, gradient_is_none)
     ]
-    y_pred = tree.pack_sequence_as(pred_spec, [ta.concat() for ta in pred_arrays])
-    return grads, y_pred, loss_sum / count, perturbed_sum / count
+    preds = [ta.concat() for ta in pred_arrays]
+    return _Passes(grads, preds, loss_sum / count, perturbed_sum / count)
+
+
+def _partial_micro_batch(model, x, y, sample_weight, size, dynamic, flat_spec):
+    """SAM on the last `size` < m examples. With a batch size unknown when
+    traced, inside a `tf.cond` that runs it only where `size` > 0 (else
+    zeros, and weight 0)."""
+    trainable = model.trainable_variables
+    gradient_is_none = []  # set while `run` is traced
+
+    def run():
+        grads, y_pred, loss, perturbed_loss = _sam_gradients(
+            model, x, y, sample_weight, PER_REPLICA
+        )
+        gradient_is_none[:] = [g is None for g in grads]
+        grads = [
+            tf.zeros(v.shape, v.dtype) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, trainable)
+        ]
+        preds = [tf.cast(p, s.dtype) for p, s in zip(tree.flatten(y_pred), flat_spec)]
+        return (
+            grads,
+            preds,
+            tf.cast(loss, tf.float32),
+            tf.cast(perturbed_loss, tf.float32),
+        )
+
+    def skip():
+        grads = [tf.zeros(v.shape, v.dtype) for v in trainable]
+        preds = [
+            tf.zeros([size] + [d or 0 for d in s.shape[1:]], s.dtype) for s in flat_spec
+        ]
+        return grads, preds, tf.constant(0.0), tf.constant(0.0)
+
+    grads, preds, loss, perturbed_loss = (
+        run() if not dynamic else tf.cond(size > 0, run, skip)
+    )
+    grads = [None if none else g for g, none in zip(grads, gradient_is_none)]
+    return _Passes(grads, preds, loss, perturbed_loss)
+
+
+def _take_rows(structure, n):
+    """`structure`'s tensors with a batch dimension of `n` (for shapes)."""
+    return tree.map_structure(
+        lambda t: (
+            None if t is None else keras.KerasTensor((n,) + tuple(t.shape[1:]), t.dtype)
+        ),
+        structure,
+    )
 
 
 def _apply_masks(tensors, masks):

@@ -79,7 +79,7 @@ def mlp_case(rule, mode, micro, jit):
     expected = numpy_sam(start, rule, groups)
     return {
         "deviation": deviation(weights, expected),
-        "eps_batch_size": history.history["eps_batch_size"][-1],
+        "eps_batch_size": model.eps_batch_size,
         "moved": deviation(weights, start),
     }
 
