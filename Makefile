@@ -10,7 +10,7 @@ STAMP := $(VENV)/.keras-sam-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[study,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

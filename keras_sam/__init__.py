@@ -6,8 +6,12 @@ model = keras_sam.sam(model, rho=0.05)   # any built Keras model
 ```
 """
 
-from keras_sam import callbacks, hessian, perturbations, sparsity
-from keras_sam.sam_model import FunctionalSAMModel, SAMModel, SAMWrapper, sam
+from keras_sam import _quiet
+
+# In the `keras-sam` command only: TensorFlow's start-up notices hidden.
+with _quiet.command_line_start():
+    from keras_sam import callbacks, hessian, perturbations, sparsity
+    from keras_sam.sam_model import FunctionalSAMModel, SAMModel, SAMWrapper, sam
 
 __version__ = "0.1.0"
 

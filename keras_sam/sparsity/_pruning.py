@@ -305,7 +305,14 @@ def load_tfmot():
     """Imports `tensorflow_model_optimization` without leaving
     ``TF_USE_LEGACY_KERAS`` changed or `tf.keras` bound to tf_keras."""
     with _preserved_keras_environment():
-        import tensorflow_model_optimization as tfmot
+        try:
+            import tensorflow_model_optimization as tfmot
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(
+                "TF-MOT schedules need tensorflow-model-optimization: "
+                "pip install 'keras-sam[tfmot]'.",
+                name=error.name,
+            ) from error
     return tfmot
 
 

@@ -23,6 +23,50 @@ PRUNING_METHODS = ("random", "snip")  # keras_sam.sparsity.METHODS
 LOSSES = ("default", "squared")
 
 
+#: The `Preset` fields that define a run: `config_id` hashes these and only
+#: these, so a new field never changes the ids of finished sweeps (whose runs
+#: are then reused). A new field that changes what a run trains or measures
+#: must be added here (with its default in `_OMITTED_AT`, so that the runs
+#: made before it existed keep their ids); one that does not goes in
+#: `NOT_RUN_IDENTITY`.
+RUN_IDENTITY = (
+    "workload",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "schedule",
+    "warmup_steps",
+    "weight_decay",
+    "num_train",
+    "num_test",
+    "data_seed",
+    "image_size",
+    "data_options",
+    "perturbation",
+    "loss",
+)
+#: The grid (each run records its size, rho and seed), display, and what
+#: each run's variant records (pruning method and budget) or measures after.
+NOT_RUN_IDENTITY = (
+    "name",
+    "sizes",
+    "rhos",
+    "seeds",
+    "keras_verbose",
+    "hessian",
+    "hessian_examples",
+    "smoothness",
+    "sparse_budget",
+    "sparse_methods",
+    "sparse_rescale",
+)
+#: Identity fields left out of the hash at these values: the ids of the runs
+#: made before the field existed.
+_OMITTED_AT = {"loss": "default"}
+_NEVER = object()
+
+
 @dataclass(frozen=True)
 class Preset:
     """Sizes, rho grid, seeds and training hyperparameters of one sweep.
@@ -118,15 +162,14 @@ class Preset:
         return dataclasses.replace(self, **changes)
 
     def training_config(self) -> dict[str, Any]:
-        """The fields that change a run's result (not the grid, not display)."""
-        skip = {"name", "sizes", "rhos", "seeds", "hessian", "keras_verbose"}
-        skip.add("smoothness")
-        # The pruning method and budget are in each run's variant instead.
-        skip |= {"hessian_examples", "sparse_budget", "sparse_methods"}
-        skip.add("sparse_rescale")
-        if self.loss == "default":  # keeps the ids of the older configs
-            skip.add("loss")
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        """The fields that define a run (`RUN_IDENTITY`), as `config_id`
+        hashes them."""
+        config = dataclasses.asdict(self)
+        return {
+            name: config[name]
+            for name in RUN_IDENTITY
+            if _OMITTED_AT.get(name, _NEVER) != config[name]
+        }
 
     def config_id(self) -> str:
         """Short hash of `training_config`: runs with equal ids are reused."""

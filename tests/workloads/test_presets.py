@@ -1,6 +1,9 @@
+import dataclasses
+
 import pytest
 
-from keras_sam.workloads import PRESETS, get_preset, get_workload
+from keras_sam.workloads import PRESETS, Preset, get_preset, get_workload
+from keras_sam.workloads.presets import NOT_RUN_IDENTITY, RUN_IDENTITY
 
 
 def test_every_preset_names_a_workload_and_counts_its_sizes():
@@ -40,6 +43,9 @@ def test_config_id_ignores_the_grid_but_not_training():
         (lambda: get_preset("synthetic").replace(schedule="linear"), "schedule"),
         (lambda: get_preset("synthetic").replace(epochs=0), "epochs"),
         (lambda: get_preset("synthetic").replace(rhos=(-1.0,)), "rhos"),
+        (lambda: get_preset("synthetic").replace(lr=0), "lr"),
+        (lambda: get_preset("synthetic").replace(sizes=(0, 100)), "sizes"),
+        (lambda: get_preset("synthetic").replace(sizes=()), "sizes"),
     ],
 )
 def test_bad_presets(call, name):
@@ -85,3 +91,54 @@ def test_synthetic_presets_name_their_teacher():
                 "he" if noiseless else "uniform"
             )
             assert preset.training_config()["data_options"]["teacher_init"]
+
+
+# The ids of the presets' runs in finished sweeps (results.jsonl files are
+# matched by them): changing one makes every sweep on disk start over.
+FINISHED_CONFIG_IDS = {
+    ("cifar10", "paper"): "ba1b65e854",
+    ("cifar10", "quick"): "a20d4f9127",
+    ("cifar10", "sparse"): "ba1b65e854",
+    ("imagenet", "paper"): "419cf69d8c",
+    ("imagenet", "quick"): "60e6bc4a5b",
+    ("matrix-factorization", "paper"): "980fb8df0e",
+    ("matrix-factorization", "quick"): "af936c2e0b",
+    ("mnist", "paper"): "96e83004c6",
+    ("mnist", "quick"): "3ba0812008",
+    ("mnist", "sparse"): "96e83004c6",
+    ("mnist", "stability"): "892d24400f",
+    ("synthetic", "paper"): "70030c81d0",
+    ("synthetic", "quick"): "355fa412c4",
+    ("synthetic", "smoothness"): "d9643c8336",
+    ("synthetic", "sparse"): "355fa412c4",
+    ("synthetic", "stability"): "3cfebdafeb",
+}
+
+
+def test_config_ids_of_finished_sweeps_are_unchanged():
+    for key, expected in FINISHED_CONFIG_IDS.items():
+        if key in PRESETS:  # a preset may be retired, never silently changed
+            assert PRESETS[key].config_id() == expected, key
+
+
+def test_a_new_preset_field_changes_no_config_id():
+    extended = dataclasses.make_dataclass(
+        "Extended",
+        [("new_option", int, dataclasses.field(default=7))],
+        bases=(Preset,),
+        frozen=True,
+    )
+    quick = get_preset("synthetic", "quick")
+    fields = {f.name: getattr(quick, f.name) for f in dataclasses.fields(Preset)}
+    assert extended(**fields).config_id() == quick.config_id()
+
+
+def test_every_preset_field_is_in_or_out_of_the_run_identity():
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    unclassified = fields - set(RUN_IDENTITY) - set(NOT_RUN_IDENTITY)
+    assert not unclassified, (
+        f"Preset fields {sorted(unclassified)}: add each to RUN_IDENTITY (it "
+        "changes what a run trains; with its default in _OMITTED_AT) or to "
+        "NOT_RUN_IDENTITY in keras_sam/workloads/presets.py."
+    )
+    assert not set(RUN_IDENTITY) & set(NOT_RUN_IDENTITY)
