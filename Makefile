@@ -32,3 +32,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/distributed.py
 	$(PY) benchmarks/hessian.py
 	$(PY) benchmarks/sparsity_overhead.py
+	$(PY) benchmarks/import_weight.py
