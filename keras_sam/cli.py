@@ -198,16 +198,22 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         describe_plan(preset)
         return 0
+    from keras_sam.workloads import DatasetUnavailableError
+
     out = args.out or os.path.join("results", f"{args.workload}-{args.preset}")
-    summaries = run_sweep(
-        preset,
-        out,
-        data_dir=args.data_dir,
-        download=False if args.no_download else None,
-        make_plots=not args.no_plots,
-        verbose=args.verbose,
-        strategy=args.strategy,
-    )
+    try:
+        summaries = run_sweep(
+            preset,
+            out,
+            data_dir=args.data_dir,
+            download=False if args.no_download else None,
+            make_plots=not args.no_plots,
+            verbose=args.verbose,
+            strategy=args.strategy,
+        )
+    except DatasetUnavailableError as error:
+        print(f"keras-sam sweep: error: {error}", file=sys.stderr)
+        return 2
     failed = sum(s.failed for s in summaries)
     return 1 if failed else 0
 

@@ -138,8 +138,11 @@ def run_sweep(
     """Runs every unfinished run of ``preset``, appending to
     ``out_dir/results.jsonl``; returns the per-size summary.
 
-    A run that raises is recorded with ``status: "failed"`` and its error,
-    and the sweep goes on; it is retried on the next call. ``verbose`` is
+    The data is loaded before the first run: a data set that is neither
+    prepared nor downloadable raises `DatasetUnavailableError` then, with
+    nothing recorded. A run that raises is recorded with ``status:
+    "failed"`` and its error, and the sweep goes on; it is retried on the
+    next call. ``verbose`` is
     the Keras ``fit`` verbosity (default: the preset's).
 
     ``strategy``: None / ``"none"`` (default), ``"mirrored"`` (all visible
@@ -165,7 +168,10 @@ def run_sweep(
         flush=True,
     )
     progress = Progress(len(runs), len(runs) - len(todo), stream)
-    data = None
+    # Loaded once before the first run: a data set that cannot be loaded or
+    # downloaded stops the sweep here (DatasetUnavailableError), once.
+    data = _fresh_data(workload, preset, None, data_dir, download) if todo else None
+    first = True
     verbose = preset.keras_verbose if verbose is None else verbose
     for i, spec in enumerate(todo):
         record = _base_record(spec, preset, workload)
@@ -176,8 +182,9 @@ def run_sweep(
             # tf.data pipelines carry their shuffle state from run to run:
             # a fresh one per run makes a run's data order independent of
             # the runs before it (resumed == uninterrupted). Arrays are reused.
-            if data is None or data.batched:
+            if data.batched and not first:
                 data = _fresh_data(workload, preset, data, data_dir, download)
+            first = False
             record.update(
                 train.train_run(spec, workload, preset, data, verbose, strategy)
             )

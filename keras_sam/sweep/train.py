@@ -155,7 +155,7 @@ def _train_run(
     scope: contextlib.ExitStack | None = None,
 ) -> dict[str, Any]:
     keras.utils.set_random_seed(spec.seed)
-    build_options = {}
+    build_options = dict(preset.model_options)
     if preset.image_size is not None:
         build_options["image_size"] = preset.image_size
     model = workload.build(spec.size, seed=spec.seed, **build_options)

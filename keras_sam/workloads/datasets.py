@@ -15,6 +15,7 @@ names ``data_dir`` / ``--data-dir``.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -36,23 +37,75 @@ def _check_positive(name: str, value: Any, allow_none: bool = False) -> None:
     _validation.positive_int(value, name, allow_none=allow_none)
 
 
+def _partial_download_paths(builder) -> dict[str, bool]:
+    """The folders a failed ``download_and_prepare`` may leave half-made, with
+    whether each existed before the attempt."""
+    version_dir = os.fspath(builder.data_dir)
+    dataset_dir = os.path.dirname(version_dir)
+    root = os.path.dirname(dataset_dir)
+    name = os.path.basename(dataset_dir)
+    downloads = os.path.join(root, "downloads")
+    paths = [version_dir, dataset_dir, os.path.join(downloads, name)]
+    paths += [os.path.join(downloads, "extracted"), downloads]  # children first
+    return {p: os.path.exists(p) for p in paths}
+
+
+def _listing(path: str) -> set[str]:
+    return set(os.listdir(path)) if os.path.isdir(path) else set()
+
+
+def _remove_partial(before: dict[str, bool], entries: dict[str, set[str]]) -> None:
+    """Removes what a failed attempt left: a version folder without
+    ``dataset_info.json``, unfinished ``*.tmp.*`` downloads, and the folders
+    it created that are now empty. Finished downloads stay (reused later)."""
+    version_dir = next(iter(before))
+    if os.path.isdir(version_dir) and not os.path.exists(
+        os.path.join(version_dir, "dataset_info.json")
+    ):
+        shutil.rmtree(version_dir, ignore_errors=True)
+    for path in list(before)[1:]:
+        for entry in _listing(path) - entries[path]:
+            if ".tmp." in entry or entry.endswith(".incomplete"):
+                target = os.path.join(path, entry)
+                if os.path.isdir(target):
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    os.remove(target)
+    for path, existed in before.items():  # deepest first: children, then parent
+        if not existed and os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+
+
+def _download_and_prepare(builder) -> None:
+    if builder.is_prepared():
+        return
+    before = _partial_download_paths(builder)
+    entries = {path: _listing(path) for path in before}
+    try:
+        builder.download_and_prepare()
+    except BaseException:
+        _remove_partial(before, entries)
+        raise
+
+
 def load_split(
     name: str, split: str, data_dir: str | None = None, download: bool = False
 ) -> tf.data.Dataset:
-    """``tfds.load(name, split, as_supervised=True)`` with a clear offline error."""
+    """``tfds.load(name, split, as_supervised=True)`` with a clear offline error.
+
+    A failed download leaves no half-made ``<data_dir>/<name>/<version>``
+    folder behind (a half-made one would make the next attempt fail with
+    "has no dataset_info.json").
+    """
     import tensorflow_datasets as tfds
 
     if data_dir is not None:
         data_dir = os.path.expanduser(data_dir)
     try:
-        return tfds.load(
-            name,
-            split=split,
-            data_dir=data_dir,
-            download=download,
-            as_supervised=True,
-            shuffle_files=False,
-        )
+        builder = tfds.builder(name, data_dir=data_dir)
+        if download:  # else `as_dataset` says the data set is not prepared
+            _download_and_prepare(builder)
+        return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     except Exception as error:  # tfds raises AssertionError, OSError, ...
         where = data_dir or "the default tensorflow-datasets directory"
         hint = (
@@ -62,6 +115,11 @@ def load_split(
             if name.startswith("imagenet")
             else ""
         )
+        if isinstance(error, ImportError):
+            hint += (
+                "A package the tensorflow-datasets download needs is missing: "
+                "install the study extra (`pip install keras-sam[study]`) to get it. "
+            )
         raise DatasetUnavailableError(
             f"Dataset {name!r} (split {split!r}) is not available in {where} and "
             f"could not be {'downloaded' if download else 'loaded'} ({error}). "

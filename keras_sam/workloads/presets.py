@@ -45,6 +45,7 @@ RUN_IDENTITY = (
     "data_options",
     "perturbation",
     "loss",
+    "model_options",
 )
 #: The grid (each run records its size, rho and seed), display, and what
 #: each run's variant records (pruning method and budget) or measures after.
@@ -63,7 +64,7 @@ NOT_RUN_IDENTITY = (
 )
 #: Identity fields left out of the hash at these values: the ids of the runs
 #: made before the field existed.
-_OMITTED_AT = {"loss": "default"}
+_OMITTED_AT = {"loss": "default", "model_options": {}}
 _NEVER = object()
 
 
@@ -76,7 +77,8 @@ class Preset:
     ``perturbation`` is the SAM rule (``"sam"``, ``"usam"``, ``"asam"``).
     ``weight_decay`` is decoupled (Keras SGD ``weight_decay``): applied with
     the SAM gradient, it does not enter eps. ``data_options`` go to the
-    workload's loader (e.g. ``{"noise": 0.0}``).
+    workload's loader (e.g. ``{"noise": 0.0}``), ``model_options`` to its
+    model builder (e.g. ``{"init": "torch"}`` for the synthetic student).
     ``loss``: ``"default"`` (the workload's loss) or ``"squared"`` (for the
     classifiers, the mean over classes of the squared difference between
     logits and one-hot labels, as Keras ``"mse"`` / PyTorch ``MSELoss``;
@@ -103,6 +105,7 @@ class Preset:
     data_seed: int = 0
     image_size: int | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
+    model_options: dict[str, Any] = field(default_factory=dict)
     perturbation: str = "sam"
     loss: str = "default"
     hessian: bool = False

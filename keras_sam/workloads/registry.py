@@ -185,8 +185,10 @@ WORKLOADS: dict[str, Workload] = {
             # Inputs scaled by 1/sqrt(100): with raw N(0, 1) inputs the
             # Hessian's top eigenvalue is ~650 at width 1000 (~71 at 100), so
             # SGD at the paper's lr 0.1 diverges (it needs < 2 / 650).
-            lambda h, seed=None: synthetic.student(
-                _hidden(h), seed=seed, input_scale=SYNTHETIC_INPUT_SCALE
+            lambda h, seed=None, input_scale=SYNTHETIC_INPUT_SCALE, init="he": (
+                synthetic.student(
+                    _hidden(h), seed=seed, input_scale=input_scale, init=init
+                )
             ),
             lambda h: (100 + 2) * _hidden(h) + 1,
             _synthetic_load,

@@ -70,26 +70,65 @@ def teacher_student(
     return draw(num_train), draw(num_test)
 
 
+STUDENT_INITS = ("he", "torch")
+
+
+def _offset(seed: int | None, k: int) -> int | None:
+    return None if seed is None else seed + k
+
+
+def _torch_dense(units: int, fan_in: int, seed, **kwargs) -> keras.layers.Dense:
+    # PyTorch `nn.Linear` default: weights and biases U(+-1/sqrt(fan_in)).
+    bound = 1.0 / np.sqrt(fan_in)
+    return keras.layers.Dense(
+        units,
+        kernel_initializer=keras.initializers.VarianceScaling(
+            1.0 / 3.0, "fan_in", "uniform", seed=seed
+        ),
+        bias_initializer=keras.initializers.RandomUniform(
+            -bound, bound, seed=_offset(seed, 1)
+        ),
+        **kwargs,
+    )
+
+
 def student(
-    hidden: int, dim: int = 100, seed: int | None = None, input_scale: float = 1.0
+    hidden: int,
+    dim: int = 100,
+    seed: int | None = None,
+    input_scale: float = 1.0,
+    init: str = "he",
 ) -> keras.Model:
     """A 2-layer ReLU regression network with `hidden` units (plain Keras).
 
     Its parameter count is (dim + 2) * hidden + 1. ``input_scale`` multiplies
     the inputs first (no parameters): the sweep uses ``1 / sqrt(dim)``, which
     makes the Hessian's top eigenvalue ~100x smaller, so the paper's lr 0.1
-    is stable at every width.
+    is stable at every width. ``init``: ``"he"`` (He-normal hidden layer,
+    Glorot-uniform head, zero biases) or ``"torch"`` (PyTorch's `nn.Linear`
+    default: weights and biases U(+-1/sqrt(fan_in))).
+
+    ```python
+    model = keras_sam.workloads.student(300, seed=0, init="torch")
+    ```
     """
     _validation.positive_int(hidden, "hidden")
     _validation.positive_float(input_scale, "input_scale")
+    _validation.one_of(init, "init", STUDENT_INITS)
     inputs = keras.Input((dim,))
     x = inputs
     if input_scale != 1.0:
         x = keras.layers.Rescaling(input_scale)(inputs)
-    h = keras.layers.Dense(
-        hidden, activation="relu", kernel_initializer=keras.initializers.HeNormal(seed)
-    )(x)
-    outputs = keras.layers.Dense(
-        1, kernel_initializer=keras.initializers.GlorotUniform(seed)
-    )(h)
+    if init == "torch":
+        h = _torch_dense(hidden, dim, seed, activation="relu")(x)
+        outputs = _torch_dense(1, hidden, _offset(seed, 2))(h)
+    else:
+        h = keras.layers.Dense(
+            hidden,
+            activation="relu",
+            kernel_initializer=keras.initializers.HeNormal(seed),
+        )(x)
+        outputs = keras.layers.Dense(
+            1, kernel_initializer=keras.initializers.GlorotUniform(seed)
+        )(h)
     return keras.Model(inputs, outputs, name=f"student_{hidden}")

@@ -10,7 +10,7 @@ import pytest
 
 from keras_sam import cli
 from keras_sam.sweep import plan_runs, read_results, run_sweep, runner, train
-from keras_sam.workloads import get_preset
+from keras_sam.workloads import DatasetUnavailableError, get_preset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(
@@ -138,12 +138,21 @@ def test_dry_run_prints_plan_and_counts(capsys, tmp_path):
     assert "width=10: 5,366,010 parameters" in capsys.readouterr().out
 
 
-def test_unavailable_dataset_is_a_failed_run_naming_data_dir(tmp_path):
-    preset = get_preset("mnist", "quick").replace(sizes=(0.25,), rhos=())
-    run_sweep(preset, str(tmp_path), data_dir=str(tmp_path / "tfds"), download=False,
-              make_plots=False, stream=io.StringIO())  # fmt: skip
-    (record,) = read_results(str(tmp_path / "results.jsonl"))
-    assert record["status"] == "failed" and "--data-dir" in record["error"]
+def test_unavailable_dataset_stops_the_sweep_once_before_the_first_run(
+    tmp_path, capsys
+):
+    preset = get_preset("mnist", "quick").replace(sizes=(0.25, 1.0), rhos=(0.1,))
+    with pytest.raises(DatasetUnavailableError, match="--data-dir"):
+        run_sweep(preset, str(tmp_path), data_dir=str(tmp_path / "tfds"),
+                  download=False, make_plots=False, stream=io.StringIO())  # fmt: skip
+    assert read_results(str(tmp_path / "results.jsonl")) == []  # no failed runs
+    tfds_dir, out = str(tmp_path / "tfds"), str(tmp_path / "cli")
+    args = ["sweep", "mnist", "--sizes", "0.25,1", "--no-download", "--no-plots",
+            "--data-dir", tfds_dir, "--out", out]  # fmt: skip
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("is not available") == 1
+    assert "done," not in captured.out  # no run started
 
 
 def test_cli_rejects_bad_values(capsys):

@@ -72,3 +72,22 @@ def test_uniform_teacher_follows_pytorch_linear_default():
     assert abs(np.mean(variances) - expected) < 0.08 * expected
     with pytest.raises(ValueError, match="`teacher_init`"):
         teacher_student(num_train=5, num_test=5, teacher_init="xavier")
+
+
+def test_torch_student_init_is_pytorch_linear_default():
+    model = student(400, seed=0, init="torch")
+    (k1, b1), (k2, b2) = [layer.get_weights() for layer in model.layers[1:]]
+    for kernel, bias, fan_in in [(k1, b1, 100), (k2, b2, 400)]:
+        bound = 1 / np.sqrt(fan_in)
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+        # U(-b, b) has standard deviation b / sqrt(3).
+        assert np.std(kernel) == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    assert np.std(b1) == pytest.approx(0.1 / np.sqrt(3), rel=0.15)
+    assert not np.allclose(b1, 0.0) and not np.allclose(b2, 0.0)
+    he = student(400, seed=0)
+    assert np.std(he.layers[1].get_weights()[0]) == pytest.approx(
+        np.sqrt(2 / 100), rel=0.05
+    )
+    assert not he.layers[1].get_weights()[1].any()
+    with pytest.raises(ValueError, match="init"):
+        student(4, init="glorot")
