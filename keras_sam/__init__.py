@@ -10,7 +10,7 @@ from keras_sam import _quiet
 
 # In the `keras-sam` command only: TensorFlow's start-up notices hidden.
 with _quiet.command_line_start():
-    from keras_sam import callbacks, hessian, perturbations, sparsity
+    from keras_sam import callbacks, hessian, optimizers, perturbations, sparsity
     from keras_sam.sam_model import FunctionalSAMModel, SAMModel, SAMWrapper, sam
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "__version__",
     "callbacks",
     "hessian",
+    "optimizers",
     "perturbations",
     "sam",
     "sparsity",
