@@ -12,10 +12,22 @@ import keras
 import numpy as np
 
 import keras_sam
+from keras_sam.optimizers import L2SGD
 from keras_sam.sweep.distribute import replicas, resolve_strategy
 from keras_sam.sweep.plan import RunSpec
 from keras_sam.workloads.presets import Preset
 from keras_sam.workloads.registry import Data, Workload
+
+STEP_DROPS = {"step": (0.5, 0.75), "step3": (0.25, 0.5, 0.75)}
+
+
+def step_boundaries(preset: Preset, steps_per_epoch: int) -> list[int]:
+    """The steps from which the step schedules' x0.1 drops apply:
+    ``int(f * epochs * steps_per_epoch)`` for each drop fraction f (as the
+    paper's code; the lr of update k, counted from 0, is ``lr * 0.1^(number
+    of boundaries <= k)``)."""
+    total = preset.epochs * steps_per_epoch
+    return [int(f * total) for f in STEP_DROPS[preset.schedule]]
 
 
 def learning_rate(preset: Preset, steps_per_epoch: int):
@@ -23,9 +35,10 @@ def learning_rate(preset: Preset, steps_per_epoch: int):
     total = max(1, preset.epochs * steps_per_epoch)
     if preset.schedule == "constant":
         return preset.lr
-    if preset.schedule == "step":
-        bounds = [max(1, total // 2), max(2, (3 * total) // 4)]
-        values = [preset.lr, preset.lr * 0.1, preset.lr * 0.01]
+    if preset.schedule in STEP_DROPS:
+        # Keras switches to values[i + 1] once step > boundaries[i].
+        bounds = [b - 1 for b in step_boundaries(preset, steps_per_epoch)]
+        values = [preset.lr * 0.1**i for i in range(len(bounds) + 1)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
     warmup = min(preset.warmup_steps, total - 1)
     if warmup > 0:
@@ -35,12 +48,15 @@ def learning_rate(preset: Preset, steps_per_epoch: int):
     return keras.optimizers.schedules.CosineDecay(preset.lr, total)
 
 
-def make_optimizer(preset: Preset, steps_per_epoch: int) -> keras.optimizers.SGD:
-    """SGD with the preset's momentum, schedule and decoupled weight decay."""
+def make_optimizer(preset: Preset, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """SGD with the preset's momentum and schedule; weight decay
+    ``"decoupled"`` (Keras SGD ``weight_decay``) or ``"coupled"``
+    (`keras_sam.optimizers.L2SGD`, the paper's code)."""
+    lr = learning_rate(preset, steps_per_epoch)
+    if preset.weight_decay_form == "coupled":
+        return L2SGD(lr, momentum=preset.momentum, l2=preset.weight_decay)
     return keras.optimizers.SGD(
-        learning_rate(preset, steps_per_epoch),
-        momentum=preset.momentum,
-        weight_decay=preset.weight_decay or None,
+        lr, momentum=preset.momentum, weight_decay=preset.weight_decay or None
     )
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from keras_sam import _validation
 
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "step3", "cosine")
+WEIGHT_DECAY_FORMS = ("decoupled", "coupled")
+LABEL_NOISE_WORKLOADS = ("synthetic-classification", "mnist", "cifar10", "imagenet")
 PRUNING_METHODS = ("random", "snip")  # keras_sam.sparsity.METHODS
 LOSSES = ("default", "squared")
 
@@ -46,6 +48,8 @@ RUN_IDENTITY = (
     "perturbation",
     "loss",
     "model_options",
+    "weight_decay_form",
+    "label_noise",
 )
 #: The grid (each run records its size, rho and seed), display, and what
 #: each run's variant records (pruning method and budget) or measures after.
@@ -64,7 +68,12 @@ NOT_RUN_IDENTITY = (
 )
 #: Identity fields left out of the hash at these values: the ids of the runs
 #: made before the field existed.
-_OMITTED_AT = {"loss": "default", "model_options": {}}
+_OMITTED_AT = {
+    "loss": "default",
+    "model_options": {},
+    "weight_decay_form": "decoupled",
+    "label_noise": 0.0,
+}
 _NEVER = object()
 
 
@@ -73,10 +82,15 @@ class Preset:
     """Sizes, rho grid, seeds and training hyperparameters of one sweep.
 
     ``schedule``: ``"constant"``, ``"step"`` (x0.1 at 50% and 75% of
-    training) or ``"cosine"`` (after ``warmup_steps`` linear warm-up).
+    training), ``"step3"`` (x0.1 at 25%, 50% and 75%: the paper's MNIST)
+    or ``"cosine"`` (after ``warmup_steps`` linear warm-up); a drop at
+    fraction f applies from step ``int(f * total_steps)`` on.
     ``perturbation`` is the SAM rule (``"sam"``, ``"usam"``, ``"asam"``).
-    ``weight_decay`` is decoupled (Keras SGD ``weight_decay``): applied with
-    the SAM gradient, it does not enter eps. ``data_options`` go to the
+    ``weight_decay_form``: ``"decoupled"`` (Keras SGD ``weight_decay``) or
+    ``"coupled"`` (`keras_sam.optimizers.L2SGD`: ``weight_decay * w`` added
+    to the SAM gradient before momentum, the paper's code); neither enters
+    eps. ``label_noise``: seeded symmetric noise on that fraction of the
+    training labels (classification workloads). ``data_options`` go to the
     workload's loader (e.g. ``{"noise": 0.0}``), ``model_options`` to its
     model builder (e.g. ``{"init": "torch"}`` for the synthetic student).
     ``loss``: ``"default"`` (the workload's loss) or ``"squared"`` (for the
@@ -100,6 +114,8 @@ class Preset:
     schedule: str = "step"
     warmup_steps: int = 0
     weight_decay: float = 0.0
+    weight_decay_form: str = "decoupled"
+    label_noise: float = 0.0
     num_train: int | None = None
     num_test: int | None = None
     data_seed: int = 0
@@ -130,6 +146,13 @@ class Preset:
         check.positive_float(self.lr, "lr")
         for name in ("momentum", "weight_decay"):
             check.non_negative_float(getattr(self, name), name)
+        check.one_of(self.weight_decay_form, "weight_decay_form", WEIGHT_DECAY_FORMS)
+        check.fraction(self.label_noise, "label_noise")
+        if self.label_noise and self.workload not in LABEL_NOISE_WORKLOADS:
+            raise ValueError(
+                f"`label_noise` needs a classification workload "
+                f"{list(LABEL_NOISE_WORKLOADS)}, got workload={self.workload!r}."
+            )
         self._validate_sparse()
 
     def _validate_sparse(self) -> None:
@@ -188,6 +211,34 @@ _TEACHER = {"teacher_init": "uniform"}
 # fit a noiseless target: the He-normal teacher (output variance ~0.6) is fit
 # to under 1% of its variance, the weak uniform one (~0.04) only to ~5%.
 _NOISELESS = {"noise": 0.0, "teacher_init": "he"}
+
+# The authors' training code (LOG-postech/SAM-overparam; docs/reproduction.md):
+# Flax's default LeCun-normal init, coupled L2 weight decay, momentum 0.9.
+_AUTHORS = dict(momentum=0.9, weight_decay_form="coupled")
+_LECUN = {"init": "lecun"}
+_MNIST = dict(_AUTHORS, schedule="step3", weight_decay=1e-4, model_options=_LECUN)
+_CIFAR = dict(
+    _AUTHORS,
+    weight_decay=5e-4,
+    model_options=_LECUN,
+    data_options={"preprocessing": "authors"},
+)
+_IMAGENET = dict(
+    _AUTHORS,
+    schedule="cosine",
+    weight_decay=1e-4,
+    model_options={"init": "lecun", "zero_init_last_bn": True},
+)
+_CLASSIFICATION = dict(
+    sizes=(16, 64, 256, 1024),
+    rhos=(0.05, 0.1, 0.2),
+    seeds=(0, 1),
+    epochs=40,
+    momentum=0.9,
+    num_train=4_096,
+    num_test=4_096,
+    keras_verbose=0,
+)
 
 PRESETS: dict[tuple[str, str], Preset] = {
     (p.workload, p.name): p
@@ -266,6 +317,19 @@ PRESETS: dict[tuple[str, str], Preset] = {
             smoothness=True,
             keras_verbose=0,
         ),
+        # The offline stand-in for the classification claims: a width sweep,
+        # with label noise (--label-noise), and a fixed budget.
+        Preset("synthetic-classification", "quick", **_CLASSIFICATION),
+        Preset(
+            "synthetic-classification",
+            "noise",
+            **dict(_CLASSIFICATION, sizes=(16, 256, 1024), label_noise=0.4),
+        ),
+        Preset(
+            "synthetic-classification",
+            "sparse",
+            **dict(_CLASSIFICATION, sizes=(64, 256, 1024), sparse_budget=64),
+        ),
         Preset(
             "matrix-factorization",
             "paper",
@@ -302,8 +366,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
             sizes=(0.25, 0.5, 1.0, 4.0, 10.0),
             rhos=(0.01, 0.02, 0.05, 0.1, 0.2),
             epochs=100,
-            momentum=0.9,
-            weight_decay=1e-4,
+            **_MNIST,
         ),
         # ~61k non-zero weights; sparsity 0.52 / 0.77 / 0.96 as in the paper.
         Preset(
@@ -312,9 +375,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
             sizes=(0.25, 0.5, 1.0, 4.0),
             rhos=(0.01, 0.02, 0.05, 0.1, 0.2),
             epochs=100,
-            momentum=0.9,
-            weight_decay=1e-4,
             sparse_budget=0.25,
+            **_MNIST,
         ),
         Preset(
             "mnist",
@@ -323,9 +385,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
             rhos=(0.05,),
             seeds=(0,),
             epochs=2,
-            momentum=0.9,
-            weight_decay=1e-4,
             num_train=10_000,
+            **_MNIST,
             keras_verbose=0,
         ),
         # Linear stability (paper Fig. 6a/b): the 5.37m MLP, squared loss,
@@ -345,6 +406,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
             momentum=0.0,
             schedule="constant",
             weight_decay=0.0,
+            model_options=_LECUN,
             loss="squared",
             hessian=True,
             hessian_examples=1000,
@@ -355,8 +417,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
             sizes=tuple(2**k for k in range(2, 9)),
             rhos=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
             epochs=200,
-            momentum=0.9,
-            weight_decay=5e-4,
+            **_CIFAR,
         ),
         # ~701k non-zero weights (16 filters); 24 / 32 / 64 filters at
         # sparsity ~0.56 / 0.75 / 0.94 as in the paper.
@@ -366,9 +427,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
             sizes=(16, 24, 32, 64),
             rhos=(0.01, 0.02, 0.05, 0.1, 0.2),
             epochs=200,
-            momentum=0.9,
-            weight_decay=5e-4,
             sparse_budget=16,
+            **_CIFAR,
         ),
         Preset(
             "cifar10",
@@ -377,9 +437,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
             rhos=(0.05,),
             seeds=(0,),
             epochs=2,
-            momentum=0.9,
-            weight_decay=5e-4,
             num_train=5_000,
+            **_CIFAR,
             num_test=2_000,
             keras_verbose=0,
         ),
@@ -390,10 +449,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
             rhos=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
             epochs=90,
             batch_size=512,
-            momentum=0.9,
-            schedule="cosine",
             warmup_steps=5000,
-            weight_decay=1e-4,
+            **_IMAGENET,
         ),
         Preset(
             "imagenet",
@@ -403,11 +460,9 @@ PRESETS: dict[tuple[str, str], Preset] = {
             seeds=(0,),
             epochs=1,
             batch_size=64,
-            momentum=0.9,
-            schedule="cosine",
             warmup_steps=10,
-            weight_decay=1e-4,
             num_train=2_048,
+            **_IMAGENET,
             num_test=1_024,
             image_size=64,
             keras_verbose=0,

@@ -17,7 +17,14 @@ from typing import Any, NamedTuple
 
 import keras
 
-from keras_sam.workloads import datasets, matrix_factorization, mlp, resnet, synthetic
+from keras_sam.workloads import (
+    classification,
+    datasets,
+    matrix_factorization,
+    mlp,
+    resnet,
+    synthetic,
+)
 from keras_sam.workloads.losses import OneHotMeanSquaredError
 from keras_sam.workloads.presets import LOSSES
 
@@ -62,6 +69,7 @@ class Workload:
     loss_fn: Callable[[], Any]
     metrics_fn: Callable[[], list]
     squared_loss_fn: Callable[[], Any] | None = None
+    inits: tuple[str, ...] = ()  # accepted `init` model options, default first
 
     @property
     def higher_is_better(self) -> bool:
@@ -110,6 +118,19 @@ def _synthetic_load(
     return Data(train, test, len(train[0]))
 
 
+def _classification_load(
+    num_train=4_096, num_test=4_096, seed=0, label_noise=0.0, teacher_hidden=200, **_
+):
+    train, test = classification.teacher_classification(
+        num_train=num_train,
+        num_test=num_test,
+        seed=seed,
+        label_noise=label_noise,
+        teacher_hidden=teacher_hidden,
+    )
+    return Data(train, test, len(train[0]))
+
+
 def _factorization_load(num_train=1000, num_test=1000, seed=0, **_):
     train, test = matrix_factorization.factorization_data(
         num_samples=num_train, num_test=num_test, seed=seed
@@ -126,7 +147,8 @@ def _tfds_load(loader, name):
         data_dir=None,
         download=None,
         image_size=None,
-        **_,
+        label_noise=0.0,
+        **options,
     ):
         kwargs = dict(
             batch_size=batch_size,
@@ -134,6 +156,8 @@ def _tfds_load(loader, name):
             seed=seed,
             num_train=num_train,
             num_test=num_test,
+            label_noise=label_noise,
+            **options,  # e.g. preprocessing="reflect" (cifar10)
         )
         if download is not None:
             kwargs["download"] = download
@@ -147,6 +171,7 @@ def _tfds_load(loader, name):
             num_train=num_train,
             data_dir=data_dir,
             image_size=image_size,
+            preprocessing=options.get("preprocessing"),
         )
         return Data(train, test, n, sample)
 
@@ -194,6 +219,22 @@ WORKLOADS: dict[str, Workload] = {
             _synthetic_load,
             lambda: "mse",
             lambda: [],
+            inits=synthetic.STUDENT_INITS,
+        ),
+        Workload(
+            "synthetic-classification",
+            "teacher-student classification, 10 classes, 2-layer ReLU student "
+            "(no download)",
+            "hidden",
+            "test_accuracy",
+            lambda h, seed=None: classification.classifier_student(
+                _hidden(h), seed=seed
+            ),
+            lambda h: classification.classifier_student_params(_hidden(h)),
+            _classification_load,
+            _classification_loss,
+            _accuracy,
+            OneHotMeanSquaredError,
         ),
         Workload(
             "matrix-factorization",
@@ -213,38 +254,46 @@ WORKLOADS: dict[str, Workload] = {
             "MNIST, LeNet-300-100 with hidden [300p, 100p]",
             "width",
             "test_accuracy",
-            lambda p, seed=None: mlp.lenet_300_100(p, seed=seed),
+            lambda p, seed=None, init="he": mlp.lenet_300_100(p, seed=seed, init=init),
             mlp.lenet_300_100_params,
             _tfds_load(datasets.mnist, "mnist"),
             _classification_loss,
             _accuracy,
             OneHotMeanSquaredError,
+            inits=mlp.INITS,
         ),
         Workload(
             "cifar10",
             "CIFAR-10, ResNet-18 with base filters 2^k",
             "base_filters",
             "test_accuracy",
-            lambda w, seed=None: resnet.resnet18_cifar(_filters(w), seed=seed),
+            lambda w, seed=None, init="he": resnet.resnet18_cifar(
+                _filters(w), seed=seed, init=init
+            ),
             lambda w: resnet.resnet18_params(_filters(w)),
             _tfds_load(datasets.cifar10, "cifar10"),
             _classification_loss,
             _accuracy,
             OneHotMeanSquaredError,
+            inits=mlp.INITS,
         ),
         Workload(
             "imagenet",
             "ImageNet, ResNet-50 with base filters 16k (manual download)",
             "base_filters",
             "test_accuracy",
-            lambda w, seed=None, image_size=224: resnet.resnet50(
-                _filters(w), input_shape=(image_size, image_size, 3), seed=seed
+            lambda w, seed=None, image_size=224, **options: resnet.resnet50(
+                _filters(w),
+                input_shape=(image_size, image_size, 3),
+                seed=seed,
+                **options,  # init, zero_init_last_bn
             ),
             lambda w, **_: resnet.resnet50_params(_filters(w)),
             _tfds_load(datasets.imagenet, "imagenet"),
             _classification_loss,
             _accuracy,
             OneHotMeanSquaredError,
+            inits=mlp.INITS,
         ),
     ]
 }

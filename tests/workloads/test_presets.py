@@ -54,9 +54,10 @@ def test_bad_presets(call, name):
 
 
 def test_default_loss_keeps_the_config_ids():
-    # Computed before the `loss` field existed: old results stay reusable.
-    quick = get_preset("mnist", "quick")
-    assert quick.loss == "default" and quick.config_id() == "3ba0812008"
+    # Computed before the `loss` (and `model_options`, `weight_decay_form`,
+    # `label_noise`) fields existed: old results stay reusable.
+    quick = get_preset("synthetic", "quick")
+    assert quick.loss == "default" and quick.config_id() == "355fa412c4"
     assert "loss" not in quick.training_config()
     squared = quick.replace(loss="squared")
     assert squared.training_config()["loss"] == "squared"
