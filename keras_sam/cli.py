@@ -87,8 +87,25 @@ _OVERRIDES = [
     ("batch_size", int, None),
     ("lr", float, "initial learning rate"),
     ("momentum", float, None),
-    ("weight_decay", float, "decoupled weight decay"),
-    ("schedule", str, "constant, step (x0.1 at 50%%, 75%%) or cosine"),
+    ("weight_decay", float, "weight decay (see --weight-decay-form)"),
+    (
+        "weight_decay_form",
+        str,
+        "decoupled (Keras SGD weight_decay) or coupled (L2 added to the SAM "
+        "gradient before momentum, the paper's code)",
+    ),
+    (
+        "schedule",
+        str,
+        "constant, step (x0.1 at 50%%, 75%%), step3 (x0.1 at 25%%, 50%%, 75%%) "
+        "or cosine",
+    ),
+    (
+        "label_noise",
+        float,
+        "flip this fraction of the training labels (seeded, symmetric; "
+        "classification workloads; test labels stay clean)",
+    ),
     ("loss", str, "default or squared (classifiers: MSE of logits vs one-hot)"),
     ("num_train", int, "use the first N training examples"),
     ("num_test", int, "use the first N test examples"),
@@ -161,6 +178,25 @@ def _sweep_parser(sub) -> None:
         help="'mirrored': each run on all visible GPUs (tf.distribute."
         "MirroredStrategy; the global batch is split across them)",
     )
+    sweep.add_argument(
+        "--init",
+        default=None,
+        help="model init: he (He-normal hidden, Glorot head) or lecun (Flax's "
+        "LeCun-normal, the paper's code); synthetic: he or torch",
+    )
+    sweep.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="run only shard K of N (1 <= K <= N) of the plan, into its own "
+        "results file in --out; N processes may share --out (see docs/cluster.md)",
+    )
+    sweep.add_argument(
+        "--summarize",
+        action="store_true",
+        help="no training: write summary.md and the plots from the runs "
+        "finished so far in --out (all shards)",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan only")
     sweep.add_argument("--no-plots", action="store_true")
     sweep.add_argument(
@@ -184,23 +220,45 @@ def sweep_preset(args: argparse.Namespace):
         changes["smoothness"] = True
     if args.sparse_rescale:
         changes["sparse_rescale"] = True
+    if args.init is not None:
+        changes["model_options"] = {**preset.model_options, "init": args.init}
     return preset.replace(**changes) if changes else preset
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from keras_sam.sweep import describe_plan, run_sweep
+    from keras_sam.sweep import describe_plan, run_sweep, write_summary
+    from keras_sam.sweep.plan import parse_shard, shard_runs
+    from keras_sam.workloads import get_workload
 
     try:
         preset = sweep_preset(args)
     except ValueError as error:
         print(f"keras-sam sweep: error: {error}", file=sys.stderr)
         return 2
+    shard = None
+    inits = get_workload(args.workload).inits
+    try:
+        if args.shard is not None:
+            shard = parse_shard(args.shard)
+        if args.init is not None and args.init not in inits:
+            raise ValueError(
+                f"`--init` for {args.workload!r} must be one of {list(inits)}, "
+                f"got --init={args.init!r}."
+            )
+    except ValueError as error:
+        print(f"keras-sam sweep: error: {error}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join("results", f"{args.workload}-{args.preset}")
     if args.dry_run:
-        describe_plan(preset)
+        runs = shard_runs(describe_plan(preset), shard)
+        if shard is not None:
+            print(f"shard {shard[0]}/{shard[1]}: {len(runs)} of these runs")
+        return 0
+    if args.summarize:
+        write_summary(preset, out, make_plots=not args.no_plots)
         return 0
     from keras_sam.workloads import DatasetUnavailableError
 
-    out = args.out or os.path.join("results", f"{args.workload}-{args.preset}")
     try:
         summaries = run_sweep(
             preset,
@@ -210,6 +268,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             make_plots=not args.no_plots,
             verbose=args.verbose,
             strategy=args.strategy,
+            shard=shard,
         )
     except DatasetUnavailableError as error:
         print(f"keras-sam sweep: error: {error}", file=sys.stderr)

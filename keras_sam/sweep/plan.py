@@ -96,3 +96,27 @@ def plan_runs(preset: Preset) -> list[RunSpec]:
         for method, rho in methods
         for seed in preset.seeds
     ]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)``: shard K (1-based) of N."""
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise ValueError(
+            "`shard` must be K/N with 1 <= K <= N (e.g. 2/4: the second of four "
+            f"shards), got shard={text!r}."
+        )
+    return k, n
+
+
+def shard_runs(runs: list[RunSpec], shard: tuple[int, int] | None) -> list[RunSpec]:
+    """Shard ``(k, n)``'s runs: every n-th run of the plan from the k-th, so
+    the shards' loads mix small and large sizes; together they are the
+    plan, each run in exactly one shard."""
+    if shard is None:
+        return list(runs)
+    k, n = shard
+    return [run for i, run in enumerate(runs) if i % n == k - 1]

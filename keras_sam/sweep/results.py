@@ -1,17 +1,40 @@
 """Append-only JSON-lines results: one record per finished or failed run.
 
 A sweep killed mid-write leaves at most a truncated last line, which
-`read_results` skips; the latest record of a key wins.
+`read_results` skips; the latest record of a key wins. A sharded sweep
+(``--shard K/N``) writes ``results.shard-K-of-N.jsonl``, one file per shard
+and so one writer per file; `read_folder` merges every results file of a
+folder, ordered by ``finished_at``.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 from typing import Any
 
 RESULTS_NAME = "results.jsonl"
+SHARD_RESULTS = "results.shard-{k}-of-{n}.jsonl"
+
+
+def results_path(out_dir: str, shard: tuple[int, int] | None = None) -> str:
+    """The file a sweep (or shard ``(k, n)``) appends to."""
+    if shard is None:
+        return os.path.join(out_dir, RESULTS_NAME)
+    return os.path.join(out_dir, SHARD_RESULTS.format(k=shard[0], n=shard[1]))
+
+
+def read_folder(out_dir: str) -> list[dict[str, Any]]:
+    """The records of every results file in ``out_dir`` (``results.jsonl``
+    and the shards' files), oldest first by ``finished_at`` (file order
+    among equal times), so that the latest record of a key wins."""
+    paths = [os.path.join(out_dir, RESULTS_NAME)]
+    shards = os.path.join(out_dir, SHARD_RESULTS.format(k="*", n="*"))
+    paths += sorted(glob.glob(shards))
+    records = [r for path in paths for r in read_results(path)]
+    return sorted(records, key=lambda r: r.get("finished_at") or "")
 
 
 def _clean(value: Any) -> Any:

@@ -14,19 +14,26 @@ import datetime
 import functools
 import json
 import os
+import socket
 import sys
 import traceback
 from typing import Any, TextIO
 
 from keras_sam.sweep import plots, summary, train
 from keras_sam.sweep.distribute import resolve_strategy
-from keras_sam.sweep.plan import RunSpec, plan_runs, planned_variants
+from keras_sam.sweep.plan import (
+    RunSpec,
+    parse_shard,
+    plan_runs,
+    planned_variants,
+    shard_runs,
+)
 from keras_sam.sweep.progress import Progress, format_seconds
 from keras_sam.sweep.results import (
-    RESULTS_NAME,
     append_result,
     finished_keys,
-    read_results,
+    read_folder,
+    results_path,
 )
 from keras_sam.workloads.presets import Preset
 from keras_sam.workloads.registry import Workload, get_workload
@@ -46,7 +53,8 @@ def describe_plan(preset: Preset, stream: TextIO | None = None) -> list[RunSpec]
         f"(baseline + {len(preset.rhos)} rho) x "
         f"{len(preset.seeds)} seeds = {len(runs)} runs, {preset.epochs} epochs, "
         f"batch {preset.batch_size}, lr {preset.lr:g} ({preset.schedule}), "
-        f"momentum {preset.momentum:g}, weight decay {preset.weight_decay:g}",
+        f"momentum {preset.momentum:g}, {_weight_decay(preset)}"
+        + (f", label noise {preset.label_noise:g}" if preset.label_noise else ""),
         file=stream,
     )
     print(f"rho grid: {', '.join(f'{r:g}' for r in preset.rhos)}", file=stream)
@@ -80,6 +88,10 @@ def describe_plan(preset: Preset, stream: TextIO | None = None) -> list[RunSpec]
     return runs
 
 
+def _weight_decay(preset: Preset) -> str:
+    return f"weight decay {preset.weight_decay:g} ({preset.weight_decay_form})"
+
+
 def _base_record(spec: RunSpec, preset: Preset, workload: Workload) -> dict[str, Any]:
     return {
         "key": spec.key,
@@ -93,6 +105,9 @@ def _base_record(spec: RunSpec, preset: Preset, workload: Workload) -> dict[str,
         "seed": spec.seed,
         "metric": workload.metric,
         "finished_at": None,
+        # Where it ran (sharded sweeps on a cluster / a multi-GPU machine).
+        "host": socket.gethostname(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 
 
@@ -100,11 +115,17 @@ def _write_config(out_dir: str, preset: Preset) -> None:
     path = os.path.join(out_dir, "configs.json")
     configs = {}
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            configs = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                configs = json.load(f)
+        except json.JSONDecodeError:  # not expected: written atomically below
+            configs = {}
     configs[preset.config_id()] = preset.training_config()
-    with open(path, "w", encoding="utf-8") as f:
+    # Shards may write at the same time: a whole file replaces a whole file.
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
         json.dump(configs, f, indent=1, sort_keys=True, default=str)
+    os.replace(temporary, path)
 
 
 def _fresh_data(workload, preset, previous, data_dir, download):
@@ -116,6 +137,7 @@ def _fresh_data(workload, preset, previous, data_dir, download):
         data_dir=data_dir,
         download=download,
         image_size=preset.image_size,
+        **({"label_noise": preset.label_noise} if preset.label_noise else {}),
         **preset.data_options,
     )
     if data.sample is not None:  # the same examples every run: draw them once
@@ -134,9 +156,18 @@ def run_sweep(
     verbose: int | None = None,
     stream: TextIO | None = None,
     strategy: Any = None,
+    shard: tuple[int, int] | str | None = None,
 ) -> list[summary.SizeSummary]:
     """Runs every unfinished run of ``preset``, appending to
     ``out_dir/results.jsonl``; returns the per-size summary.
+
+    ``shard=(k, n)`` (or ``"k/n"``) runs only shard k of n (`shard_runs`:
+    every n-th run of the plan), appending to its own
+    ``results.shard-k-of-n.jsonl``, so n processes on one machine or many
+    can share ``out_dir``; a run finished in any results file of the folder
+    is skipped. A shard writes no summary (other shards are still running):
+    `write_summary` (``keras-sam sweep ... --summarize``) builds it from
+    whatever is finished.
 
     The data is loaded before the first run: a data set that is neither
     prepared nor downloadable raises `DatasetUnavailableError` then, with
@@ -155,15 +186,20 @@ def run_sweep(
     stream = stream or sys.stdout
     strategy = resolve_strategy(strategy)
     workload = get_workload(preset.workload)
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    elif shard is not None:
+        shard = parse_shard(f"{shard[0]}/{shard[1]}")
     os.makedirs(out_dir, exist_ok=True)
     _write_config(out_dir, preset)
-    path = os.path.join(out_dir, RESULTS_NAME)
-    runs = plan_runs(preset)
-    done = finished_keys(read_results(path))
+    path = results_path(out_dir, shard)
+    runs = shard_runs(plan_runs(preset), shard)
+    done = finished_keys(read_folder(out_dir))
     todo = [r for r in runs if r.key not in done]
+    which = "" if shard is None else f" (shard {shard[0]}/{shard[1]})"
     print(
-        f"{workload.name}/{preset.name}: {len(runs)} runs planned, "
-        f"{len(runs) - len(todo)} already in {path}, {len(todo)} to run",
+        f"{workload.name}/{preset.name}{which}: {len(runs)} runs planned, "
+        f"{len(runs) - len(todo)} already in {out_dir}, {len(todo)} to run",
         file=stream,
         flush=True,
     )
@@ -175,6 +211,8 @@ def run_sweep(
     verbose = preset.keras_verbose if verbose is None else verbose
     for i, spec in enumerate(todo):
         record = _base_record(spec, preset, workload)
+        if shard is not None:
+            record["shard"] = f"{shard[0]}/{shard[1]}"
         params = workload.count_params(spec.size)
         left = [(r.size, workload.count_params(r.size)) for r in todo[i:]]
         progress.start(spec.label, spec.size, params, left)
@@ -204,6 +242,15 @@ def run_sweep(
         record["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
         record["seconds"] = progress.end(spec.size, message)
         append_result(path, record)
+    if shard is not None:
+        print(
+            f"shard {shard[0]}/{shard[1]} done; when every shard is: keras-sam "
+            f"sweep {preset.workload} ... --out {out_dir} --summarize",
+            file=stream,
+            flush=True,
+        )
+        keys = {r.key for r in plan_runs(preset)}
+        return summary.summarize(read_folder(out_dir), workload.higher_is_better, keys)
     return write_summary(preset, out_dir, make_plots=make_plots, stream=stream)
 
 
@@ -215,10 +262,11 @@ def write_summary(
     stream: TextIO | None = None,
 ) -> list[summary.SizeSummary]:
     """Writes ``summary.md`` (and the plots) for the runs of ``preset``
-    found in ``out_dir/results.jsonl``; prints the table."""
+    finished in ``out_dir`` (``results.jsonl`` and the shards' files), with
+    whatever is finished so far; prints the table."""
     stream = stream or sys.stdout
     workload = get_workload(preset.workload)
-    records = read_results(os.path.join(out_dir, RESULTS_NAME))
+    records = read_folder(out_dir)
     keys = {r.key for r in plan_runs(preset)}
     sizes = summary.summarize(records, workload.higher_is_better, keys)
     table = summary.markdown_table(sizes, workload.metric, workload.size_name)
@@ -228,8 +276,9 @@ def write_summary(
         f"# Sweep: {title}\n",
         f"{workload.description}; {preset.epochs} epochs, batch {preset.batch_size}, "
         f"lr {preset.lr:g} ({preset.schedule}), momentum {preset.momentum:g}, "
-        f"weight decay {preset.weight_decay:g}, SAM rule {preset.perturbation}, "
-        f"seeds {list(preset.seeds)}; "
+        f"{_weight_decay(preset)}, SAM rule {preset.perturbation}, "
+        + (f"label noise {preset.label_noise:g}, " if preset.label_noise else "")
+        + f"seeds {list(preset.seeds)}; "
         f"config {preset.config_id()} (see configs.json). Metric: {workload.metric} "
         f"({'higher' if workload.higher_is_better else 'lower'} is better); "
         "mean ± standard error over seeds.\n",
