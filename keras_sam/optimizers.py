@@ -27,6 +27,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_sam import _validation
+
 
 @keras.saving.register_keras_serializable(package="keras_sam")
 class L2SGD(keras.optimizers.Optimizer):
@@ -67,12 +69,8 @@ class L2SGD(keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        for arg, value, upper in (("momentum", momentum, 1.0), ("l2", l2, None)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"`{arg}` must be a number, got {arg}={value!r}.")
-            if value < 0 or (upper is not None and value >= upper):
-                accepted = ">= 0" if upper is None else f"in [0, {upper:g})"
-                raise ValueError(f"`{arg}` must be {accepted}, got {arg}={value!r}.")
+        momentum = _validation.fraction(momentum, "momentum")
+        l2 = _validation.non_negative_float(l2, "l2")
         self.momentum = float(momentum)
         self.l2 = float(l2)
 

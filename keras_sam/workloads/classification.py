@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_sam import _validation
 from keras_sam.workloads import label_noise as noise_lib
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -41,14 +42,10 @@ def teacher_classification(
         ("num_train", num_train),
         ("num_test", num_test),
         ("dim", dim),
-        ("classes", classes),
         ("teacher_hidden", teacher_hidden),
     ]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"`{name}` must be a positive integer, got {name}={value!r}."
-            )
-    if classes < 2:
+        _validation.positive_int(value, name)
+    if _validation.positive_int(classes, "classes") < 2:
         raise ValueError(f"`classes` must be >= 2, got classes={classes!r}.")
     noise_lib.check_rate(label_noise)
     rng = np.random.default_rng(seed)
@@ -84,8 +81,7 @@ def classifier_student(
     model = classifier_student(256, seed=0)   # 28,426 parameters
     ```
     """
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise ValueError(f"`hidden` must be a positive integer, got hidden={hidden!r}.")
+    _validation.positive_int(hidden, "hidden")
     inputs = keras.Input((dim,))
     h = keras.layers.Dense(
         hidden, activation="relu", kernel_initializer=keras.initializers.HeNormal(seed)

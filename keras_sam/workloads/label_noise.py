@@ -11,19 +11,13 @@ y_noisy = keras_sam.workloads.label_noise.corrupt(y, rate=0.2, classes=10, seed=
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from keras_sam import _validation
 
 
 def check_rate(rate) -> float:
-    if (
-        isinstance(rate, bool)
-        or not isinstance(rate, numbers.Real)
-        or not 0.0 <= rate < 1.0
-    ):
-        raise ValueError(f"`label_noise` must be in [0, 1), got label_noise={rate!r}.")
-    return float(rate)
+    return _validation.fraction(rate, "label_noise", hint="the flipped fraction")
 
 
 def label_shifts(n: int, rate: float, classes: int, seed: int) -> np.ndarray:
