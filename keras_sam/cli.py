@@ -179,6 +179,13 @@ def _sweep_parser(sub) -> None:
         "MirroredStrategy; the global batch is split across them)",
     )
     sweep.add_argument(
+        "--eval-every-epoch",
+        action="store_true",
+        default=None,
+        help="evaluate the test set after every epoch: record the test curve and "
+        "the best epoch's metric (what the authors' code reports)",
+    )
+    sweep.add_argument(
         "--init",
         default=None,
         help="model init: he (He-normal hidden, Glorot head) or lecun (Flax's "
@@ -220,6 +227,8 @@ def sweep_preset(args: argparse.Namespace):
         changes["smoothness"] = True
     if args.sparse_rescale:
         changes["sparse_rescale"] = True
+    if args.eval_every_epoch:
+        changes["eval_every_epoch"] = True
     if args.init is not None:
         changes["model_options"] = {**preset.model_options, "init": args.init}
     return preset.replace(**changes) if changes else preset

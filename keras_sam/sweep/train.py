@@ -191,6 +191,10 @@ def _train_run(
     fit_options = dict(
         epochs=preset.epochs, verbose=verbose, callbacks=[tracker] if tracker else []
     )
+    if preset.eval_every_epoch:  # the test curve, and the best epoch's metric
+        fit_options["validation_data"] = data.test
+        if not data.batched:
+            fit_options["validation_batch_size"] = 1024
     start = time.perf_counter()
     if data.batched:
         history = trained.fit(data.train, shuffle=False, **fit_options)
@@ -214,10 +218,20 @@ def _train_run(
         "history": {
             k: [float(v) for v in vs]
             for k, vs in history.history.items()
-            if k in ("loss", "perturbed_loss", "accuracy")
+            if k in ("loss", "perturbed_loss", "accuracy", "val_loss", "val_accuracy")
         },
         "train_seconds": seconds,
     }
+    if preset.eval_every_epoch:
+        curves = {
+            "test_loss": ("val_loss", min),
+            "test_accuracy": ("val_accuracy", max),
+        }
+        for name, (key, best) in curves.items():
+            if history.history.get(key):
+                record["scores"][f"best_epoch_{name}"] = float(
+                    best(history.history[key])
+                )
     if spec.pruning is not None:
         record.update(_nonzero(model, record["params"]))
     if tracker is not None:

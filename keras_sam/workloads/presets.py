@@ -65,6 +65,7 @@ NOT_RUN_IDENTITY = (
     "sparse_budget",
     "sparse_methods",
     "sparse_rescale",
+    "eval_every_epoch",
 )
 #: Identity fields left out of the hash at these values: the ids of the runs
 #: made before the field existed.
@@ -98,6 +99,9 @@ class Preset:
     logits and one-hot labels, as Keras ``"mse"`` / PyTorch ``MSELoss``;
     for the regressions the same as the default); used for training and
     for the Hessian metrics.
+    ``eval_every_epoch``: evaluate the test set after every epoch; the
+    record gets the test curve and ``best_epoch_<metric>`` (the authors'
+    code reports its best epoch's test accuracy).
     ``hessian_examples``: the examples of the Hessian metrics, a seeded
     random sample of the training set (see `keras_sam.sweep.train.curvature`).
     """
@@ -128,6 +132,7 @@ class Preset:
     hessian_examples: int = 256
     keras_verbose: int = 2
     smoothness: bool = False
+    eval_every_epoch: bool = False
     sparse_budget: float | None = None
     sparse_methods: tuple[str, ...] = PRUNING_METHODS
     sparse_rescale: bool = False

@@ -399,3 +399,14 @@ def test_tfds_run_does_not_depend_on_the_runs_before_it(tmp_path):
     assert again["key"] == sam["key"] and sam["status"] == "ok"
     assert again["history"]["loss"] == sam["history"]["loss"]
     assert again["value"] == sam["value"]
+
+
+def test_eval_every_epoch_records_the_test_curve_and_its_best_epoch(tmp_path):
+    preset = tiny(epochs=3, rhos=(), eval_every_epoch=True)
+    assert preset.config_id() == tiny(epochs=3, rhos=()).config_id()
+    run_sweep(preset, str(tmp_path), make_plots=False, stream=io.StringIO())
+    for record in read_results(str(tmp_path / "results.jsonl")):
+        curve = record["history"]["val_loss"]
+        assert len(curve) == 3
+        assert record["scores"]["best_epoch_test_loss"] == min(curve)
+        assert curve[-1] == pytest.approx(record["value"], rel=1e-4)
