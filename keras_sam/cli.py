@@ -230,7 +230,15 @@ def sweep_preset(args: argparse.Namespace):
     if args.eval_every_epoch:
         changes["eval_every_epoch"] = True
     if args.init is not None:
-        changes["model_options"] = {**preset.model_options, "init": args.init}
+        from keras_sam.workloads import get_workload
+
+        # The builder's default is left out, so that the config id (and the
+        # recorded runs it finds) is the same as without the option.
+        options = dict(preset.model_options, init=args.init)
+        inits = get_workload(args.workload).inits
+        if inits and args.init == inits[0]:
+            del options["init"]
+        changes["model_options"] = options
     return preset.replace(**changes) if changes else preset
 
 

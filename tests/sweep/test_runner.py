@@ -410,3 +410,22 @@ def test_eval_every_epoch_records_the_test_curve_and_its_best_epoch(tmp_path):
         assert len(curve) == 3
         assert record["scores"]["best_epoch_test_loss"] == min(curve)
         assert curve[-1] == pytest.approx(record["value"], rel=1e-4)
+
+
+def test_cli_init_option_keeps_the_default_out_of_the_config(monkeypatch):
+    import keras_sam.sweep
+
+    seen = []
+    monkeypatch.setattr(
+        keras_sam.sweep, "describe_plan", lambda preset: seen.append(preset) or []
+    )
+    for init in ("he", "torch"):
+        assert cli.main(["sweep", "synthetic", "--preset", "paper", "--init", init,
+                         "--dry-run"]) == 0  # fmt: skip
+    he, torch = seen
+    assert he.model_options == {} and torch.model_options == {"init": "torch"}
+    assert he.config_id() == "70030c81d0"  # the recorded docs/sweep-paper-subset
+    assert torch.config_id() == get_preset("synthetic", "paper").config_id()
+    assert cli.main(["sweep", "synthetic", "--init", "lecun", "--dry-run"]) == 2
+    assert cli.main(["sweep", "mnist", "--init", "lecun", "--dry-run"]) == 0
+    assert seen[-1].model_options == {"init": "lecun"}

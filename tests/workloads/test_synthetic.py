@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from keras_sam import cli
-from keras_sam.workloads import student, teacher_student
+from keras_sam.workloads import get_workload, student, teacher_student
 
 
 def test_teacher_student_shapes_and_determinism():
@@ -91,3 +91,14 @@ def test_torch_student_init_is_pytorch_linear_default():
     assert not he.layers[1].get_weights()[1].any()
     with pytest.raises(ValueError, match="init"):
         student(4, init="glorot")
+
+
+def test_synthetic_paper_preset_uses_the_closest_student():
+    from keras_sam.workloads import get_preset
+
+    assert get_preset("synthetic", "paper").model_options == {"init": "torch"}
+    for name in ("quick", "sparse", "stability", "smoothness"):  # recorded tables
+        assert get_preset("synthetic", name).model_options == {}
+    model = get_workload("synthetic").build(10, seed=0, init="torch")
+    bias = model.layers[2].bias.numpy()
+    assert bias.any() and np.abs(bias).max() <= 0.1
