@@ -32,6 +32,10 @@ CANDIDATES = {
         lr=0.01,
         eval_every_epoch=True,
     ),
+    # As many steps as the quick preset (16 a epoch): SGD and rho 0.2 only.
+    "torch-scaled-b1024": dict(
+        model_options={"init": "torch"}, batch_size=1024, rhos=(0.2,)
+    ),
     # The same trainings, with the test loss after every epoch (its minimum:
     # what the authors' code reports for accuracy, the best epoch).
     "he-scaled-eval": dict(model_options={}, eval_every_epoch=True),

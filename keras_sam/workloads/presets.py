@@ -275,6 +275,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
             num_train=2_040,
             num_test=5_100,
             data_options=_TEACHER,
+            model_options={"init": "torch"},
             keras_verbose=0,
         ),
         Preset(

@@ -25,9 +25,10 @@ def test_fixed_budget_plan():
     assert len(runs) == 7 * 2
     assert runs[2].pruning == ("random", 100.0, False) and runs[0].pruning is None
     assert "(random@100)" in runs[2].label
-    # Same training settings: the dense budget runs are shared with a plain sweep.
+    # Same training settings: the dense budget runs are shared with a plain
+    # sweep (the quick data with the He student, which the sparse preset keeps).
     dense = get_preset("synthetic", "quick").replace(
-        sizes=(100,), rhos=(0.1,), seeds=(0,), num_train=2_040
+        sizes=(100,), rhos=(0.1,), seeds=(0,), num_train=2_040, model_options={}
     )
     assert {r.key for r in plan_runs(dense)} <= {r.key for r in runs}
 

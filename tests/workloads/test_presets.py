@@ -56,7 +56,7 @@ def test_bad_presets(call, name):
 def test_default_loss_keeps_the_config_ids():
     # Computed before the `loss` (and `model_options`, `weight_decay_form`,
     # `label_noise`) fields existed: old results stay reusable.
-    quick = get_preset("synthetic", "quick")
+    quick = get_preset("synthetic", "sparse")  # the He-student quick data
     assert quick.loss == "default" and quick.config_id() == "355fa412c4"
     assert "loss" not in quick.training_config()
     squared = quick.replace(loss="squared")
