@@ -97,23 +97,38 @@ def test_synthetic_presets_name_their_teacher():
 # The ids of the presets' runs in finished sweeps (results.jsonl files are
 # matched by them): changing one makes every sweep on disk start over.
 FINISHED_CONFIG_IDS = {
-    ("cifar10", "paper"): "ba1b65e854",
-    ("cifar10", "quick"): "a20d4f9127",
-    ("cifar10", "sparse"): "ba1b65e854",
-    ("imagenet", "paper"): "419cf69d8c",
-    ("imagenet", "quick"): "60e6bc4a5b",
+    ("cifar10", "paper"): "275b79973c",
+    ("cifar10", "quick"): "f55844c450",
+    ("cifar10", "sparse"): "275b79973c",
+    ("imagenet", "paper"): "7235eeeca0",
+    ("imagenet", "quick"): "d1584eb5de",
     ("matrix-factorization", "paper"): "980fb8df0e",
     ("matrix-factorization", "quick"): "af936c2e0b",
-    ("mnist", "paper"): "96e83004c6",
-    ("mnist", "quick"): "3ba0812008",
-    ("mnist", "sparse"): "96e83004c6",
-    ("mnist", "stability"): "892d24400f",
-    ("synthetic", "paper"): "70030c81d0",
-    ("synthetic", "quick"): "355fa412c4",
+    ("mnist", "paper"): "2dfa6fb2b9",
+    ("mnist", "quick"): "bf517c366f",
+    ("mnist", "sparse"): "2dfa6fb2b9",
+    ("mnist", "stability"): "352712a630",
+    ("synthetic", "paper"): "c509f2c203",
+    ("synthetic", "quick"): "0fb209598d",
     ("synthetic", "smoothness"): "d9643c8336",
     ("synthetic", "sparse"): "355fa412c4",
     ("synthetic", "stability"): "3cfebdafeb",
 }
+
+
+# Changed on purpose by issue 13 (docs/reproduction.md): the MNIST, CIFAR-10
+# and ImageNet presets follow the authors' code (never run here: no data),
+# and the synthetic paper / quick presets use the PyTorch-default student.
+# Their earlier runs keep their ids, reachable with `--init he` (below).
+EARLIER_CONFIG_IDS = {
+    ("synthetic", "paper"): "70030c81d0",
+    ("synthetic", "quick"): "355fa412c4",
+}
+
+
+def test_earlier_synthetic_runs_stay_reachable_with_the_he_student():
+    for key, expected in EARLIER_CONFIG_IDS.items():
+        assert PRESETS[key].replace(model_options={}).config_id() == expected
 
 
 def test_config_ids_of_finished_sweeps_are_unchanged():
