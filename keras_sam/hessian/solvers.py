@@ -111,9 +111,9 @@ def _check_positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def _check_tol(tol) -> float:
+def _check_tol(tol, name: str = "tol") -> float:
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol > 0:
-        raise ValueError(f"`tol` must be a positive number, got tol={tol!r}.")
+        raise ValueError(f"`{name}` must be a positive number, got {name}={tol!r}.")
     return float(tol)
 
 
@@ -313,17 +313,43 @@ def hutchinson(
     dim: int,
     num_samples: int = 100,
     *,
+    rtol: float | None = None,
+    min_samples: int = 10,
     distribution: str = "rademacher",
     seed: int | None = 0,
 ) -> TraceResult:
     """Hutchinson's trace estimate ``mean_j z_j^T A z_j`` with its standard
-    error ``std_j / sqrt(num_samples)``."""
+    error ``std_j / sqrt(m)`` over the m probes used.
+
+    With ``rtol``, probes are drawn until the standard error is at most
+    ``rtol * |estimate|`` (after at least ``min_samples``), or
+    ``num_samples`` probes; without it, exactly ``num_samples``.
+
+    ```python
+    result = hutchinson(matvec, dim, num_samples=1000, rtol=0.01)
+    result.estimate, result.stderr, result.matvecs
+    ```
+    """
     dim = _check_positive_int("dim", dim)
     num_samples = _check_positive_int("num_samples", num_samples)
-    z = _probes(np.random.default_rng(seed), dim, num_samples, distribution)
-    samples = np.array([z[:, j] @ _apply(matvec, z[:, j]) for j in range(num_samples)])
-    stderr = samples.std(ddof=1) / np.sqrt(num_samples) if num_samples > 1 else np.inf
-    return TraceResult(float(samples.mean()), float(stderr), num_samples)
+    min_samples = _check_positive_int("min_samples", min_samples, minimum=2)
+    if rtol is not None:
+        rtol = _check_tol(rtol, "rtol")
+    rng = np.random.default_rng(seed)
+    samples = []
+    for j in range(num_samples):
+        z = _probes(rng, dim, 1, distribution)[:, 0]
+        samples.append(float(z @ _apply(matvec, z)))
+        m = j + 1
+        if rtol is not None and m >= min_samples:
+            values = np.asarray(samples)
+            stderr = values.std(ddof=1) / np.sqrt(m)
+            if stderr <= rtol * abs(values.mean()):
+                break
+    values = np.asarray(samples)
+    m = values.shape[0]
+    stderr = values.std(ddof=1) / np.sqrt(m) if m > 1 else np.inf
+    return TraceResult(float(values.mean()), float(stderr), m)
 
 
 def hutchpp(
