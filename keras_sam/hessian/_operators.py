@@ -178,8 +178,10 @@ class _Functions:
             # batch-norm statistics and the seed states of stochastic layers
             # (dropout, sampling) are neither updated nor advanced, so each
             # product sees the same function (the same noise).
+            # Trainable weights are mapped to their reads too (the tapes see
+            # those reads), so that weight-regularization penalties find them.
             model = model_ref()
-            state = [(v, v.value) for v in model.non_trainable_variables]
+            state = [(v, v.value) for v in model.variables]
             with keras.StatelessScope(state_mapping=state, collect_losses=collect):
                 y_pred = model(x, training=training)
                 value = batch_loss(y, y_pred, sw if weighted else None)
