@@ -73,7 +73,7 @@ def lanczos_steps_to(op, target: float, seed: int, rel: float, cap: int) -> int:
     v = np.random.default_rng(seed).standard_normal(dim)
     steps = []
 
-    def stop(alpha, beta, basis):
+    def stop(alpha, beta):
         theta = solvers._tridiag_eigh(alpha, beta)[0][-1]
         steps.append(abs(theta - target) <= rel * abs(target))
         return steps[-1]

@@ -46,6 +46,8 @@ class EigenResult:
         residuals: ``||A v - lambda v||`` for each pair.
         iterations: number of products with ``A`` used.
         converged: whether every pair met the tolerance.
+        error_bounds: bounds on ``|lambda - theta|`` for each eigenvalue
+            (Lanczos: ``min(r, r^2 / gap)``; power iteration: the residual).
     """
 
     eigenvalues: np.ndarray
@@ -53,6 +55,7 @@ class EigenResult:
     residuals: np.ndarray
     iterations: int
     converged: bool
+    error_bounds: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -137,40 +140,44 @@ def _lanczos_basis(
     matvec: Matvec,
     v: np.ndarray,
     steps: int,
-    stop: Callable[[np.ndarray, np.ndarray, np.ndarray], bool] | None = None,
+    stop: Callable[[np.ndarray, np.ndarray], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Lanczos with full reorthogonalization from unit vector ``v``.
 
-    Returns the basis ``Q`` (dim x m), the diagonal ``alpha`` and off-diagonal
-    ``beta`` of the tridiagonal T (len m and m), where beta[m-1] is the norm of
-    the last residual, and the scale used for breakdown detection.
+    Returns the basis ``Q`` (m x dim, one Lanczos vector per row), the
+    diagonal ``alpha`` and off-diagonal ``beta`` of the tridiagonal T (len m
+    and m), where beta[m-1] is the norm of the last residual, and the scale
+    used for breakdown detection. ``stop(alpha, beta)`` is asked after each
+    step.
     """
     dim = v.shape[0]
     steps = min(steps, dim)
-    basis = np.zeros((dim, steps))
+    # Row-major and filled as it goes: the reorthogonalization reads the
+    # first m rows as one contiguous block.
+    basis = np.empty((steps, dim))
     alpha = np.zeros(steps)
     beta = np.zeros(steps)
-    basis[:, 0] = v
+    basis[0] = v
     scale = 0.0
     m = 0
     for j in range(steps):
         m = j + 1
-        w = _apply(matvec, basis[:, j])
-        alpha[j] = basis[:, j] @ w
-        w -= alpha[j] * basis[:, j]
+        w = _apply(matvec, basis[j])
+        alpha[j] = basis[j] @ w
+        w -= alpha[j] * basis[j]
         if j > 0:
-            w -= beta[j - 1] * basis[:, j - 1]
+            w -= beta[j - 1] * basis[j - 1]
         # Full reorthogonalization, twice ("twice is enough").
         for _ in range(2):
-            w -= basis[:, :m] @ (basis[:, :m].T @ w)
+            w -= (basis[:m] @ w) @ basis[:m]
         beta[j] = np.linalg.norm(w)
         scale = max(scale, abs(alpha[j]), beta[j])
-        if stop is not None and stop(alpha[:m], beta[:m], basis[:, :m]):
+        if stop is not None and stop(alpha[:m], beta[:m]):
             break
         if beta[j] <= 1e-10 * max(scale, 1e-300) or j + 1 == steps:
             break
-        basis[:, j + 1] = w / beta[j]
-    return basis[:, :m], alpha[:m], beta[:m], scale
+        basis[j + 1] = w / beta[j]
+    return basis[:m], alpha[:m], beta[:m], scale
 
 
 def _tridiag_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,26 +188,50 @@ def _tridiag_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.n
     return np.linalg.eigh(t)
 
 
+def _error_bounds(theta, s, beta, k) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals ``||A y - theta y|| = beta_m |s_m|`` of the top ``k`` Ritz
+    pairs (exact for a fully reorthogonalized basis) and the eigenvalue error
+    bounds ``min(r, r^2 / gap)``, gap the distance to the nearest other Ritz
+    value (Saad, Numerical Methods for Large Eigenvalue Problems, Thm 3.9)."""
+    top = np.arange(theta.shape[0] - 1, theta.shape[0] - 1 - k, -1)
+    residuals = np.abs(beta[-1] * s[-1, top])
+    bounds = residuals.copy()
+    if theta.shape[0] > 1:
+        for i, j in enumerate(top):
+            gap = np.min(np.abs(np.delete(theta, j) - theta[j]))
+            if gap > 0:
+                bounds[i] = min(bounds[i], residuals[i] ** 2 / gap)
+    return residuals, bounds
+
+
 def lanczos(
     matvec: Matvec,
     dim: int,
     k: int = 1,
     *,
     max_iter: int = 100,
-    tol: float = 1e-4,
+    tol: float = 1e-3,
     v0: np.ndarray | None = None,
     seed: int | None = 0,
 ) -> EigenResult:
     """Largest algebraic eigenvalues of a symmetric operator by Lanczos.
 
-    Uses full reorthogonalization. Stops when every one of the ``k`` top Ritz
-    pairs has residual ``||A v - theta v|| <= tol * max(|theta_1|, tiny)``
-    (the residual is ``beta_m |s_m|``, exact for a fully reorthogonalized
-    basis), when the Krylov space is exhausted, or after ``max_iter`` products.
+    Uses full reorthogonalization. After each product it stops when, for
+    every one of the ``k`` top Ritz values theta:
+
+    - the error bound ``min(r, r^2 / gap)`` is at most ``tol * |theta_1|``
+      (r the Ritz pair's residual norm, gap the distance to the nearest
+      other Ritz value), and
+    - theta moved by at most ``sqrt(tol) * |theta_1|`` in the last step
+      (the gap estimate is trusted only once the Ritz values settle);
+
+    or when the Krylov space is exhausted, or after ``max_iter`` products.
+    ``tol`` is thus the relative accuracy of the eigenvalues (default 1e-3;
+    the reached bound is in ``error_bounds``).
 
     ```python
     result = lanczos(matvec, dim, k=2, v0=previous_vector)
-    result.eigenvalues, result.residuals, result.iterations
+    result.eigenvalues, result.error_bounds, result.iterations
     ```
 
     Args:
@@ -208,7 +239,7 @@ def lanczos(
         dim: dimension of the operator.
         k: number of top eigenpairs.
         max_iter: most products with ``A``.
-        tol: relative residual tolerance.
+        tol: relative accuracy of the eigenvalues.
         v0: start vector (warm start, e.g. a previous top eigenvector).
         seed: seed of the random start vector when ``v0`` is None.
     """
@@ -219,29 +250,37 @@ def lanczos(
     if k > dim:
         raise ValueError(f"`k` must be <= dim={dim}, got k={k}.")
     v = _start_vector(dim, v0, np.random.default_rng(seed))
+    tiny = np.finfo(np.float64).tiny
+    previous: list[np.ndarray] = []
 
-    def stop(alpha, beta, basis):
+    def stop(alpha, beta):
         if alpha.shape[0] < k:
             return False
         theta, s = _tridiag_eigh(alpha, beta)
-        res = np.abs(beta[-1] * s[-1, -k:])
-        top = max(abs(theta[-1]), np.finfo(np.float64).tiny)
-        return bool(np.all(res <= tol * top))
+        values = theta[::-1][:k]
+        scale = max(abs(values[0]), tiny)
+        _, bounds = _error_bounds(theta, s, beta, k)
+        settled = bool(previous) and previous[-1].shape[0] == k
+        if settled:
+            settled = np.all(np.abs(values - previous[-1]) <= np.sqrt(tol) * scale)
+        previous.append(values)
+        return bool(settled and np.all(bounds <= tol * scale))
 
     basis, alpha, beta, _ = _lanczos_basis(matvec, v, max(max_iter, k), stop)
     theta, s = _tridiag_eigh(alpha, beta)
     order = np.argsort(theta)[::-1][:k]
-    vectors = basis @ s[:, order]
+    vectors = basis.T @ s[:, order]
     vectors /= np.linalg.norm(vectors, axis=0, keepdims=True)
-    residuals = np.abs(beta[-1] * s[-1, order])
-    top = max(abs(theta[order[0]]), np.finfo(np.float64).tiny)
+    residuals, bounds = _error_bounds(theta, s, beta, k)
+    scale = max(abs(theta[order[0]]), tiny)
     exhausted = alpha.shape[0] == dim
     return EigenResult(
         eigenvalues=theta[order],
         eigenvectors=vectors,
         residuals=residuals,
         iterations=int(alpha.shape[0]),
-        converged=bool(exhausted or np.all(residuals <= tol * top)),
+        converged=bool(exhausted or np.all(bounds <= tol * scale)),
+        error_bounds=np.zeros(k) if exhausted else bounds,
     )
 
 
@@ -292,6 +331,7 @@ def power_iteration(
         residuals=np.array([residual]),
         iterations=iterations,
         converged=converged,
+        error_bounds=np.array([residual]),
     )
 
 
