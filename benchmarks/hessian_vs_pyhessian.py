@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -159,9 +158,10 @@ def main() -> None:
         f"{max(keras_warm):.3f}), {steps} HVPs, rel. error "
         f"{max(err(first), err(value)):.1e}"
     )
+    torch_cold = statistics.median(r["cold"] for r in torch_runs)
     print(
-        f"PyHessian eigenvalues: cold {statistics.median(r['cold'] for r in torch_runs):.3f}"
-        f" s, warm median {statistics.median(torch_warm):.3f} s (min "
+        f"PyHessian eigenvalues: cold {torch_cold:.3f} s, warm median "
+        f"{statistics.median(torch_warm):.3f} s (min "
         f"{min(torch_warm):.3f}, max {max(torch_warm):.3f}), rel. error "
         f"{max(err(v) for v in torch_values):.1e} (max over runs)"
     )
