@@ -13,8 +13,9 @@ from typing import Any
 
 import keras
 
+from keras_sam._validation import boolean
 from keras_sam.callbacks._common import check_schedule, subset
-from keras_sam.hessian._operators import CurvatureOperator, _check_bool
+from keras_sam.hessian._operators import CurvatureOperator
 
 # The options every curvature callback takes (and reports in get_config,
 # with those in a subclass's ``config_names``).
@@ -61,7 +62,7 @@ class CurvatureCallback(keras.callbacks.Callback):
     ):
         super().__init__()
         self.every, self.unit = check_schedule(every, unit)
-        self.training = _check_bool("training", training)
+        self.training = boolean(training, "training")
         if not isinstance(prefix, str):
             raise ValueError(f"`prefix` must be a string, got prefix={prefix!r}.")
         self.data = subset(data, num_examples, seed)

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from keras_sam._validation import boolean
 from keras_sam.callbacks._base import CurvatureCallback, common_options
 from keras_sam.hessian import measures, solvers
-from keras_sam.hessian._operators import _check_bool
 
 
 class HessianMetrics(CurvatureCallback):
@@ -102,9 +102,9 @@ class HessianMetrics(CurvatureCallback):
     ):
         super().__init__(data, **common_options(locals()))
         self.orders = tuple(measures._check_order(k) for k in orders)
-        self.trace = _check_bool("trace", trace)
-        self.stability = _check_bool("stability", stability)
-        self.regularization = _check_bool("regularization", regularization)
+        self.trace = boolean(trace, "trace")
+        self.stability = boolean(stability, "stability")
+        self.regularization = boolean(regularization, "regularization")
         self.trace_rtol = trace_rtol
         self.trace_samples = trace_samples
         self.max_iter = max_iter

@@ -19,10 +19,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-# Private Keras internal (to move to keras_sam/_compat.py): the wrapper
-# `compile` puts around loss functions. It applies Keras' rank matching of
-# y_true and y_pred; keras.losses exports no public equivalent.
-from keras.src.losses import LossFunctionWrapper
+from keras_sam._compat import LossFunctionWrapper, compile_arguments
 
 _LOSS_HELP = (
     "`loss` must be a keras.losses.Loss, a loss function or its name, or a "
@@ -95,7 +92,8 @@ class BatchLoss:
                     "its name) when the model is not compiled with a loss."
                 )
             if loss_weights is None:
-                loss_weights = model.get_compile_config().get("loss_weights")
+                compiled = compile_arguments(model) or {}
+                loss_weights = compiled.get("loss_weights")
         if not _is_nested(loss) and not (
             isinstance(loss, str | keras.losses.Loss) or callable(loss)
         ):

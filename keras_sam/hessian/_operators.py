@@ -10,7 +10,6 @@ signature (None batch dimension) and reused; sums over batches are float64.
 
 from __future__ import annotations
 
-import numbers
 import weakref
 from typing import Any
 
@@ -18,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_sam._compat import flatten_layers
+from keras_sam._validation import boolean, positive_int
 from keras_sam.hessian._losses import BatchLoss
 from keras_sam.sparsity._masks import kernel_masks
 
@@ -29,25 +30,6 @@ _DATA_HELP = (
     "`data` must be a tuple (x, y) or (x, y, sample_weight) of arrays, or a "
     "tf.data.Dataset yielding such tuples as batches"
 )
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise ValueError(f"`{name}` must be True or False, got {name}={value!r}.")
-    return bool(value)
-
-
-def _check_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        extra = "None or " if allow_none else ""
-        raise ValueError(
-            f"`{name}` must be {extra}an integer >= {minimum}, got {name}={value!r}."
-        )
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _to_tensor(value):
@@ -85,7 +67,7 @@ def _split(batch, name="data"):
 
 def as_batches(data: Any, batch_size: int | None = None) -> list[tuple]:
     """Materializes ``data`` as a list of ``(x, y, sample_weight, n)`` batches."""
-    batch_size = _check_int("batch_size", batch_size, allow_none=True)
+    batch_size = positive_int(batch_size, "batch_size", allow_none=True)
     if isinstance(data, tf.data.Dataset):
         batches = [_split(tuple(b) if isinstance(b, list) else b) for b in data]
         if batch_size is not None:
@@ -121,16 +103,6 @@ _NOT_VECTORIZABLE = (
     keras.layers.RNN,
     keras.layers.Bidirectional,
 )
-
-
-def _all_layers(model: keras.Model) -> list:
-    # Private Keras internal (to move to keras_sam/_compat.py): the deep
-    # walk also reaches layers held as attributes of custom layers (a
-    # transformer block's MultiHeadAttention), which `model.layers` misses.
-    flatten = getattr(model, "_flatten_layers", None)
-    if flatten is not None:
-        return list(flatten(include_self=False, recursive=True))
-    return list(getattr(model, "layers", []))
 
 
 def _dense(t):
@@ -296,7 +268,7 @@ class _Functions:
         self._kw = kw
         # None: not yet decided (checked on the first per-example product).
         self.vectorized: bool | None = None
-        if any(isinstance(layer, _NOT_VECTORIZABLE) for layer in _all_layers(model)):
+        if any(isinstance(layer, _NOT_VECTORIZABLE) for layer in flatten_layers(model)):
             self.vectorized = False
 
     def hvp(self, x, y, sw, v):
@@ -445,13 +417,13 @@ class CurvatureOperator:
             raise ValueError(
                 f"`model` must be a keras.Model, got {type(model).__name__}."
             )
-        training = _check_bool("training", training)
-        regularization = _check_bool("regularization", regularization)
-        jit_compile = _check_bool("jit_compile", jit_compile)
-        masked = _check_bool("masked", masked)
+        training = boolean(training, "training")
+        regularization = boolean(regularization, "regularization")
+        jit_compile = boolean(jit_compile, "jit_compile")
+        masked = boolean(masked, "masked")
         if vectorize is not None:
-            vectorize = _check_bool("vectorize", vectorize)
-        self.chunk_size = _check_int("chunk_size", chunk_size)
+            vectorize = boolean(vectorize, "vectorize")
+        self.chunk_size = positive_int(chunk_size, "chunk_size")
         self.batches = as_batches(data, batch_size)
         if class_weight is not None:
             self.batches = _apply_class_weight(self.batches, class_weight)
@@ -532,14 +504,14 @@ class CurvatureOperator:
 
     def moment(self, v: np.ndarray, k: int) -> np.ndarray:
         """``M_k v = sum_i w_i H_i^k v / n`` (per-example Hessians)."""
-        k = _check_int("k", k)
+        k = positive_int(k, "k")
         total = self._moment_sum(self._vector(v), k)
         self.num_products += k
         return total / self.num_examples
 
     def power(self, v: np.ndarray, k: int) -> np.ndarray:
         """``H^k v``."""
-        k = _check_int("k", k)
+        k = positive_int(k, "k")
         for _ in range(k):
             v = self.hvp(v)
         return v

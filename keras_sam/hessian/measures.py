@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_sam._validation import non_negative_float, one_of, positive_float
 from keras_sam.hessian import solvers
 from keras_sam.hessian._operators import CurvatureOperator
 
@@ -49,9 +49,7 @@ def _split_options(options: dict) -> tuple[dict, dict]:
 
 
 def _check_order(order: Any) -> int:
-    if isinstance(order, bool) or order not in ORDERS:
-        raise ValueError(f"`order` must be one of {ORDERS}, got order={order!r}.")
-    return int(order)
+    return int(one_of(order, "order", ORDERS))
 
 
 def top_eigenvalues(
@@ -209,17 +207,6 @@ def spectral_density(
     return solvers.slq(op.hvp, op.dim, num_probes, num_steps, seed=seed)
 
 
-def _check_nonnegative(name: str, value: Any, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a finite number, got {name}={value!r}.")
-    value = float(value)
-    ok = value > 0 if positive else value >= 0
-    if not ok or not math.isfinite(value):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"`{name}` must be a finite number {bound}, got {value!r}.")
-    return value
-
-
 def stability_ratios(
     lr: float,
     rho: float,
@@ -239,8 +226,8 @@ def stability_ratios(
     With rho = 0 these are SGD's conditions ``a <= 2/lr`` and ``s2 <= 1/lr``.
     Orders given as None are left out.
     """
-    lr = _check_nonnegative("lr", lr, positive=True)
-    rho = _check_nonnegative("rho", rho)
+    lr = positive_float(lr, "lr")
+    rho = non_negative_float(rho, "rho")
     ratios = {"sharpness": sharpness * (1 + rho * sharpness) * lr / 2}
     if s2 is not None:
         ratios["s2"] = s2**2 * lr * (lr - 2 * rho)
@@ -310,8 +297,8 @@ def stability_margins(
         lr = current_learning_rate(source)
     if rho is None:
         rho = float(getattr(source, "rho", 0.0))
-    lr = _check_nonnegative("lr", lr, positive=True)
-    rho = _check_nonnegative("rho", rho)
+    lr = positive_float(lr, "lr")
+    rho = non_negative_float(rho, "rho")
     if orders is None:
         orders = (2,) if rho == 0 else ORDERS
     orders = tuple(_check_order(k) for k in orders)

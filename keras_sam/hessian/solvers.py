@@ -17,10 +17,11 @@ result.eigenvalues[0]  # 9.0
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Callable
 
 import numpy as np
+
+from keras_sam._validation import positive_float, positive_int
 
 Matvec = Callable[[np.ndarray], np.ndarray]
 
@@ -107,17 +108,10 @@ class SLQResult:
 
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    value = positive_int(value, name)
     if value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_tol(tol, name: str = "tol") -> float:
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol > 0:
-        raise ValueError(f"`{name}` must be a positive number, got {name}={tol!r}.")
-    return float(tol)
+    return value
 
 
 def _start_vector(dim: int, v0, rng: np.random.Generator) -> np.ndarray:
@@ -262,7 +256,7 @@ def lanczos(
     dim = _check_positive_int("dim", dim)
     k = _check_positive_int("k", k)
     max_iter = _check_positive_int("max_iter", max_iter)
-    tol = _check_tol(tol)
+    tol = positive_float(tol, "tol")
     if k > dim:
         raise ValueError(f"`k` must be <= dim={dim}, got k={k}.")
     v = _start_vector(dim, v0, np.random.default_rng(seed))
@@ -318,7 +312,7 @@ def power_iteration(
     """
     dim = _check_positive_int("dim", dim)
     max_iter = _check_positive_int("max_iter", max_iter)
-    tol = _check_tol(tol)
+    tol = positive_float(tol, "tol")
     v = _start_vector(dim, v0, np.random.default_rng(seed))
     eigenvalue = None
     residual = np.inf
@@ -390,7 +384,7 @@ def hutchinson(
     num_samples = _check_positive_int("num_samples", num_samples)
     min_samples = _check_positive_int("min_samples", min_samples, minimum=2)
     if rtol is not None:
-        rtol = _check_tol(rtol, "rtol")
+        rtol = positive_float(rtol, "rtol")
     rng = np.random.default_rng(seed)
     samples = []
     for j in range(num_samples):
