@@ -27,6 +27,7 @@ _OPERATOR_OPTIONS = (
     "vectorize",
     "jit_compile",
     "masked",
+    "forward_over_reverse",
 )
 
 
