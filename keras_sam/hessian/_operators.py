@@ -10,6 +10,8 @@ signature (None batch dimension) and reused; sums over batches are float64.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import weakref
 from typing import Any
 
@@ -103,6 +105,19 @@ _NOT_VECTORIZABLE = (
     keras.layers.RNN,
     keras.layers.Bidirectional,
 )
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger():
+    # pfor logs the whole graph of an op it cannot convert at ERROR level
+    # before raising; the failure only means "use the looped path".
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _dense(t):
@@ -259,7 +274,9 @@ class _Functions:
 
         sw_spec = tf.TensorSpec([None], tf.float32)
         v_spec = tf.TensorSpec([dim], tf.float32)
-        kw = {"jit_compile": True} if jit else {}
+        # No autograph: the traced code has no data-dependent Python control
+        # flow, and converting the model call cost most of the trace time.
+        kw = {"jit_compile": True, "autograph": False} if jit else {"autograph": False}
         hvp_signature = [x_spec, y_spec, sw_spec, v_spec]
         self._hvps = [tf.function(hvp_sum, input_signature=hvp_signature, **kw)]
         if forward:
@@ -323,7 +340,8 @@ class _Functions:
         if self.vectorized is None:
             expected = self.power(1, "looped")(x, y, sw, v).numpy()
             try:
-                got = self.power(1, "vectorized")(x, y, sw, v).numpy()
+                with _quiet_tensorflow_logger():
+                    got = self.power(1, "vectorized")(x, y, sw, v).numpy()
             except (ValueError, TypeError, NotImplementedError, tf.errors.OpError):
                 self.vectorized = False
             else:
