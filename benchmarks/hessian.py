@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--only-overhead", action="store_true", help="run item 5 alone")
     args = parser.parse_args()
     if args.only_overhead or not args.quick:
-        overhead({"LeNet-300-100": 5, "convnet": 1})
+        overhead({"LeNet-300-100": 5, "convnet": 2})
     if args.only_overhead:
         return
     n = 100 if args.quick else args.examples

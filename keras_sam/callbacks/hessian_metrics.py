@@ -113,6 +113,10 @@ class HessianMetrics(CurvatureCallback):
         self.max_iter = max_iter
         self.tol = tol
         self.chunk_size = chunk_size
+        if self.unit == "step":
+            # Only then a batch hook: any on_train_batch_end makes Keras
+            # dispatch every step's logs synchronously (a sync per step).
+            self.on_train_batch_end = self._on_step_end
 
     def _reset(self) -> None:
         super()._reset()
@@ -174,9 +178,7 @@ class HessianMetrics(CurvatureCallback):
     def _epoch_values(self, epoch: int) -> dict[str, float]:
         return self._publish(self._measure(), None, epoch=epoch)
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.unit != "step":
-            return
+    def _on_step_end(self, batch, logs=None):
         self._step += 1
         if self._step % self.every == 0:
             self._publish(self._measure(), logs, step=self._step)
