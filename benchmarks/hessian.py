@@ -9,6 +9,9 @@
    (target: Lanczos median <= 12).
 3. Time for s2 and s4 on 1000 examples (targets <= 15 s and <= 30 s).
 4. Per-example HVPs: vectorized (chunked vectorized_map) vs a Python loop.
+5. `HessianMetrics()` with its defaults: training-time overhead on MNIST-sized
+   runs (60,000 examples, batch 128): LeNet-300-100 and the keras-io MNIST
+   convnet (target <= 20%).
 
 Data are synthetic MNIST-shaped (uniform pixels, labels from a random linear
 teacher); the model is trained one epoch first so the Hessian is not the
@@ -73,7 +76,7 @@ def lanczos_steps_to(op, target: float, seed: int, rel: float, cap: int) -> int:
     v = np.random.default_rng(seed).standard_normal(dim)
     steps = []
 
-    def stop(alpha, beta, basis):
+    def stop(alpha, beta):
         theta = solvers._tridiag_eigh(alpha, beta)[0][-1]
         steps.append(abs(theta - target) <= rel * abs(target))
         return steps[-1]
@@ -102,7 +105,12 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes, smoke run")
+    parser.add_argument("--only-overhead", action="store_true", help="run item 5 alone")
     args = parser.parse_args()
+    if args.only_overhead or not args.quick:
+        overhead({"LeNet-300-100": 5, "convnet": 2})
+    if args.only_overhead:
+        return
     n = 100 if args.quick else args.examples
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs (os.cpu_count)")
@@ -175,6 +183,64 @@ def main() -> None:
         f"[4] per-example HVPs on {m} examples: vectorized {t_vec:.2f} s, looped "
         f"{t_loop:.2f} s, speed-up {t_loop / t_vec:.1f}x"
     )
+
+
+def convnet(seed: int) -> keras.Model:
+    """The keras-io "Simple MNIST convnet"."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def overhead(epochs: dict[str, int]) -> None:
+    """[5] fit time with `HessianMetrics()` (defaults) over fit time without."""
+    from keras_sam.callbacks import HessianMetrics
+
+    x, y = data(60000, 1)
+    for name, build, shape in (
+        ("LeNet-300-100", lenet, (784,)),
+        ("convnet", convnet, (28, 28, 1)),
+    ):
+        xs = x.reshape((-1, *shape))
+        wall, cpu = {}, {}
+        for label in ("without", "with", "without again"):
+            model = build(0)
+            model.fit(xs[:256], y[:256], batch_size=128, verbose=0)  # trace the step
+            callbacks = [HessianMetrics((xs, y))] if label == "with" else []
+            start, start_cpu = time.perf_counter(), time.process_time()
+            model.fit(
+                xs,
+                y,
+                batch_size=128,
+                epochs=epochs[name],
+                verbose=0,
+                callbacks=callbacks,
+            )
+            wall[label] = time.perf_counter() - start
+            cpu[label] = time.process_time() - start_cpu
+        parts = []
+        for what, times in (("wall", wall), ("CPU", cpu)):
+            base = (times["without"] + times["without again"]) / 2
+            parts.append(
+                f"{what} {base:.1f} s without, {times['with']:.1f} s with: "
+                f"{times['with'] / base - 1:+.0%}"
+            )
+        print(
+            f"[5] {name}, {epochs[name]} epochs of 60,000, HessianMetrics() "
+            f"overhead (target <= 20%): " + "; ".join(parts)
+        )
 
 
 if __name__ == "__main__":

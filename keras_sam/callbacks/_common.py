@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from keras_sam._validation import one_of, positive_int
+
 UNITS = ("epoch", "step")
 
 
 def check_schedule(every: Any, unit: Any) -> tuple[int, str]:
-    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-        raise ValueError(f"`every` must be an integer >= 1, got every={every!r}.")
-    if unit not in UNITS:
-        raise ValueError(f"`unit` must be one of {UNITS}, got unit={unit!r}.")
-    return int(every), unit
+    return positive_int(every, "every"), one_of(unit, "unit", UNITS)
 
 
 def subset(data: Any, num_examples: Any, seed: int | None) -> Any:
     """A fixed subset of ``data``: ``num_examples`` examples drawn without
     replacement with ``seed`` from arrays (all if None or more than there
     are), or the first ``num_examples`` of a `tf.data.Dataset` of batches."""
-    if num_examples is not None and (
-        isinstance(num_examples, bool)
-        or not isinstance(num_examples, numbers.Integral)
-        or num_examples < 1
-    ):
-        raise ValueError(
-            "`num_examples` must be None or an integer >= 1, got "
-            f"num_examples={num_examples!r}."
-        )
+    num_examples = positive_int(num_examples, "num_examples", allow_none=True)
     if isinstance(data, tf.data.Dataset):
         if num_examples is None:
             return data

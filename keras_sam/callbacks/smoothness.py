@@ -7,10 +7,9 @@ import math
 import numbers
 from typing import Any
 
-import keras
 import numpy as np
 
-from keras_sam.callbacks._common import check_schedule, subset
+from keras_sam.callbacks._base import CurvatureCallback, common_options
 from keras_sam.hessian._operators import CurvatureOperator
 
 GAMMAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -73,7 +72,7 @@ def estimates(
     }
 
 
-class SmoothnessEstimates(keras.callbacks.Callback):
+class SmoothnessEstimates(CurvatureCallback):
     """Logs smoothness and PL estimates along one optimizer step.
 
     For a step ``x_t -> x_{t+1}``, ``d = x_{t+1} - x_t``, on a fixed subset
@@ -89,7 +88,8 @@ class SmoothnessEstimates(keras.callbacks.Callback):
     epoch is measured and logged in that epoch's logs (NaN in the others);
     with ``unit="step"``, every ``every``-th step, logged in its batch logs,
     the latest values in the epoch logs. With ``steps_per_execution > 1``
-    a "step" is one execution. Every estimate is appended to ``self.records``.
+    a "step" is one execution. Every estimate of the current `fit` is
+    appended to ``self.records``; each `fit` starts afresh.
 
     ```python
     cb = keras_sam.callbacks.SmoothnessEstimates((x, y), unit="step", every=50)
@@ -103,6 +103,8 @@ class SmoothnessEstimates(keras.callbacks.Callback):
         loss, training, batch_size: as for `keras_sam.hessian.CurvatureOperator`.
         prefix: put in front of the logged names.
     """
+
+    config_names = ("f_star", "gammas")
 
     def __init__(
         self,
@@ -119,8 +121,6 @@ class SmoothnessEstimates(keras.callbacks.Callback):
         batch_size: int | None = None,
         prefix: str = "",
     ):
-        super().__init__()
-        self.every, self.unit = check_schedule(every, unit)
         if isinstance(f_star, bool) or not isinstance(f_star, numbers.Real):
             raise ValueError(f"`f_star` must be a number, got f_star={f_star!r}.")
         gammas = tuple(gammas)
@@ -128,46 +128,21 @@ class SmoothnessEstimates(keras.callbacks.Callback):
             isinstance(g, numbers.Real) and 0 < g <= 1 for g in gammas
         ):
             raise ValueError(f"`gammas` must be numbers in (0, 1], got {gammas!r}.")
-        if not isinstance(prefix, str):
-            raise ValueError(f"`prefix` must be a string, got {prefix!r}.")
-        self.data = subset(data, num_examples, seed)
-        self.num_examples = num_examples
-        self.seed = seed
+        super().__init__(data, **common_options(locals()))
         self.f_star = float(f_star)
         self.gammas = gammas
-        self.loss = loss
-        self.training = training
-        self.batch_size = batch_size
-        self.prefix = prefix
-        self.records: list[dict[str, float]] = []
-        self._operator: CurvatureOperator | None = None
+
+    def _reset(self) -> None:
+        super()._reset()
         self._start: tuple[np.ndarray, np.ndarray] | None = None
-        self._latest: dict[str, float] = {}
-        self._step = 0
-        self._epoch = 0
 
-    def names(self) -> list[str]:
-        """The names this callback logs, prefix included."""
-        return [self.prefix + "beta_hat", self.prefix + "alpha_hat"]
-
-    def _op(self) -> CurvatureOperator:
-        if self._operator is None:
-            self._operator = CurvatureOperator(
-                self.model,
-                self.data,
-                loss=self.loss,
-                training=self.training,
-                batch_size=self.batch_size,
-            )
-        return self._operator
+    def _names(self) -> list[str]:
+        return ["beta_hat", "alpha_hat"]
 
     def _due(self, batch: int) -> bool:
         if self.unit == "step":
             return (self._step + 1) % self.every == 0
         return batch == 0 and (self._epoch + 1) % self.every == 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._due(batch):
@@ -183,30 +158,8 @@ class SmoothnessEstimates(keras.callbacks.Callback):
         values = estimates(
             self._op(), x0, _flat_weights(self.model), self.gammas, self.f_star, g0
         )
-        values = {self.prefix + k: v for k, v in values.items()}
-        self._latest = values
-        self.records.append({"step": self._step, "epoch": self._epoch, **values})
-        if self.unit == "step" and logs is not None:
-            logs.update(values)
+        step_logs = logs if self.unit == "step" else None
+        self._publish(values, step_logs, step=self._step, epoch=self._epoch)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        if self.unit == "epoch" and (epoch + 1) % self.every != 0:
-            logs.update({name: math.nan for name in self.names()})
-        else:
-            logs.update(self._latest or {name: math.nan for name in self.names()})
-
-    def get_config(self) -> dict[str, Any]:
-        """The options (not the data)."""
-        return {
-            "every": self.every,
-            "unit": self.unit,
-            "num_examples": self.num_examples,
-            "seed": self.seed,
-            "f_star": self.f_star,
-            "gammas": self.gammas,
-            "training": self.training,
-            "batch_size": self.batch_size,
-            "prefix": self.prefix,
-        }
+    def _epoch_values(self, epoch: int) -> dict[str, float]:
+        return self._latest or self._missing()

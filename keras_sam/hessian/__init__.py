@@ -3,22 +3,24 @@ non-uniformity, spectral density and SAM/SGD stability margins.
 
 Curvature = operator + solver: `CurvatureOperator` turns a Keras model and a
 fixed data set into products ``v -> H v`` (and per-example moments
-``v -> mean_i H_i^k v``) on flat float64 vectors; `solvers` (pure NumPy)
-take any such product.
+``v -> mean_i H_i^k v``) on flat float64 vectors; `solvers` (NumPy) take
+any such product.
 
 ```python
 import keras_sam.hessian as hessian
 
-a = hessian.sharpness(model, (x, y))                   # lambda_max(H)
-t = hessian.trace(model, (x, y))                        # Hutchinson
+a = hessian.sharpness(model, (x, y))                   # lambda_max(H), 1e-3
+t = hessian.trace(model, (x, y))                        # Hutchinson, 1% s.e.
 s2 = hessian.non_uniformity(model, (x, y), order=2)     # per-example spread
 m = hessian.stability_margins(model, (x, y), lr=0.1, rho=0.05)
 ```
 
-All functions take ``loss`` (default: the compiled loss), ``training``
-(default False: batch norm in inference mode) and ``batch_size``; a built
-`CurvatureOperator` can be passed instead of ``model, data`` to share it.
-The loss is the data loss only (no weight-regularization penalties).
+All functions take ``loss`` (default: the compiled loss, as `fit` computes
+it), ``regularization`` (default False: without ``model.losses``),
+``training`` (default False: batch norm in inference mode) and
+``batch_size``; a built `CurvatureOperator` can be passed instead of
+``model, data`` to share it. See docs/curvature.md for the loss, the modes,
+the stopping rules and how to read the numbers.
 """
 
 from keras_sam.hessian import solvers

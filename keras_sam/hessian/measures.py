@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_sam._validation import non_negative_float, one_of, positive_float
 from keras_sam.hessian import solvers
 from keras_sam.hessian._operators import CurvatureOperator
 
 ORDERS = (2, 3, 4)
 TRACE_METHODS = ("hutchinson", "hutchpp", "exact")
 
-_OPERATOR_OPTIONS = ("loss", "training", "batch_size", "chunk_size", "jit_compile")
+_OPERATOR_OPTIONS = (
+    "loss",
+    "loss_weights",
+    "regularization",
+    "class_weight",
+    "training",
+    "batch_size",
+    "chunk_size",
+    "vectorize",
+    "jit_compile",
+    "masked",
+    "forward_over_reverse",
+)
 
 
 def _operator(model, data, options: dict) -> CurvatureOperator:
@@ -38,9 +50,7 @@ def _split_options(options: dict) -> tuple[dict, dict]:
 
 
 def _check_order(order: Any) -> int:
-    if isinstance(order, bool) or order not in ORDERS:
-        raise ValueError(f"`order` must be one of {ORDERS}, got order={order!r}.")
-    return int(order)
+    return int(one_of(order, "order", ORDERS))
 
 
 def top_eigenvalues(
@@ -49,7 +59,7 @@ def top_eigenvalues(
     k: int = 1,
     *,
     max_iter: int = 100,
-    tol: float = 1e-4,
+    tol: float = 1e-3,
     v0: np.ndarray | None = None,
     seed: int | None = 0,
     **operator_options: Any,
@@ -72,10 +82,14 @@ def sharpness(
     a = keras_sam.hessian.sharpness(model, dataset, loss="mse", tol=1e-5)
     ```
 
-    Options: ``loss``, ``training`` (False), ``batch_size``, ``jit_compile``
-    (False) for the operator; ``max_iter`` (100), ``tol`` (1e-4 relative
-    residual), ``v0`` (warm start), ``seed`` for Lanczos. Use
-    `top_eigenvalues` for residuals and iteration counts.
+    Lanczos stops once the eigenvalue's error bound is below ``tol``
+    (default 1e-3) relative to it (see `keras_sam.hessian.solvers.lanczos`).
+
+    Options: ``loss``, ``regularization`` (False), ``training`` (False),
+    ``batch_size``, ``class_weight`` for the operator (see
+    `CurvatureOperator`); ``max_iter`` (100), ``tol`` (1e-3, relative
+    accuracy), ``v0`` (warm start), ``seed`` for Lanczos. Use
+    `top_eigenvalues` for error bounds and iteration counts.
     """
     return float(top_eigenvalues(model, data, **options).eigenvalues[0])
 
@@ -85,16 +99,17 @@ def trace_estimate(
     data: Any = None,
     *,
     method: str = "hutchinson",
-    num_samples: int = 100,
+    rtol: float | None = 0.01,
+    num_samples: int = 1000,
     seed: int | None = 0,
     **operator_options: Any,
 ) -> solvers.TraceResult:
-    """Trace of H with a standard error (see `keras_sam.hessian.trace`)."""
+    """Trace of H with its standard error (see `keras_sam.hessian.trace`)."""
     if method not in TRACE_METHODS:
         raise ValueError(f"`method` must be one of {TRACE_METHODS}, got {method!r}.")
     op = _operator(model, data, operator_options)
     if method == "hutchinson":
-        return solvers.hutchinson(op.hvp, op.dim, num_samples, seed=seed)
+        return solvers.hutchinson(op.hvp, op.dim, num_samples, rtol=rtol, seed=seed)
     if method == "hutchpp":
         return solvers.hutchpp(op.hvp, op.dim, num_samples, seed=seed)
     eye = np.eye(op.dim)
@@ -106,13 +121,16 @@ def trace(model: keras.Model | CurvatureOperator, data: Any = None, **options) -
     """Trace of the Hessian of the mean loss (Hutchinson by default).
 
     ```python
-    t = keras_sam.hessian.trace(model, (x, y), num_samples=200)
-    t = keras_sam.hessian.trace(model, (x, y), method="hutchpp")
+    t = keras_sam.hessian.trace(model, (x, y))               # 1% std. error
+    r = keras_sam.hessian.trace_estimate(model, (x, y), rtol=0.05)
+    r.estimate, r.stderr, r.matvecs
     ```
 
-    ``method``: ``"hutchinson"`` (Rademacher probes), ``"hutchpp"``
-    (``num_samples`` products in all) or ``"exact"`` (dim products). Use
-    `trace_estimate` for the standard error.
+    ``method``: ``"hutchinson"`` (Rademacher probes, drawn until the
+    standard error is at most ``rtol`` (default 0.01) of the estimate, at
+    most ``num_samples`` (1000); ``rtol=None``: exactly ``num_samples``),
+    ``"hutchpp"`` (``num_samples`` products in all) or ``"exact"`` (dim
+    products). Use `trace_estimate` for the standard error.
     """
     return trace_estimate(model, data, **options).estimate
 
@@ -123,7 +141,7 @@ def non_uniformity_eigen(
     order: int = 2,
     *,
     max_iter: int = 100,
-    tol: float = 1e-4,
+    tol: float = 1e-3,
     v0: np.ndarray | None = None,
     seed: int | None = 0,
     **operator_options: Any,
@@ -190,17 +208,6 @@ def spectral_density(
     return solvers.slq(op.hvp, op.dim, num_probes, num_steps, seed=seed)
 
 
-def _check_nonnegative(name: str, value: Any, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a finite number, got {name}={value!r}.")
-    value = float(value)
-    ok = value > 0 if positive else value >= 0
-    if not ok or not math.isfinite(value):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"`{name}` must be a finite number {bound}, got {value!r}.")
-    return value
-
-
 def stability_ratios(
     lr: float,
     rho: float,
@@ -220,8 +227,8 @@ def stability_ratios(
     With rho = 0 these are SGD's conditions ``a <= 2/lr`` and ``s2 <= 1/lr``.
     Orders given as None are left out.
     """
-    lr = _check_nonnegative("lr", lr, positive=True)
-    rho = _check_nonnegative("rho", rho)
+    lr = positive_float(lr, "lr")
+    rho = non_negative_float(rho, "rho")
     ratios = {"sharpness": sharpness * (1 + rho * sharpness) * lr / 2}
     if s2 is not None:
         ratios["s2"] = s2**2 * lr * (lr - 2 * rho)
@@ -291,8 +298,8 @@ def stability_margins(
         lr = current_learning_rate(source)
     if rho is None:
         rho = float(getattr(source, "rho", 0.0))
-    lr = _check_nonnegative("lr", lr, positive=True)
-    rho = _check_nonnegative("rho", rho)
+    lr = positive_float(lr, "lr")
+    rho = non_negative_float(rho, "rho")
     if orders is None:
         orders = (2,) if rho == 0 else ORDERS
     orders = tuple(_check_order(k) for k in orders)

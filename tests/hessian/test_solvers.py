@@ -38,6 +38,23 @@ def test_lanczos_reports_residual_when_stopped_early():
     assert abs(result.eigenvalues[0] - 10.0) <= result.residuals[0]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_lanczos_default_stop_meets_its_accuracy(seed):
+    """The default rule (error bound <= 1e-3 once the Ritz values settle)
+    gives eigenvalues within 1e-3, bounded by the reported error_bounds,
+    in far fewer steps than a 1e-8 residual."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(300, 300)))
+    eig = np.concatenate([[5.0, 4.0, 3.5], rng.exponential(0.3, 297)])
+    a = (q * eig) @ q.T
+    result = solvers.lanczos(lambda v: a @ v, 300, seed=seed)
+    error = abs(result.eigenvalues[0] - 5.0)
+    assert result.converged and error <= 1e-3 * 5.0
+    assert error <= result.error_bounds[0] + 1e-12
+    tight = solvers.lanczos(lambda v: a @ v, 300, tol=1e-8, seed=seed)
+    assert result.iterations < tight.iterations
+
+
 def test_lanczos_warm_start_converges_at_once():
     a = random_symmetric(50, 4)
     w, vecs = np.linalg.eigh(a)
@@ -67,6 +84,17 @@ def test_hutchinson_within_error_and_stderr_shrinks():
     d = np.diag(np.arange(5.0))
     exact_diag = solvers.hutchinson(lambda v: d @ v, 5, 7)
     assert exact_diag.estimate == pytest.approx(10.0) and exact_diag.stderr == 0
+
+
+def test_hutchinson_stops_on_relative_standard_error():
+    a = random_symmetric(80, 6, psd=True) + np.diag(np.linspace(0, 3, 80))
+    result = solvers.hutchinson(lambda v: a @ v, 80, 2000, rtol=0.004, seed=1)
+    assert 10 < result.matvecs < 2000
+    assert result.stderr <= 0.004 * abs(result.estimate)
+    # One probe fewer had not reached the target.
+    fewer = solvers.hutchinson(lambda v: a @ v, 80, result.matvecs - 1, seed=1)
+    assert fewer.stderr > 0.004 * abs(fewer.estimate)
+    assert abs(result.estimate - np.trace(a)) <= 4 * result.stderr
 
 
 def test_hutchpp_exact_on_low_rank_and_within_error():
