@@ -6,8 +6,9 @@ from typing import Any
 
 import keras
 
-from keras_sam import _compat, _trackers, _validation, perturbations
+from keras_sam import _compat, _trackers, _validation, perturbations, variants
 from keras_sam.backend import REPLICA_EPS_MODES, get_train_step
+from keras_sam.variants import schedules
 
 _RANDOM_STATE_KEY = "random_state_"
 
@@ -42,7 +43,9 @@ class SAMModel(keras.Model):
     Like `keras.Model`, it can also be subclassed with a custom `call`.
 
     Args:
-        rho: radius of the ascent step (>= 0; 0 is the base optimizer's step).
+        rho: radius of the ascent step (>= 0; 0 is the base optimizer's step),
+            or a `keras.optimizers.schedules.LearningRateSchedule` / callable
+            of the optimizer step (e.g. `keras_sam.variants.ProportionalRho`).
         perturbation: ``"sam"`` (eps = rho g / ||g||), ``"usam"``
             (eps = rho g), ``"asam"`` (eps = rho T^2 g / ||T g||, T = |w| + eta)
             or a `keras_sam.perturbations.Perturbation`.
@@ -57,6 +60,10 @@ class SAMModel(keras.Model):
             batch; ``"per_replica"`` forms it from each replica's own
             gradient (m-sharpness with m = per-replica batch, as in the
             paper's code). `eps_batch_size` is the effective m.
+        variant: None (plain SAM), a registered name such as ``"looksam"``
+            (the paper's defaults) or a `keras_sam.variants.Variant`: how g
+            and the perturbed gradient become the update, and which steps
+            skip the second pass.
 
     Attributes:
         eps_batch_size: how many examples' gradient formed each eps (the m
@@ -66,6 +73,9 @@ class SAMModel(keras.Model):
             loss-scale optimizer of a ``mixed_float16`` model met a
             non-finite gradient (clean or perturbed), since the model was
             created. Skipped steps leave the logged means alone.
+        gradient_passes: forward-backward passes over a batch taken by
+            training since the model was created (2 per SAM step, 1 where a
+            variant skips the second pass).
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
@@ -84,10 +94,11 @@ class SAMModel(keras.Model):
         perturbation: str | perturbations.Perturbation = "sam",
         micro_batch_size: int | None = None,
         replica_eps: str = "synchronized",
+        variant: str | variants.Variant | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        self.rho = _validation.non_negative_float(rho, "rho")
+        self.rho = schedules.validate_rho(rho)
         self.perturbation = perturbations.get(perturbation)
         self.micro_batch_size = _validation.positive_int(
             micro_batch_size, "micro_batch_size", allow_none=True
@@ -100,6 +111,15 @@ class SAMModel(keras.Model):
         # Updated by the step, kept out of the logs (see the properties).
         self.skipped_steps_tracker = _trackers.StepCounter(name="skipped_steps")
         self.eps_batch_size_tracker = _trackers.RunningMax(name="eps_batch_size")
+        self.gradient_pass_counter = _trackers.StepCounter(name="gradient_passes")
+        self.variant = variants.get(variant)
+        self.variant_state: list[keras.Variable] | None = None
+        if self.variant is not None and self.variant.random:
+            self.variant_seed = keras.random.SeedGenerator(self.variant.seed)
+        else:
+            self.variant_seed = None
+        if self.built:
+            self._build_variant_state()
 
     @property
     def skipped_steps(self) -> int:
@@ -108,6 +128,40 @@ class SAMModel(keras.Model):
     @property
     def eps_batch_size(self) -> int | None:
         return int(self.eps_batch_size_tracker.result()) or None
+
+    @property
+    def gradient_passes(self) -> float:
+        return float(self.gradient_pass_counter.result())
+
+    def _build_variant_state(self):
+        if self.variant_state is not None or self.variant is None:
+            return
+        shapes = self.variant.state_shapes(self.trainable_variables)
+        # Created once the trainable weights exist, possibly after `build`.
+        with _compat.unlocked_tracker(self):
+            # Steps taken, for the variant: `optimizer.iterations` advances
+            # by the number of replicas per step under MirroredStrategy
+            # (Keras 3.15).
+            self.variant_step = self.add_weight(
+                shape=(),
+                initializer="zeros",
+                dtype="int64",
+                trainable=False,
+                aggregation="only_first_replica",
+                name="variant_step",
+            )
+            self.variant_state = [
+                self.add_weight(
+                    shape=shape,
+                    initializer="zeros",
+                    dtype=dtype,
+                    trainable=False,
+                    autocast=False,
+                    aggregation="only_first_replica",
+                    name=f"variant_state_{i}",
+                )
+                for i, (shape, dtype) in enumerate(shapes)
+            ]
 
     def make_train_function(self, force: bool = False):
         # Called at the start of every `fit` (and `train_on_batch`).
@@ -133,7 +187,10 @@ class SAMModel(keras.Model):
             if tf_replicas.is_multi_worker(strategy):
                 batch = tf_replicas.local_first_batch(strategy, iterator)
                 data_batch, iterator = batch, None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        result = super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with strategy.scope():
+            self._build_variant_state()
+        return result
 
     @property
     def metrics(self):
@@ -144,6 +201,7 @@ class SAMModel(keras.Model):
             self.perturbed_loss_tracker,
             self.skipped_steps_tracker,
             self.eps_batch_size_tracker,
+            self.gradient_pass_counter,
         )
         return [m for m in super().metrics if not any(m is o for o in own)]
 
@@ -166,6 +224,8 @@ class SAMModel(keras.Model):
             store[f"{_RANDOM_STATE_KEY}{i}"] = state
 
     def load_own_variables(self, store):
+        if self.built:
+            self._build_variant_state()
         own = {k: store[k] for k in store.keys() if not k.startswith(_RANDOM_STATE_KEY)}
         super().load_own_variables(own)
         saved = [k for k in store.keys() if k.startswith(_RANDOM_STATE_KEY)]
@@ -177,10 +237,11 @@ class SAMModel(keras.Model):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
-            rho=self.rho,
+            rho=schedules.serialize_rho(self.rho),
             perturbation=perturbations.serialize(self.perturbation),
             micro_batch_size=self.micro_batch_size,
             replica_eps=self.replica_eps,
+            variant=variants.serialize(self.variant),
         )
         return config
 
@@ -204,6 +265,8 @@ class SAMWrapper(SAMModel):
         # A built inner model means the wrapper has all its variables; this
         # also lets `load_model` restore the optimizer state.
         self.built = model.built
+        if self.built:
+            self._build_variant_state()
 
     def call(self, inputs, training=None, **kwargs):
         return self.model(inputs, training=training, **kwargs)
@@ -237,6 +300,7 @@ def sam(
     perturbation: str | perturbations.Perturbation = "sam",
     micro_batch_size: int | None = None,
     replica_eps: str = "synchronized",
+    variant: str | variants.Variant | None = None,
     name: str | None = None,
 ) -> SAMModel:
     """Wraps a built Keras model into a `SAMModel` that shares its weights.
@@ -276,6 +340,7 @@ def sam(
         perturbation=perturbation,
         micro_batch_size=micro_batch_size,
         replica_eps=replica_eps,
+        variant=variant,
         name=name or f"sam_{model.name}",
     )
     if model.compiled:

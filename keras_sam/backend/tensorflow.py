@@ -23,6 +23,10 @@ logged as ``perturbed_loss``. A step skipped by loss scaling (a non-finite
 gradient) is counted in ``model.skipped_steps`` and leaves the running means
 alone: its perturbed loss (taken at an eps formed from a non-finite gradient)
 never enters them, its clean loss only when finite.
+
+Variants (`keras_sam.variants`): a `tf.cond` on `needs_second_pass` runs the
+perturbed pass only on the steps that need it (the other branch returns g);
+the variant's `combine` then turns g and gs into the update.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from keras_sam import _compat
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
 from keras_sam.backend import tf_replicas as replicas
 from keras_sam.sparsity._masks import kernel_masks
+from keras_sam.variants import schedules
 
 
 def train_step(model, data):
@@ -48,13 +53,15 @@ def train_step(model, data):
         # builds lazily inside its first forward pass).
         _output_spec(model, x)
     if model.micro_batch_size is None:
-        grads, y_pred, loss, perturbed_loss = _sam_gradients(
+        grads, clean_grads, second, y_pred, loss, perturbed_loss = _sam_gradients(
             model, x, y, sample_weight, model.replica_eps
         )
     else:
-        grads, y_pred, loss, perturbed_loss = _micro_batch_sam_gradients(
-            model, x, y, sample_weight
+        grads, clean_grads, second, y_pred, loss, perturbed_loss = (
+            _micro_batch_sam_gradients(model, x, y, sample_weight)
         )
+    grads = _combine(model, clean_grads, grads, second)
+    second = tf.cast(second, tf.float32)  # share of the batch with 2 passes
     applied = tf.constant(True)
     if _is_loss_scaled(model.optimizer):
         # Skip the step on every replica when any replica's gradient is
@@ -67,7 +74,12 @@ def train_step(model, data):
     _update_mean(
         _compat.loss_tracker(model), loss, batch_size, applied | _is_finite(loss)
     )
-    _update_mean(model.perturbed_loss_tracker, perturbed_loss, batch_size, applied)
+    _update_mean(
+        model.perturbed_loss_tracker, perturbed_loss, batch_size, applied & (second > 0)
+    )
+    model.gradient_pass_counter.update_state(1.0 + second)
+    if model.variant is not None:
+        model.variant_step.assign_add(1)
     model.skipped_steps_tracker.update_state(tf.logical_not(applied))
     model.eps_batch_size_tracker.update_state(_eps_batch_size(model, batch_size))
     model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -88,8 +100,10 @@ def _update_mean(tracker, value, batch_size, include):
 
 
 def _sam_gradients(model, x, y, sample_weight, replica_eps):
-    """SAM gradient on one batch: (perturbed grads, clean y_pred, clean loss,
-    perturbed loss). Applies the clean pass's state updates."""
+    """SAM gradient on one batch: (perturbed grads, clean grads, second pass
+    ran, clean y_pred, clean loss, perturbed loss). Applies the clean pass's
+    state updates. Where the variant skips the second pass, the perturbed
+    grads are the clean ones (scaled like a perturbed pass's)."""
     state = [tf.identity(v.value) for v in model.non_trainable_variables]
     clean_grads, y_pred, loss = _compiled(model, _clean_pass)(
         model, x, y, sample_weight
@@ -98,12 +112,22 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
     clean_grads = _apply_masks(clean_grads, masks)
     eps_grads = replicas.gradients_for_eps(clean_grads, replica_eps)
     weights = [tf.identity(v.value) for v in model.trainable_variables]
-    eps = _apply_masks(model.perturbation(eps_grads, weights, model.rho), masks)
-    perturbed_weights = [w + tf.cast(e, w.dtype) for w, e in zip(weights, eps)]
-    grads, perturbed_loss = _compiled(model, _perturbed_pass)(
-        model, x, y, sample_weight, perturbed_weights, state
-    )
-    grads = _apply_masks(grads, masks)
+
+    def second_pass():
+        eps = _apply_masks(_epsilon(model, eps_grads, weights, masks), masks)
+        perturbed_weights = [w + tf.cast(e, w.dtype) for w, e in zip(weights, eps)]
+        grads, perturbed_loss = _compiled(model, _perturbed_pass)(
+            model, x, y, sample_weight, perturbed_weights, state
+        )
+        return _apply_masks(grads, masks), perturbed_loss
+
+    run = _needs_second_pass(model, eps_grads)
+    if run is True:
+        grads, perturbed_loss = second_pass()
+    else:
+        grads, perturbed_loss = _second_pass_if(
+            run, second_pass, model, clean_grads, loss
+        )
     if _is_loss_scaled(model.optimizer):
         # A non-finite first gradient must skip the step even where the
         # perturbed pass happens to come out finite: poison the second one.
@@ -111,7 +135,7 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
             [tf.reduce_all(tf.math.is_finite(g)) for g in clean_grads]
         )
         grads = _poison_unless(finite, grads)
-    return grads, y_pred, loss, perturbed_loss
+    return grads, clean_grads, run, y_pred, loss, perturbed_loss
 
 
 def _clean_pass(model, x, y, sample_weight):
@@ -209,20 +233,32 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
         _weighted_sum([(f, r.grads[i]) for f, r in parts if r.grads[i] is not None])
         for i in range(len(model.trainable_variables))
     ]
+    clean_grads = [
+        _weighted_sum([(f, r.clean_grads[i]) for f, r in parts])
+        for i in range(len(model.trainable_variables))
+    ]
+    second = _weighted_sum([(f, r.second) for f, r in parts])
     preds = [
         tf.concat([r.preds[i] for _, r in parts], axis=0) for i in range(len(flat_spec))
     ]
     y_pred = tree.pack_sequence_as(pred_spec, preds)
     loss = _weighted_sum([(f, r.loss) for f, r in parts])
-    perturbed_loss = _weighted_sum([(f, r.perturbed_loss) for f, r in parts])
-    return grads, y_pred, loss, perturbed_loss
+    # The perturbed loss averages over the micro-batches that ran the pass.
+    perturbed_loss = _weighted_sum(
+        [(f * r.second, r.perturbed_loss) for f, r in parts]
+    ) / tf.maximum(second, 1e-12)
+    return grads, clean_grads, second, y_pred, loss, perturbed_loss
 
 
 class _Passes(NamedTuple):
     """SAM on some micro-batches: mean perturbed gradients (None where a
-    variable gets none), flat predictions, mean clean and perturbed loss."""
+    variable gets none), mean clean gradients, the share that ran the second
+    pass, flat predictions, mean clean loss, mean perturbed loss over the
+    micro-batches that ran it."""
 
     grads: list
+    clean_grads: list
+    second: tf.Tensor
     preds: list
     loss: tf.Tensor
     perturbed_loss: tf.Tensor
@@ -264,8 +300,8 @@ def _full_micro_batches(model, x, y, sample_weight, m, num_micro, flat_spec, pad
     trainable = model.trainable_variables
     gradient_is_none = []  # set while the body is traced
 
-    def body(k, grad_sums, loss_sum, perturbed_sum, pred_arrays):
-        grads, y_pred, loss, perturbed_loss = _sam_gradients(
+    def body(k, grad_sums, clean_sums, seconds, loss_sum, perturbed_sum, preds):
+        grads, clean, second, y_pred, loss, perturbed_loss = _sam_gradients(
             model, take(x, k), take(y, k), take(sample_weight, k), PER_REPLICA
         )
         gradient_is_none[:] = [g is None for g in grads]
@@ -273,17 +309,22 @@ def _full_micro_batches(model, x, y, sample_weight, m, num_micro, flat_spec, pad
             s if g is None else s + tf.convert_to_tensor(g)
             for s, g in zip(grad_sums, grads)
         ]
-        pred_arrays = [
+        clean_sums = [s + g for s, g in zip(clean_sums, clean)]
+        preds = [
             ta.write(k, tf.cast(p, ta.dtype))
-            for ta, p in zip(pred_arrays, tree.flatten(y_pred))
+            for ta, p in zip(preds, tree.flatten(y_pred))
         ]
+        second = tf.cast(second, tf.float32)
         loss_sum += tf.cast(loss, tf.float32)
-        perturbed_sum += tf.cast(perturbed_loss, tf.float32)
-        return k + 1, grad_sums, loss_sum, perturbed_sum, pred_arrays
+        perturbed_sum += tf.cast(perturbed_loss, tf.float32) * second
+        seconds += second
+        return k + 1, grad_sums, clean_sums, seconds, loss_sum, perturbed_sum, preds
 
     initial = (
         tf.constant(0),
         [tf.zeros(v.shape, v.dtype) for v in trainable],
+        [tf.zeros(v.shape, v.dtype) for v in trainable],
+        tf.constant(0.0),
         tf.constant(0.0),
         tf.constant(0.0),
         [
@@ -291,8 +332,8 @@ def _full_micro_batches(model, x, y, sample_weight, m, num_micro, flat_spec, pad
             for s in flat_spec
         ],
     )
-    _, grad_sums, loss_sum, perturbed_sum, pred_arrays = tf.while_loop(
-        lambda k, *_: k < num_micro, body, initial
+    _, grad_sums, clean_sums, seconds, loss_sum, perturbed_sum, pred_arrays = (
+        tf.while_loop(lambda k, *_: k < num_micro, body, initial)
     )
     # Over zero micro-batches (a batch smaller than m) the sums are zeros,
     # and their weight is 0.
@@ -301,8 +342,16 @@ def _full_micro_batches(model, x, y, sample_weight, m, num_micro, flat_spec, pad
         None if none else s / tf.cast(count, s.dtype)
         for s, none in zip(grad_sums, gradient_is_none)
     ]
+    clean_grads = [s / tf.cast(count, s.dtype) for s in clean_sums]
     preds = [ta.concat() for ta in pred_arrays]
-    return _Passes(grads, preds, loss_sum / count, perturbed_sum / count)
+    return _Passes(
+        grads,
+        clean_grads,
+        seconds / count,
+        preds,
+        loss_sum / count,
+        perturbed_sum / tf.maximum(seconds, 1.0),
+    )
 
 
 def _partial_micro_batch(model, x, y, sample_weight, size, dynamic, flat_spec):
@@ -313,7 +362,7 @@ def _partial_micro_batch(model, x, y, sample_weight, size, dynamic, flat_spec):
     gradient_is_none = []  # set while `run` is traced
 
     def run():
-        grads, y_pred, loss, perturbed_loss = _sam_gradients(
+        grads, clean, second, y_pred, loss, perturbed_loss = _sam_gradients(
             model, x, y, sample_weight, PER_REPLICA
         )
         gradient_is_none[:] = [g is None for g in grads]
@@ -324,6 +373,8 @@ def _partial_micro_batch(model, x, y, sample_weight, size, dynamic, flat_spec):
         preds = [tf.cast(p, s.dtype) for p, s in zip(tree.flatten(y_pred), flat_spec)]
         return (
             grads,
+            list(clean),
+            tf.cast(second, tf.float32),
             preds,
             tf.cast(loss, tf.float32),
             tf.cast(perturbed_loss, tf.float32),
@@ -334,13 +385,14 @@ def _partial_micro_batch(model, x, y, sample_weight, size, dynamic, flat_spec):
         preds = [
             tf.zeros([size] + [d or 0 for d in s.shape[1:]], s.dtype) for s in flat_spec
         ]
-        return grads, preds, tf.constant(0.0), tf.constant(0.0)
+        zero = tf.constant(0.0)
+        return grads, list(grads), zero, preds, zero, zero
 
-    grads, preds, loss, perturbed_loss = (
+    grads, clean, second, preds, loss, perturbed_loss = (
         run() if not dynamic else tf.cond(size > 0, run, skip)
     )
     grads = [None if none else g for g, none in zip(grads, gradient_is_none)]
-    return _Passes(grads, preds, loss, perturbed_loss)
+    return _Passes(grads, clean, second, preds, loss, perturbed_loss)
 
 
 def _take_rows(structure, n):
@@ -424,3 +476,135 @@ def _scale_gradient(gradient, factor):
         values = gradient.values * tf.cast(factor, gradient.values.dtype)
         return tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
     return gradient * tf.cast(factor, gradient.dtype)
+
+
+def _step(model):
+    """The variant's step index (see `SAMModel._build_variant_state`)."""
+    return model.variant_step
+
+
+def _variant_state(model):
+    return [v.value for v in model.variant_state or []]
+
+
+def _needs_second_pass(model, eps_grads):
+    """True, or a boolean tensor when the variant may skip the second pass."""
+    variant = model.variant
+    if variant is None or not variant.skips_second_pass:
+        return True
+    run = variant.needs_second_pass(_step(model), eps_grads, _variant_state(model))
+    return True if run is True else tf.convert_to_tensor(run)
+
+
+def _epsilon(model, eps_grads, weights, masks):
+    # Like a learning-rate schedule, a rho schedule reads the optimizer's
+    # iterations (so that `ProportionalRho` follows the learning rate).
+    rho = schedules.rho_at(model.rho, model.optimizer.iterations)
+    variant = model.variant
+    if variant is None:
+        return model.perturbation(eps_grads, weights, rho)
+    selection = _selection(model)
+    eps_grads = _apply_masks(eps_grads, selection)
+    eps = variant.perturbation(
+        model.perturbation,
+        eps_grads,
+        weights,
+        rho,
+        _variant_state(model),
+        _step(model),
+        model.variant_seed,
+    )
+    return _apply_masks(eps, selection)
+
+
+def _selection(model):
+    selection = model.variant.weight_selection(model)
+    if selection is None:
+        return [None] * len(model.trainable_variables)
+    return [None if chosen else 0.0 for chosen in selection]
+
+
+def _second_pass_if(run, second_pass, model, clean_grads, loss):
+    """`second_pass()` where `run`, else the clean gradient scaled like a
+    perturbed pass's: only the branch taken is computed."""
+
+    def perturbed():
+        grads, perturbed_loss = second_pass()
+        return _dense(grads, clean_grads), perturbed_loss
+
+    def clean():
+        if not _is_loss_scaled(model.optimizer):
+            return list(clean_grads), tf.identity(loss)
+        scale = _loss_scale(model.optimizer)
+        return [g * tf.cast(scale, g.dtype) for g in clean_grads], tf.identity(loss)
+
+    return tf.cond(run, perturbed, clean)
+
+
+def _combine(model, clean_grads, grads, second):
+    """The variant's direction from g and gs, on unscaled gradients summed
+    over replicas; writes its state when both are finite."""
+    variant = model.variant
+    if variant is None or not variant.combines:
+        return grads
+    loss_scaled = _is_loss_scaled(model.optimizer)
+    count = replicas.num_replicas()
+    scale = tf.cast(_loss_scale(model.optimizer), tf.float32)
+    perturbed = _dense(grads, clean_grads)
+    if loss_scaled:
+        perturbed = [g / tf.cast(scale, g.dtype) for g in perturbed]
+    clean = list(clean_grads)
+    if count > 1:
+        context = tf.distribute.get_replica_context()
+        clean, perturbed = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, (clean, perturbed)
+        )
+    state = _variant_state(model)
+    step = _step(model)
+    finite = None
+    if loss_scaled:
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(t)) for t in clean + perturbed]
+        )
+
+    def combine(second_pass):
+        d, new_state = variant.combine(clean, perturbed, state, step, second_pass)
+        _write_state(model, state, new_state, finite)
+        return d
+
+    if second is True:
+        d = combine(True)
+    else:
+        # Each branch computes (and writes) its own side of the rule only.
+        ran = tf.cast(second, tf.float32) > 0
+        d = tf.cond(ran, lambda: combine(True), lambda: combine(False))
+    if loss_scaled or count > 1:
+        factor = scale / count
+        d = [t * tf.cast(factor, t.dtype) for t in d]
+    return [tf.cast(t, g.dtype) for t, g in zip(d, perturbed)]
+
+
+def _write_state(model, old, new, finite):
+    """Assigns the variant's new state (skipping values passed through
+    unchanged), keeping the old one where `finite` is False."""
+    for variable, before, after in zip(model.variant_state or [], old, new):
+        if after is before:
+            continue
+        if finite is not None:
+            after = tf.where(finite, after, before)
+        variable.assign(tf.cast(after, variable.dtype))
+
+
+def _loss_scale(optimizer):
+    if not _is_loss_scaled(optimizer):
+        return tf.constant(1.0)
+    scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+    return tf.convert_to_tensor(scale)
+
+
+def _dense(grads, like):
+    """Dense gradients, zeros for None (`tf.cond` outputs cannot be None)."""
+    return [
+        tf.zeros_like(c) if g is None else tf.convert_to_tensor(g)
+        for g, c in zip(grads, like)
+    ]

@@ -1,0 +1,135 @@
+"""Step time of each SAM variant over SGD, side by side in one run; prints
+ratios.
+
+Model: the 784-512-512-10 MLP of `sam_step_time.py`, batch 128, SGD with
+momentum, `steps_per_execution=10`, `jit_compile` off (Keras' "auto" on
+CPU) unless `--jit`. Variants, with their paper defaults except where named:
+
+- sgd: plain `keras.Model` (ratio 1.00);
+- sam: `SAMModel` without a variant;
+- lazysam / looksam: every=5 (target <= 1.25x SGD: the four cheap steps
+  of each five must skip the second pass);
+- gsam, wsam, fsam, rwp, aesam: two passes (target: within 3% of SAM;
+  AE-SAM runs the second pass only on some steps);
+- samon is left out: the MLP has no normalization layer.
+
+Timing as in `sam_step_time.py`: a fixed number of steps through `fit` on an
+in-memory repeated dataset after a warm-up; variants interleaved over
+several rounds; median per-step wall and process CPU time. The passes column
+is `model.gradient_passes` per step over the whole run.
+
+    python benchmarks/variants.py [--steps 40] [--rounds 5] [--batch 128] [--jit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_sam  # noqa: E402
+from keras_sam import variants  # noqa: E402
+
+BATCH = 128  # --batch overrides
+
+VARIANTS = {
+    "sgd": None,
+    "sam": "sam",
+    "lazysam": variants.LazySAM(every=5),
+    "looksam": variants.LookSAM(every=5),
+    "gsam": variants.GSAM(),
+    "wsam": variants.WSAM(),
+    "fsam": variants.FriendlySAM(),
+    "rwp": variants.RWP(seed=0),
+    "aesam": variants.AESAM(),
+}
+
+
+def mlp():
+    inputs = keras.Input((784,))
+    h = keras.layers.Dense(512, activation="relu")(inputs)
+    h = keras.layers.Dense(512, activation="relu")(h)
+    return inputs, keras.layers.Dense(10)(h)
+
+
+def make_model(name, jit):
+    keras.utils.set_random_seed(0)
+    inputs, outputs = mlp()
+    if name == "sgd":
+        model = keras.Model(inputs, outputs)
+    elif name == "sam":
+        model = keras_sam.SAMModel(inputs, outputs, rho=0.05)
+    else:
+        model = keras_sam.SAMModel(inputs, outputs, rho=0.05, variant=VARIANTS[name])
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=10,
+        jit_compile=jit,
+    )
+    return model
+
+
+def dataset(batch):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * 4, 784)).astype("float32")
+    y = rng.integers(0, 10, size=(batch * 4,))
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
+
+
+def seconds_per_step(model, data, steps):
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40, help="multiple of 10")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--jit", action="store_true", help="jit_compile=True")
+    args = parser.parse_args()
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"TF {tf.__version__}, Keras {keras.__version__}, batch {args.batch}, "
+        f"jit_compile={args.jit}"
+    )
+    data = dataset(args.batch)
+    models = {name: make_model(name, args.jit) for name in VARIANTS}
+    for model in models.values():
+        model.fit(data, epochs=1, steps_per_epoch=10, verbose=0)  # trace
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            times[name].append(seconds_per_step(model, data, args.steps))
+    medians = {
+        name: [statistics.median(t[i] for t in times[name]) for i in (0, 1)]
+        for name in models
+    }
+    total_steps = 10 + args.rounds * args.steps
+    print(
+        f"{'variant':<8} {'passes':>6} {'wall ms':>8} {'x sgd':>6} {'x sam':>6} "
+        f"{'cpu ms':>8} {'x sgd':>6} {'x sam':>6}"
+    )
+    sgd, sam = medians["sgd"], medians["sam"]
+    for name, (wall, cpu) in medians.items():
+        model = models[name]
+        passes = getattr(model, "gradient_passes", float(total_steps)) / total_steps
+        print(
+            f"{name:<8} {passes:6.2f} {1e3 * wall:8.2f} {wall / sgd[0]:6.2f} "
+            f"{wall / sam[0]:6.2f} {1e3 * cpu:8.2f} {cpu / sgd[1]:6.2f} "
+            f"{cpu / sam[1]:6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

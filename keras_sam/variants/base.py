@@ -1,0 +1,167 @@
+"""`Variant`: the base class, the registry and the global tensor helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+_REGISTRY: dict[str, type[Variant]] = {}
+
+
+def register(*names: str) -> Callable[[type[Variant]], type[Variant]]:
+    """Class decorator: makes a `Variant` subclass available by its `names`
+    and serializable with Keras (package ``keras_sam``)."""
+
+    def decorator(cls: type[Variant]) -> type[Variant]:
+        if not (isinstance(cls, type) and issubclass(cls, Variant)):
+            raise TypeError(f"{cls!r} is not a subclass of Variant.")
+        for name in names:
+            _REGISTRY[name.lower()] = cls
+        return keras.saving.register_keras_serializable(package="keras_sam")(cls)
+
+    return decorator
+
+
+class Variant:
+    """How a SAM step turns g (clean gradient) and gs (gradient at w + eps)
+    into the direction d handed to the optimizer, and on which steps the
+    second pass runs. The base class is plain SAM (d = gs, every step).
+
+    Every method is a pure function of tensors written with `keras.ops`;
+    state lives in the model's Keras variables and is passed in and returned.
+    See the package docstring for the order a training step calls them in.
+    """
+
+    #: True when `needs_second_pass` can say no (the step must branch).
+    skips_second_pass: bool = False
+    #: True when `combine` is not `(gs, state)` (the step must keep g).
+    combines: bool = False
+    #: True when `perturbation` draws random numbers (the step passes a
+    #: `keras.random.SeedGenerator`).
+    random: bool = False
+
+    def state_shapes(self, weights: Sequence[Any]) -> list[tuple[tuple, str]]:
+        """(shape, dtype) of each state tensor; all start at zero."""
+        return []
+
+    def weight_selection(self, model: keras.Model) -> list[bool] | None:
+        """Which trainable variables eps may move (None: all of them)."""
+        return None
+
+    def needs_second_pass(self, step: Any, gradients: Sequence[Any], state: list):
+        """Whether step `step` runs the perturbed pass: a Python bool or a
+        boolean scalar tensor. `gradients` is the g that eps is formed from."""
+        return True
+
+    def perturbation(self, rule, gradients, weights, rho, state, step, seed=None):
+        """eps for this step; by default the perturbation rule's."""
+        return rule(gradients, weights, rho)
+
+    def combine(self, gradients, perturbed_gradients, state, step, second_pass):
+        """(d, new state). On steps without a second pass the step passes
+        gs = g, and `second_pass` is False."""
+        return list(perturbed_gradients), list(state)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Variant:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({options})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(self)))
+
+
+def get(identifier: str | Variant | dict[str, Any] | None) -> Variant | None:
+    """A variant from a registered name (the paper's default options), an
+    instance, a serialized config, or None (plain SAM)."""
+    if identifier is None or isinstance(identifier, Variant):
+        return identifier
+    if isinstance(identifier, str):
+        cls = _REGISTRY.get(identifier.lower())
+        if cls is None:
+            raise ValueError(
+                f"Unknown `variant`={identifier!r}; accepted names are "
+                f"{names()}, None, or a keras_sam.variants.Variant."
+            )
+        return cls()
+    if isinstance(identifier, dict):
+        variant = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(variant, Variant):
+            return variant
+    raise ValueError(
+        f"`variant` must be None, one of {names()} or a "
+        f"keras_sam.variants.Variant instance, got {identifier!r}."
+    )
+
+
+def serialize(variant: Variant | None) -> dict[str, Any] | None:
+    """Keras serialization config of `variant`, accepted by `get`."""
+    return None if variant is None else keras.saving.serialize_keras_object(variant)
+
+
+def names() -> list[str]:
+    """Registered variant names."""
+    return sorted(_REGISTRY)
+
+
+def dot(a: Sequence[Any], b: Sequence[Any]) -> Any:
+    """Global dot product of two gradient lists (float32 scalar)."""
+    return sum(
+        ops.sum(ops.cast(x, "float32") * ops.cast(y, "float32")) for x, y in zip(a, b)
+    )
+
+
+def norm(a: Sequence[Any]) -> Any:
+    """Global L2 norm of a gradient list (float32 scalar)."""
+    return ops.sqrt(dot(a, a))
+
+
+def safe_ratio(numerator: Any, denominator: Any) -> Any:
+    """numerator / denominator, and 0 where the denominator is not positive
+    (never NaN, never inf)."""
+    positive = denominator > 0
+    return ops.where(positive, numerator / ops.where(positive, denominator, 1.0), 0.0)
+
+
+def axpy(a: Any, x: Sequence[Any], y: Sequence[Any]) -> list[Any]:
+    """a * x + y for gradient lists, with the scalar a cast to each dtype."""
+    return [ops.cast(a, yi.dtype) * xi + yi for xi, yi in zip(x, y)]
+
+
+def linear_combination(a: Any, x: Sequence[Any], b: Any, y: Sequence[Any]):
+    """a * x + b * y for gradient lists and scalars a, b."""
+    return [
+        ops.cast(a, xi.dtype) * xi + ops.cast(b, yi.dtype) * yi for xi, yi in zip(x, y)
+    ]
+
+
+def check_number(name: str, value: Any, low: float, high: float) -> float:
+    """`value` as a float in [low, high], else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        ok = False
+    else:
+        ok = low <= value <= high
+    if not ok:
+        raise ValueError(
+            f"`{name}` must be a number in [{low}, {high}], got {name}={value!r}."
+        )
+    return float(value)
+
+
+def every_kth(step: Any, every: int) -> Any:
+    """True on steps 0, k, 2k, ... (a Python True when k == 1)."""
+    if every == 1:
+        return True
+    return ops.equal(ops.mod(ops.cast(step, "int64"), every), 0)

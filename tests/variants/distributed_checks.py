@@ -1,0 +1,63 @@
+"""Runs variants under MirroredStrategy on 2 logical CPUs and prints, as
+JSON, each case's deviation from the single-device NumPy reference.
+
+A separate process: logical devices must be configured before TensorFlow
+starts its runtime. Used by tests/variants/test_distributed.py.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_sam import variants  # noqa: E402
+from tests.test_sam_model import mlp  # noqa: E402
+from tests.variants import reference  # noqa: E402
+
+LR, RHO, STEPS, BATCH = 0.1, 0.2, 3, 32
+rng = np.random.default_rng(0)
+X = rng.normal(size=(BATCH, 5)).astype("float32")
+Y = rng.normal(size=(BATCH, 1)).astype("float32")
+STRATEGY = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+
+CASES = {
+    "looksam": (variants.LookSAM(every=2, alpha=0.7), {"every": 2, "alpha": 0.7}),
+    "gsam": (variants.GSAM(alpha=0.4), {"alpha": 0.4}),
+}
+
+
+def run(name, jit):
+    variant, options = CASES[name]
+    with STRATEGY.scope():
+        model = mlp(rho=RHO, variant=variant)
+    start = [v.numpy().astype(np.float64) for v in model.trainable_variables]
+    model.compile(keras.optimizers.SGD(LR), loss="mse", jit_compile=jit)
+    model.fit(X, Y, batch_size=BATCH, epochs=STEPS, shuffle=False, verbose=0)
+    weights = [v.numpy().astype(np.float64) for v in model.trainable_variables]
+    expected, passes = reference.train(name, start, X, Y, RHO, LR, STEPS, **options)
+    return {
+        "deviation": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(weights, expected)
+        ),
+        "passes": model.gradient_passes,
+        "expected_passes": passes,
+    }
+
+
+if __name__ == "__main__":
+    # LookSAM: skipped passes, stored state, the step index; GSAM: the
+    # all-reduced combine, with each replica's passes compiled by XLA.
+    results = {"looksam-jit0": run("looksam", False), "gsam-jit1": run("gsam", True)}
+    print("RESULTS " + json.dumps(results))

@@ -1,0 +1,83 @@
+"""NumPy re-derivation of the SAM variants over several plain-SGD full-batch
+steps on the 5-h-1 tanh MLP of tests/reference.py, written from the formulas
+in the papers (independently of keras_sam.variants)."""
+
+import numpy as np
+
+from tests import reference
+
+
+def _dot(a, b):
+    return sum(np.sum(x * y) for x, y in zip(a, b))
+
+
+def _norm(a):
+    return np.sqrt(_dot(a, a))
+
+
+def train(variant, params, x, y, rho, lr, steps, rule="sam", **options):
+    """Weights after `steps` SGD steps with `variant`, and the number of
+    forward-backward passes taken. `rho` may be a function of the step."""
+    params = [p.astype(np.float64) for p in params]
+    state = {}
+    passes = 0
+    for i in range(steps):
+        _, g = reference.loss_and_grads(params, x, y)
+        passes += 1
+
+        rho_i = rho(i) if callable(rho) else rho
+
+        def perturbed(direction, params=params, rho_i=rho_i):
+            eps = reference.epsilon(rule, direction, params, rho_i)
+            shifted = [p + e for p, e in zip(params, eps)]
+            return reference.loss_and_grads(shifted, x, y)[1]
+
+        if variant == "sam":
+            d = perturbed(g)
+        elif variant in ("lazysam", "looksam"):
+            k = options["every"]
+            if i % k == 0:
+                gs = perturbed(g)
+                passes += 1
+                d = gs
+                if variant == "looksam":
+                    c = _dot(gs, g) / _dot(g, g)
+                    state["gv"] = [s - c * a for s, a in zip(gs, g)]
+            elif variant == "lazysam":
+                d = g
+            else:
+                gv = state["gv"]
+                scale = options["alpha"] * _norm(g) / _norm(gv)
+                d = [a + scale * v for a, v in zip(g, gv)]
+        elif variant == "gsam":
+            gs = perturbed(g)
+            c = _dot(g, gs) / _dot(gs, gs)
+            d = [s - options["alpha"] * (a - c * s) for a, s in zip(g, gs)]
+        elif variant == "wsam":
+            gs = perturbed(g)
+            w = options["gamma"] / (1 - options["gamma"])
+            d = [a + w * (s - a) for a, s in zip(g, gs)]
+        elif variant == "fsam":
+            lam, sigma = options["lmbda"], options["sigma"]
+            m = state.get("m", [np.zeros_like(a) for a in g])
+            m = [lam * mi + (1 - lam) * a for mi, a in zip(m, g)]
+            state["m"] = m
+            d = perturbed([a - sigma * mi for a, mi in zip(g, m)])
+        elif variant == "aesam":
+            delta, c = options["momentum"], options["threshold"]
+            mean, var = state.get("stats", (0.0, 0.0))
+            sq = _dot(g, g)
+            mean = delta * mean + (1 - delta) * sq
+            var = delta * var + (1 - delta) * (sq - mean) ** 2
+            state["stats"] = (mean, var)
+            if sq >= mean + c * np.sqrt(var):
+                d = perturbed(g)
+                passes += 1
+            else:
+                d = g
+        else:
+            raise ValueError(variant)
+        if variant not in ("lazysam", "looksam", "aesam"):
+            passes += 1
+        params = [p - lr * a for p, a in zip(params, d)]
+    return params, passes

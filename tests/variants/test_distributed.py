@@ -1,0 +1,18 @@
+"""Variants under MirroredStrategy (2 logical CPUs, separate process): each
+replica's step equals single-device training on the global batch."""
+
+import pytest
+
+from tests.test_distribute import run_checks
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    return run_checks("../variants/distributed_checks.py")
+
+
+@pytest.mark.parametrize("case", ["looksam-jit0", "gsam-jit1"])
+def test_mirrored_variants_match_single_device_numpy(mirrored, case):
+    result = mirrored[case]
+    assert result["deviation"] <= 1e-5
+    assert result["passes"] == result["expected_passes"]

@@ -1,0 +1,325 @@
+"""Variants inside the training step: several full-batch SGD steps against
+the NumPy reference, the skipped second pass, composition with the step's
+options, save / load / resume."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sam
+from keras_sam import variants
+from tests import reference as sam_reference
+from tests.test_sam_model import assert_weights_close, mlp, weights_of
+from tests.variants import reference
+
+LR = 0.1
+STEPS = 6
+
+
+def train_full_batch(model, x, y, steps=STEPS, **compile_options):
+    model.compile(keras.optimizers.SGD(LR), loss="mse", **compile_options)
+    model.fit(x, y, batch_size=len(x), epochs=steps, shuffle=False, verbose=0)
+    return weights_of(model)
+
+
+CASES = [
+    ("sam", variants.PlainSAM(), {}),
+    ("lazysam", variants.LazySAM(every=3), {"every": 3}),
+    ("looksam", variants.LookSAM(every=3, alpha=0.7), {"every": 3, "alpha": 0.7}),
+    ("gsam", variants.GSAM(alpha=0.4), {"alpha": 0.4}),
+    ("wsam", variants.WSAM(gamma=0.9), {"gamma": 0.9}),
+    ("fsam", variants.FriendlySAM(sigma=1.0, lmbda=0.6), {"sigma": 1.0, "lmbda": 0.6}),
+    ("aesam", variants.AESAM(threshold=0.5), {"threshold": 0.5, "momentum": 0.9}),
+]
+
+
+@pytest.mark.parametrize("name, variant, options", CASES, ids=[c[0] for c in CASES])
+def test_several_steps_match_numpy(regression_data, name, variant, options):
+    x, y = regression_data
+    model = mlp(rho=0.2, variant=variant)
+    params = weights_of(model)
+    expected, passes = reference.train(name, params, x, y, 0.2, LR, STEPS, **options)
+    assert_weights_close(train_full_batch(model, x, y), expected, atol=2e-6)
+    assert model.gradient_passes == passes
+    # The update is not plain SGD's.
+    sgd, _ = reference.train("lazysam", params, x, y, 0.2, LR, STEPS, every=10**6)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(expected, sgd)) > 1e-4
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        variants.LookSAM(every=1),
+        variants.LazySAM(every=1),
+        variants.GSAM(alpha=0.0),
+        variants.WSAM(gamma=0.5),
+    ],
+    ids=repr,
+)
+def test_degenerate_variants_train_like_sam(regression_data, variant):
+    x, y = regression_data
+    model = mlp(rho=0.2, perturbation="usam", variant=variant)
+    params = weights_of(model)
+    expected, _ = reference.train("sam", params, x, y, 0.2, LR, 3, rule="usam")
+    assert_weights_close(train_full_batch(model, x, y, steps=3), expected)
+    assert model.gradient_passes == 6
+
+
+def test_rho_schedules_match_numpy(regression_data):
+    x, y = regression_data
+    lr = keras.optimizers.schedules.ExponentialDecay(LR, 1, 0.5)
+    for rho, rho_of_step in [
+        (variants.ProportionalRho(lr, rho_max=0.3), lambda i: 0.3 * 0.5**i),
+        (
+            lambda step: 0.1 * keras.ops.cast(step + 1, "float32"),
+            lambda i: 0.1 * (i + 1),
+        ),
+    ]:
+        model = mlp(rho=rho, variant="gsam")
+        params = weights_of(model)
+        expected, _ = reference.train(
+            "gsam", params, x, y, rho_of_step, LR, 3, alpha=0.4
+        )
+        assert_weights_close(train_full_batch(model, x, y, steps=3), expected)
+
+
+def test_sam_on_with_a_path_selection_matches_numpy(regression_data):
+    """eps on the output layer only, its norm over those weights only."""
+    x, y = regression_data
+    inner = mlp(sam=False)
+    output_layer = f"^{inner.layers[-1].name}/"
+    selection = variants.SAMON(layer_types=(), paths=[output_layer])
+    model = keras_sam.sam(inner, rho=0.3, variant=selection)
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    params = weights_of(model)
+    _, g = sam_reference.loss_and_grads(params, x, y)
+    chosen = [0.0, 0.0, 1.0, 1.0]
+    selected = [a * c for a, c in zip(g, chosen)]
+    eps = sam_reference.epsilon("sam", selected, params, 0.3)
+    _, gs = sam_reference.loss_and_grads([p + e for p, e in zip(params, eps)], x, y)
+    model.train_on_batch(x, y)
+    assert_weights_close(weights_of(model), [p - LR * a for p, a in zip(params, gs)])
+
+
+def test_rwp_without_noise_is_sgd_and_with_noise_is_not(regression_data):
+    x, y = regression_data
+    params = weights_of(mlp())
+    sgd, _ = reference.train("lazysam", params, x, y, 0.0, LR, 2, every=10**6)
+    quiet = mlp(variant=variants.RWP(sigma=0.0, seed=1))
+    assert_weights_close(train_full_batch(quiet, x, y, steps=2), sgd)
+    noisy = mlp(variant=variants.RWP(sigma=0.5, mix=1.0, seed=1))
+    moved = train_full_batch(noisy, x, y, steps=2)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(moved, sgd)) > 1e-3
+
+
+class CountCalls(keras.layers.Layer):
+    """Identity that counts how often its forward pass really runs."""
+
+    calls = 0
+
+    def call(self, inputs):
+        def count():
+            CountCalls.calls += 1
+            return np.float32(0.0)
+
+        return inputs + tf.reshape(tf.py_function(count, [], tf.float32), [])
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def test_cheap_steps_do_not_run_the_second_pass(regression_data):
+    x, y = regression_data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    outputs = keras.layers.Dense(1)(CountCalls()(keras.layers.Dense(4)(inputs)))
+    model = keras_sam.SAMModel(inputs, outputs, variant=variants.LookSAM(every=3))
+    model.compile(keras.optimizers.SGD(LR), loss="mse", steps_per_execution=2)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 8 steps: 0, 3, 6 are SAM
+    CountCalls.calls = 0
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # steps 8..15: 9, 12, 15
+    assert CountCalls.calls == 8 + 3
+    assert model.gradient_passes == 2 * 8 + 3 + 3
+    logs = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert set(logs) == {"loss", "perturbed_loss", "eps_batch_size"}
+
+
+def conv_bn_dropout(variant, seed=0, dropout=0.3, **options):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, kernel_regularizer=keras.regularizers.L2(1e-3))(
+        inputs
+    )
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.Flatten()(h)
+    if dropout:
+        h = keras.layers.Dropout(dropout, seed=seed)(h)
+    outputs = keras.layers.Dense(1)(h)
+    return keras_sam.SAMModel(inputs, outputs, rho=0.2, variant=variant, **options)
+
+
+@pytest.fixture(scope="module")
+def image_data():
+    rng = np.random.default_rng(1)
+    return (
+        rng.normal(size=(32, 6, 6, 2)).astype("float32"),
+        rng.normal(size=(32, 1)).astype("float32"),
+    )
+
+
+def test_jit_and_steps_per_execution_agree(regression_data):
+    x, y = regression_data
+    final = []
+    for jit, steps in [(False, 1), (True, 3)]:
+        model = mlp(rho=0.5, perturbation="asam", variant=variants.LookSAM(every=2))
+        model.compile(
+            keras.optimizers.SGD(LR, momentum=0.9),
+            loss="mse",
+            jit_compile=jit,
+            steps_per_execution=steps,
+        )
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        final.append(weights_of(model) + [v.numpy() for v in model.variant_state])
+        assert model.gradient_passes == 8 * 1.5
+    assert_weights_close(final[0], final[1], atol=1e-5)
+
+
+def test_conv_bn_micro_batches_and_steps_per_execution_agree(image_data):
+    x, y = image_data
+    final = []
+    for steps in (1, 3):
+        model = conv_bn_dropout(
+            variants.LookSAM(every=2),
+            dropout=0.0,
+            perturbation="asam",
+            micro_batch_size=4,
+        )
+        model.compile(
+            keras.optimizers.SGD(0.05, momentum=0.9),
+            loss="mse",
+            steps_per_execution=steps,
+        )
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        final.append([v.numpy() for v in model.variables])
+        assert model.gradient_passes == 8 * 1.5
+    for a, b in zip(*final):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_micro_batches_combine_the_batch_averages(regression_data):
+    """GSAM on micro-batches: d from the mean clean gradient and the mean of
+    the micro-batches' perturbed gradients."""
+    x, y = regression_data[0][:16], regression_data[1][:16]
+    model = mlp(rho=0.2, micro_batch_size=8, variant=variants.GSAM(alpha=0.5))
+    params = weights_of(model)
+    pieces = [
+        sam_reference.sam_gradient("sam", params, x[k : k + 8], y[k : k + 8], 0.2)[2]
+        for k in (0, 8)
+    ]
+    gs = [np.mean([p[i] for p in pieces], axis=0) for i in range(4)]
+    _, g = sam_reference.loss_and_grads(params, x, y)
+    dot = lambda a, b: sum(np.sum(u * v) for u, v in zip(a, b))  # noqa: E731
+    c = dot(g, gs) / dot(gs, gs)
+    d = [s - 0.5 * (a - c * s) for a, s in zip(g, gs)]
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    model.train_on_batch(x, y)
+    assert_weights_close(weights_of(model), [p - LR * a for p, a in zip(params, d)])
+
+
+def test_mixed_float16_matches_float32(regression_data, mixed_precision):
+    x, y = regression_data
+    final = []
+    for policy in ("float32", "mixed_float16"):
+        mixed_precision(policy)
+        model = mlp(rho=0.5, perturbation="usam", variant=variants.LookSAM(every=2))
+        optimizer = keras.optimizers.SGD(LR)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(
+                optimizer, initial_scale=256
+            )
+        model.compile(optimizer, loss="mse")
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        final.append(weights_of(model) + [v.numpy() for v in model.variant_state])
+    assert_weights_close(final[0], final[1], atol=5e-3)
+
+
+def test_mixed_float16_non_finite_step_keeps_variant_state(
+    regression_data, mixed_precision
+):
+    x, y = regression_data
+    mixed_precision("mixed_float16")
+    model = mlp(rho=0.05, variant=variants.LookSAM(every=1))
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    model.train_on_batch(x, y)
+    stored = [v.numpy().copy() for v in model.variant_state]
+    model.train_on_batch(x * 1e6, y)  # float16 overflow: skipped step
+    for a, v in zip(stored, model.variant_state):
+        np.testing.assert_array_equal(a, v.numpy())
+
+
+def assert_resume_equals_uninterrupted(fresh, x, y, path):
+    straight = fresh()
+    straight.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    first = fresh()
+    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    first.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.variant == first.variant
+    restored.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert len(straight.variables) == len(restored.variables)
+    for a, b in zip(straight.variables, restored.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+
+
+def test_save_load_and_resume_conv_bn_dropout(tmp_path, image_data):
+    """LookSAM's stored direction, batch norm, dropout seeds."""
+
+    def fresh():
+        model = conv_bn_dropout(variants.LookSAM(every=3))
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+        return model
+
+    assert_resume_equals_uninterrupted(fresh, *image_data, tmp_path / "m.keras")
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [variants.FriendlySAM(), variants.RWP(sigma=0.05, seed=2)],
+    ids=repr,
+)
+def test_save_load_and_resume(tmp_path, regression_data, variant):
+    def fresh():
+        model = mlp(rho=0.2, variant=variant)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+        return model
+
+    assert_resume_equals_uninterrupted(fresh, *regression_data, tmp_path / "m.keras")
+
+
+def test_wrapped_model_keeps_variant_and_schedule(tmp_path, regression_data):
+    x, y = regression_data
+    lr = keras.optimizers.schedules.ExponentialDecay(LR, 1, 0.5)
+    model = keras_sam.sam(
+        mlp(sam=False), rho=variants.ProportionalRho(lr, 0.2), variant="looksam"
+    )
+    model.compile(keras.optimizers.SGD(lr), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    model.save(tmp_path / "wrapped.keras")
+    restored = keras.models.load_model(tmp_path / "wrapped.keras")
+    assert restored.variant == variants.LookSAM()
+    assert isinstance(restored.rho, variants.ProportionalRho)
+    for a, b in zip(model.variant_state, restored.variant_state):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [({"variant": "bsam"}, "variant"), ({"rho": "schedule"}, "rho")],
+)
+def test_bad_arguments_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        mlp(**kwargs)
+    with pytest.raises(ValueError, match=argument):
+        keras_sam.sam(mlp(sam=False), **kwargs)
