@@ -117,6 +117,12 @@ _OVERRIDES = [
         "weight count",
     ),
     ("sparse_methods", _numbers(str), "pruning methods: random,snip"),
+    (
+        "sam_variants",
+        _numbers(str),
+        "SAM variants run beside SAM at each rho, e.g. looksam,gsam "
+        "(keras_sam.variants names)",
+    ),
 ]
 
 

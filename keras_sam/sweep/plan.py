@@ -24,7 +24,8 @@ class Pruning(NamedTuple):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run. ``rho`` is None for the baseline optimizer.
+    """One training run. ``rho`` is None for the baseline optimizer;
+    ``method`` is ``"baseline"``, ``"sam"`` or a `keras_sam.variants` name.
 
     ``variant`` is ``"dense"``, or ``"METHOD@BUDGET"`` for a model pruned at
     init by METHOD (``random``, ``snip``) to the non-zero weight count of
@@ -62,6 +63,8 @@ class RunSpec:
     @property
     def label(self) -> str:
         name = "baseline" if self.rho is None else f"SAM rho={self.rho:g}"
+        if self.method not in (BASELINE, SAM):
+            name = f"{self.method} rho={self.rho:g}"
         variant = "" if self.variant == DENSE else f" ({self.variant})"
         return f"size {self.size:g}{variant}, {name}, seed {self.seed}"
 
@@ -90,6 +93,7 @@ def plan_runs(preset: Preset) -> list[RunSpec]:
     """All runs of ``preset``, size by size (small first), seeds inner-most."""
     config_id = preset.config_id()
     methods = [(BASELINE, None)] + [(SAM, float(r)) for r in preset.rhos]
+    methods += [(v, float(r)) for v in preset.sam_variants for r in preset.rhos]
     return [
         RunSpec(preset.workload, config_id, size, method, rho, seed, variant)
         for size, variant in planned_variants(preset)

@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-from keras_sam.sweep import plots, summary, train
+from keras_sam.sweep import cost_gain, plots, summary, train
 from keras_sam.sweep.distribute import resolve_strategy
 from keras_sam.sweep.plan import (
     RunSpec,
@@ -50,7 +50,7 @@ def describe_plan(preset: Preset, stream: TextIO | None = None) -> list[RunSpec]
     print(
         f"{workload.name} ({workload.description}), preset {preset.name!r}: "
         f"{len(planned_variants(preset))} models x "
-        f"(baseline + {len(preset.rhos)} rho) x "
+        f"(baseline + {1 + len(preset.sam_variants)} x {len(preset.rhos)} rho) x "
         f"{len(preset.seeds)} seeds = {len(runs)} runs, {preset.epochs} epochs, "
         f"batch {preset.batch_size}, lr {preset.lr:g} ({preset.schedule}), "
         f"momentum {preset.momentum:g}, {_weight_decay(preset)}"
@@ -58,6 +58,8 @@ def describe_plan(preset: Preset, stream: TextIO | None = None) -> list[RunSpec]
         file=stream,
     )
     print(f"rho grid: {', '.join(f'{r:g}' for r in preset.rhos)}", file=stream)
+    if preset.sam_variants:
+        print(f"SAM variants: {', '.join(preset.sam_variants)}", file=stream)
     if preset.loss != "default":
         print(f"loss: {preset.loss}", file=stream)
     if preset.hessian:
@@ -301,6 +303,11 @@ def write_summary(
     ]
     if preset.loss != "default":
         parts.insert(2, f"Loss: {preset.loss} (training and Hessian metrics).\n")
+    variants = cost_gain.cost_gain_table(
+        records, workload.metric, workload.size_name, workload.higher_is_better, keys
+    )
+    if variants:
+        parts.append("SAM variants, cost versus gain:\n\n" + variants)
     curvature = summary.hessian_table(records, keys)
     if curvature:
         parts.append("Curvature at the end of training:\n\n" + curvature)

@@ -14,7 +14,7 @@ import numpy as np
 import keras_sam
 from keras_sam.optimizers import L2SGD
 from keras_sam.sweep.distribute import replicas, resolve_strategy
-from keras_sam.sweep.plan import RunSpec
+from keras_sam.sweep.plan import SAM, RunSpec
 from keras_sam.workloads.presets import Preset
 from keras_sam.workloads.registry import Data, Workload
 
@@ -179,7 +179,10 @@ def _train_run(
         prune(model, spec, workload, preset, data, build_options)
     trained = model
     if spec.rho is not None:
-        trained = keras_sam.sam(model, rho=spec.rho, perturbation=preset.perturbation)
+        variant = None if spec.method == SAM else spec.method
+        trained = keras_sam.sam(
+            model, rho=spec.rho, perturbation=preset.perturbation, variant=variant
+        )
     trained.compile(
         make_optimizer(preset, _steps_per_epoch(data, preset.batch_size)),
         loss=workload.loss(preset.loss),
@@ -232,6 +235,8 @@ def _train_run(
                 record["scores"][f"best_epoch_{name}"] = float(
                     best(history.history[key])
                 )
+    if spec.rho is not None:
+        record["gradient_passes"] = trained.gradient_passes
     if spec.pruning is not None:
         record.update(_nonzero(model, record["params"]))
     if tracker is not None:

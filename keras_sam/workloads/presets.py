@@ -66,6 +66,7 @@ NOT_RUN_IDENTITY = (
     "sparse_methods",
     "sparse_rescale",
     "eval_every_epoch",
+    "sam_variants",  # each run's method names its variant
 )
 #: Identity fields left out of the hash at these values: the ids of the runs
 #: made before the field existed.
@@ -104,6 +105,8 @@ class Preset:
     code reports its best epoch's test accuracy).
     ``hessian_examples``: the examples of the Hessian metrics, a seeded
     random sample of the training set (see `keras_sam.sweep.train.curvature`).
+    ``sam_variants``: registered `keras_sam.variants` names, each run at
+    every rho beside plain SAM.
     """
 
     workload: str
@@ -136,6 +139,7 @@ class Preset:
     sparse_budget: float | None = None
     sparse_methods: tuple[str, ...] = PRUNING_METHODS
     sparse_rescale: bool = False
+    sam_variants: tuple[str, ...] = ()
 
     def __post_init__(self):
         check = _validation
@@ -159,6 +163,10 @@ class Preset:
                 f"{list(LABEL_NOISE_WORKLOADS)}, got workload={self.workload!r}."
             )
         self._validate_sparse()
+        from keras_sam import variants
+
+        for name in self.sam_variants:
+            check.one_of(name, "sam_variants", [n for n in variants.names()])
 
     def _validate_sparse(self) -> None:
         methods = self.sparse_methods
