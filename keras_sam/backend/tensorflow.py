@@ -567,17 +567,29 @@ def _combine(model, clean_grads, grads, second):
             [tf.reduce_all(tf.math.is_finite(t)) for t in clean + perturbed]
         )
 
+    # Writes go inside each branch (the cheap one then writes nothing),
+    # except under several replicas: a mirrored variable cannot be written
+    # inside a `tf.cond` in replica context.
+    write_in_branch = count == 1
+
     def combine(second_pass):
         d, new_state = variant.combine(clean, perturbed, state, step, second_pass)
-        _write_state(model, state, new_state, finite)
-        return d
+        if write_in_branch:
+            _write_state(model, state, new_state, finite)
+            return d
+        return d, new_state
 
     if second is True:
-        d = combine(True)
+        result = combine(True)
     else:
-        # Each branch computes (and writes) its own side of the rule only.
+        # Each branch computes its own side of the rule only.
         ran = tf.cast(second, tf.float32) > 0
-        d = tf.cond(ran, lambda: combine(True), lambda: combine(False))
+        result = tf.cond(ran, lambda: combine(True), lambda: combine(False))
+    if write_in_branch:
+        d = result
+    else:
+        d, new_state = result
+        _write_state(model, state, list(new_state), finite)
     if loss_scaled or count > 1:
         factor = scale / count
         d = [t * tf.cast(factor, t.dtype) for t in d]
