@@ -10,7 +10,14 @@ from keras_sam import _quiet
 
 # In the `keras-sam` command only: TensorFlow's start-up notices hidden.
 with _quiet.command_line_start():
-    from keras_sam import callbacks, hessian, optimizers, perturbations, sparsity
+    from keras_sam import (
+        callbacks,
+        hessian,
+        optimizers,
+        perturbations,
+        sparsity,
+        variants,
+    )
     from keras_sam.sam_model import FunctionalSAMModel, SAMModel, SAMWrapper, sam
 
 __version__ = "0.1.0"
@@ -26,4 +33,5 @@ __all__ = [
     "perturbations",
     "sam",
     "sparsity",
+    "variants",
 ]
