@@ -1,10 +1,8 @@
 """F-SAM / FriendlySAM (Li et al., CVPR 2024): eps without the full-batch
 gradient component."""
 
-from keras import ops
-
 from keras_sam import _validation
-from keras_sam.variants.base import Variant, register
+from keras_sam.variants.base import Variant, linear_combination, register
 
 
 @register("fsam")
@@ -37,16 +35,12 @@ class FriendlySAM(Variant):
         return [(tuple(w.shape), "float32") for w in weights]
 
     def _momentum(self, gradients, state):
-        return [
-            self.lmbda * m + (1.0 - self.lmbda) * ops.cast(g, "float32")
-            for g, m in zip(gradients, state)
-        ]
+        return linear_combination(self.lmbda, state, 1.0 - self.lmbda, gradients)
 
     def perturbation(self, rule, gradients, weights, rho, state, step, seed=None):
-        momentum = self._momentum(gradients, state)
-        friendly = [
-            g - ops.cast(self.sigma * m, g.dtype) for g, m in zip(gradients, momentum)
-        ]
+        # g - sigma (lmbda m + (1 - lmbda) g), as one linear combination.
+        on_g = 1.0 - self.sigma * (1.0 - self.lmbda)
+        friendly = linear_combination(on_g, gradients, -self.sigma * self.lmbda, state)
         return rule(friendly, weights, rho)
 
     def combine(self, gradients, perturbed_gradients, state, step, second_pass):
