@@ -134,7 +134,11 @@ class SAMModel(keras.Model):
         return float(self.gradient_pass_counter.result())
 
     def _build_variant_state(self):
+        # Needs the trainable weights: a subclassed model is "built" before
+        # its layers are (they build on the first call).
         if self.variant_state is not None or self.variant is None:
+            return
+        if not self.trainable_variables:
             return
         shapes = self.variant.state_shapes(self.trainable_variables)
         # Created once the trainable weights exist, possibly after `build`.

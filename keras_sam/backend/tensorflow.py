@@ -52,6 +52,10 @@ def train_step(model, data):
         # Create the variables before snapshotting state (Keras' own step
         # builds lazily inside its first forward pass).
         _output_spec(model, x)
+    if model.variant is not None and model.variant_state is None:
+        # A subclassed model builds its layers on its first call.
+        _output_spec(model, x)
+        model._build_variant_state()
     if model.micro_batch_size is None:
         grads, clean_grads, second, y_pred, loss, perturbed_loss = _sam_gradients(
             model, x, y, sample_weight, model.replica_eps
