@@ -15,22 +15,28 @@ def _norm(a):
     return np.sqrt(_dot(a, a))
 
 
-def train(variant, params, x, y, rho, lr, steps, rule="sam", **options):
+def train(variant, params, x, y, rho, lr, steps, rule="sam", masks=None, **options):
     """Weights after `steps` SGD steps with `variant`, and the number of
-    forward-backward passes taken. `rho` may be a function of the step."""
+    forward-backward passes taken. `rho` may be a function of the step;
+    `masks` (one 0/1 array or None per weight) multiply g, eps and gs."""
+    masks = masks or [None] * len(params)
+
+    def masked(grads):
+        return [a if m is None else a * m for a, m in zip(grads, masks)]
+
     params = [p.astype(np.float64) for p in params]
     state = {}
     passes = 0
     for i in range(steps):
-        _, g = reference.loss_and_grads(params, x, y)
+        g = masked(reference.loss_and_grads(params, x, y)[1])
         passes += 1
 
         rho_i = rho(i) if callable(rho) else rho
 
         def perturbed(direction, params=params, rho_i=rho_i):
-            eps = reference.epsilon(rule, direction, params, rho_i)
+            eps = masked(reference.epsilon(rule, direction, params, rho_i))
             shifted = [p + e for p, e in zip(params, eps)]
-            return reference.loss_and_grads(shifted, x, y)[1]
+            return masked(reference.loss_and_grads(shifted, x, y)[1])
 
         if variant == "sam":
             d = perturbed(g)

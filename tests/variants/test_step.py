@@ -66,6 +66,34 @@ def test_degenerate_variants_train_like_sam(regression_data, variant):
     assert model.gradient_passes == 6
 
 
+def test_masks_compose_with_looksam(regression_data):
+    """A pruned first kernel: g, eps, gs and the stored gv are masked."""
+    from keras_sam.sparsity import _masks
+
+    x, y = regression_data
+    inner = mlp(sam=False)
+    target = _masks.attach_masks(inner)[0]
+    mask = (np.random.default_rng(2).random((5, 4)) > 0.5).astype("float32")
+    _masks.set_mask(target, mask)
+    model = keras_sam.sam(inner, rho=0.2, variant=variants.LookSAM(every=2))
+    params = weights_of(model)
+    expected, _ = reference.train(
+        "looksam",
+        params,
+        x,
+        y,
+        0.2,
+        LR,
+        4,
+        masks=[mask, None, None, None],
+        every=2,
+        alpha=0.7,
+    )
+    weights = train_full_batch(model, x, y, steps=4)
+    assert_weights_close(weights, expected)
+    assert np.all(weights[0][mask == 0] == 0)
+
+
 def test_rho_schedules_match_numpy(regression_data):
     x, y = regression_data
     lr = keras.optimizers.schedules.ExponentialDecay(LR, 1, 0.5)
