@@ -18,7 +18,8 @@ in-memory repeated dataset after a warm-up; variants interleaved over
 several rounds; median per-step wall and process CPU time. The passes column
 is `model.gradient_passes` per step over the whole run.
 
-    python benchmarks/variants.py [--steps 40] [--rounds 5] [--batch 128] [--jit]
+    python benchmarks/variants.py [--steps 40] [--rounds 5] [--batch 128]
+        [--jit] [--student 1000]
 """
 
 from __future__ import annotations
@@ -60,9 +61,18 @@ def mlp():
     return inputs, keras.layers.Dense(10)(h)
 
 
-def make_model(name, jit):
+def make_model(name, jit, student):
     keras.utils.set_random_seed(0)
-    inputs, outputs = mlp()
+    if student:
+        # The quick synthetic sweep's student (regression, squared loss).
+        from keras_sam.workloads import get_workload
+
+        built = get_workload("synthetic").build(student, seed=0)
+        inputs, outputs = built.inputs, built.outputs
+        loss = "mse"
+    else:
+        inputs, outputs = mlp()
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if name == "sgd":
         model = keras.Model(inputs, outputs)
     elif name == "sam":
@@ -71,17 +81,20 @@ def make_model(name, jit):
         model = keras_sam.SAMModel(inputs, outputs, rho=0.05, variant=VARIANTS[name])
     model.compile(
         keras.optimizers.SGD(0.01, momentum=0.9),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss,
         steps_per_execution=10,
         jit_compile=jit,
     )
     return model
 
 
-def dataset(batch):
+def dataset(batch, student):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch * 4, 784)).astype("float32")
-    y = rng.integers(0, 10, size=(batch * 4,))
+    x = rng.normal(size=(batch * 4, 100 if student else 784)).astype("float32")
+    if student:
+        y = rng.normal(size=(batch * 4, 1)).astype("float32")
+    else:
+        y = rng.integers(0, 10, size=(batch * 4,))
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
 
 
@@ -97,14 +110,25 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--jit", action="store_true", help="jit_compile=True")
+    parser.add_argument(
+        "--student",
+        type=int,
+        default=0,
+        help="time the synthetic sweep's student of this width instead of the MLP",
+    )
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"TF {tf.__version__}, Keras {keras.__version__}, batch {args.batch}, "
-        f"jit_compile={args.jit}"
+        f"jit_compile={args.jit}, "
+        + (
+            f"synthetic student {args.student}"
+            if args.student
+            else "MLP 784-512-512-10"
+        )
     )
-    data = dataset(args.batch)
-    models = {name: make_model(name, args.jit) for name in VARIANTS}
+    data = dataset(args.batch, args.student)
+    models = {name: make_model(name, args.jit, args.student) for name in VARIANTS}
     for model in models.values():
         model.fit(data, epochs=1, steps_per_epoch=10, verbose=0)  # trace
     times = {name: [] for name in models}
