@@ -85,7 +85,9 @@ def train(args: argparse.Namespace, workload_name: str, **build_options) -> dict
     )
     strategy = _strategy(args.strategy)
     with strategy.scope():
-        model = workload.build(args.size, seed=args.seed, **build_options)
+        model = workload.build(
+            args.size, seed=args.seed, **preset.model_options, **build_options
+        )
         if args.optimizer != "sgd":
             model = keras_sam.sam(
                 model,

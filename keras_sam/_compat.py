@@ -35,6 +35,7 @@ __all__ = [
     "flatten_layers",
     "in_multi_worker_mode",
     "loss_tracker",
+    "optimizer_variable_index",
     "own_trainable_variables",
     "unlocked_tracker",
 ]
@@ -131,3 +132,18 @@ def compile_arguments(model: keras.Model) -> dict[str, Any] | None:
     if not model.compiled:
         return None
     return dict(model._compile_config.config)
+
+
+def optimizer_variable_index(
+    optimizer: keras.optimizers.Optimizer, variable: keras.Variable
+) -> int:
+    """The position of `variable` in the list the optimizer was built with,
+    so a per-variable slot (a momentum buffer) can be found in `update_step`.
+
+    Keras' own optimizers read this private index; the public API has no
+    variable-to-slot lookup. Matching by identity or `variable.path` is not
+    enough: under a `tf.distribute` strategy `update_step` receives a
+    replica's variable, which the backend's private key maps back to the
+    variable the optimizer was built with.
+    """
+    return optimizer._get_variable_index(variable)

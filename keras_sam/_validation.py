@@ -32,21 +32,36 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
-    """An integer >= 1 (or None where `allow_none`)."""
+def positive_int(
+    value: Any, name: str, *, allow_none: bool = False, hint: str = ""
+) -> int | None:
+    """An integer >= 1 (or None where `allow_none`). `hint` (e.g. what else
+    the argument accepts) goes into the message."""
     if value is None and allow_none:
         return None
     if not _is_int(value) or value < 1:
         accepted = "a positive integer" + (" or None" if allow_none else "")
-        raise _fail(name, accepted, value)
+        raise _fail(name, accepted + (f" ({hint})" if hint else ""), value)
+    return int(value)
+
+
+def int_at_least(value: Any, name: str, minimum: int) -> int:
+    """An integer >= `minimum`."""
+    if not _is_int(value) or value < minimum:
+        raise _fail(name, f"an integer >= {minimum}", value)
     return int(value)
 
 
 def non_negative_int(value: Any, name: str) -> int:
     """An integer >= 0."""
-    if not _is_int(value) or value < 0:
-        raise _fail(name, "an integer >= 0", value)
-    return int(value)
+    return int_at_least(value, name, 0)
+
+
+def finite_float(value: Any, name: str) -> float:
+    """A finite number, of either sign."""
+    if not _is_real(value) or not math.isfinite(value):
+        raise _fail(name, "a finite number", value)
+    return float(value)
 
 
 def positive_float(value: Any, name: str) -> float:
@@ -72,6 +87,13 @@ def fraction(value: Any, name: str, *, hint: str = "") -> float:
     return float(value)
 
 
+def unit_fraction(value: Any, name: str) -> float:
+    """A number in (0, 1]."""
+    if not _is_real(value) or not 0.0 < value <= 1.0:
+        raise _fail(name, "a number in (0, 1]", value)
+    return float(value)
+
+
 def one_of(value: Any, name: str, choices: Iterable[Any]) -> Any:
     """One of `choices` (compared with ==, no conversion)."""
     choices = list(choices)
@@ -84,6 +106,13 @@ def boolean(value: Any, name: str) -> bool:
     """True or False (not 0, 1 or a string)."""
     if not isinstance(value, bool):
         raise _fail(name, "True or False", value)
+    return value
+
+
+def string(value: Any, name: str) -> str:
+    """A `str`."""
+    if not isinstance(value, str):
+        raise _fail(name, "a string", value)
     return value
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_sam import _validation
+from keras_sam import _compat, _validation
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -90,7 +90,7 @@ class L2SGD(keras.optimizers.Optimizer):
                 step, ops.multiply(ops.cast(self.l2, variable.dtype), variable)
             )
         if self.momentum != 0:
-            buffer = self.buffers[self._get_variable_index(variable)]
+            buffer = self.buffers[_compat.optimizer_variable_index(self, variable)]
             momentum = ops.cast(self.momentum, variable.dtype)
             step = ops.add(ops.multiply(buffer, momentum), step)
             self.assign(buffer, step)

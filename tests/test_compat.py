@@ -180,3 +180,18 @@ def test_compile_arguments_are_the_objects_passed():
         "steps_per_execution",
         "jit_compile",
     }
+
+
+def test_optimizer_variable_index_finds_each_variables_slot():
+    shapes = [(2,), (3, 1), (4,)]
+    variables = [keras.Variable(np.zeros(shape)) for shape in shapes]
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(variables)
+    _require_attribute(
+        optimizer, "_get_variable_index", "Optimizer._get_variable_index"
+    )
+    asked = [variables[2], variables[0], variables[1]]
+    indices = [_compat.optimizer_variable_index(optimizer, v) for v in asked]
+    assert indices == [2, 0, 1]
+    for variable, index in zip(asked, indices, strict=True):
+        assert tuple(optimizer.momentums[index].shape) == tuple(variable.shape)

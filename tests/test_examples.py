@@ -7,6 +7,9 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
+from keras_sam.workloads import get_preset
+from keras_sam.workloads.registry import Workload
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 TINY = ["--epochs", "1", "--batch-size", "8", "--num-train", "16", "--num-test", "8"]
 
@@ -22,20 +25,39 @@ def example(monkeypatch):
     return load
 
 
-def test_synthetic_example(example):
+@pytest.fixture
+def built_with(monkeypatch):
+    """The options each `Workload.build` call got, by workload name."""
+    calls = {}
+    build = Workload.build
+
+    def recording(self, size, seed=None, **options):
+        calls[self.name] = options
+        return build(self, size, seed=seed, **options)
+
+    monkeypatch.setattr(Workload, "build", recording)
+    return calls
+
+
+def test_synthetic_example(example, built_with):
     scores = example("synthetic").main(
         ["--hidden", "8", "--optimizer", "sgd", "--verbose", "0", *TINY]
     )
     assert scores["loss"] > 0
+    # The paper preset's model (the PyTorch-default student), not the default.
+    assert built_with["synthetic"] == {"init": "torch"}
+    assert get_preset("synthetic", "paper").model_options == {"init": "torch"}
 
 
-def test_mnist_example_with_mirrored_strategy(example, capsys):
+def test_mnist_example_with_mirrored_strategy(example, capsys, built_with):
     with tfds.testing.mock_data(num_examples=16):
         scores = example("mnist").main(
             ["--width", "0.05", "--strategy", "mirrored", "--verbose", "0", *TINY]
         )
     assert 0.0 <= scores["accuracy"] <= 1.0
     assert "1 replica(s)" in capsys.readouterr().out
+    assert built_with["mnist"] == get_preset("mnist", "paper").model_options
+    assert built_with["mnist"] == {"init": "lecun"}
 
 
 def test_cifar10_example_asam_per_replica(example):
@@ -47,7 +69,7 @@ def test_cifar10_example_asam_per_replica(example):
     assert 0.0 <= scores["accuracy"] <= 1.0
 
 
-def test_imagenet_example(example):
+def test_imagenet_example(example, built_with):
     with tfds.testing.mock_data(num_examples=8):
         scores = example("imagenet").main(
             [
@@ -63,6 +85,8 @@ def test_imagenet_example(example):
             ]  # fmt: skip
         )
     assert scores["loss"] > 0
+    options = get_preset("imagenet", "paper").model_options
+    assert built_with["imagenet"] == {**options, "image_size": 32}
 
 
 def test_examples_reject_unknown_optimizer(example):

@@ -16,6 +16,9 @@ CASES = [
     (check.non_negative_float, [0, 0.0, 2.5], [-0.1, INF, NAN, False, None]),
     (check.fraction, [0, 0.5, 0.999], [1, 1.0, -0.1, NAN, True, "0.5"]),
     (check.boolean, [True, False], [0, 1, "True", None]),
+    (check.finite_float, [-2.5, 0, 3, np.float64(1)], [INF, -INF, NAN, True, None]),
+    (check.unit_fraction, [1, 1.0, 0.1], [0, 0.0, 1.01, -0.5, NAN, True, "1"]),
+    (check.string, ["", "val_"], [None, 1, b"val_"]),
 ]
 ACCEPTED = [
     "a positive integer",
@@ -24,6 +27,9 @@ ACCEPTED = [
     "a finite number >= 0",
     r"a number in \[0, 1\)",
     "True or False",
+    "a finite number",
+    r"a number in \(0, 1\]",
+    "a string",
 ]
 
 
@@ -55,6 +61,19 @@ def test_one_of_lists_the_choices():
         check.one_of("c", "mode", ("a", "b"))
     with pytest.raises(ValueError, match="one of"):
         check.one_of(True, "mode", (1, 2))
+
+
+def test_int_at_least_names_the_minimum():
+    assert check.int_at_least(np.int64(2), "n", 2) == 2
+    for bad in [1, 2.0, True, None]:
+        message = rf"^`n` must be an integer >= 2, got n={re.escape(repr(bad))}\.$"
+        with pytest.raises(ValueError, match=message):
+            check.int_at_least(bad, "n", 2)
+
+
+def test_positive_int_hint():
+    with pytest.raises(ValueError, match=r"a positive integer \(or a model\), got"):
+        check.positive_int(0, "reference", hint="or a model")
 
 
 def test_fraction_hint():

@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-from keras_sam._validation import boolean
+from keras_sam._validation import boolean, string
 from keras_sam.callbacks._common import check_schedule, subset
 from keras_sam.hessian._operators import CurvatureOperator
 
@@ -63,8 +63,7 @@ class CurvatureCallback(keras.callbacks.Callback):
         super().__init__()
         self.every, self.unit = check_schedule(every, unit)
         self.training = boolean(training, "training")
-        if not isinstance(prefix, str):
-            raise ValueError(f"`prefix` must be a string, got prefix={prefix!r}.")
+        prefix = string(prefix, "prefix")
         self.data = subset(data, num_examples, seed)
         self.num_examples = num_examples
         self.seed = seed

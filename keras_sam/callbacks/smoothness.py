@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 
+from keras_sam._validation import finite_float, non_empty_tuple, unit_fraction
 from keras_sam.callbacks._base import CurvatureCallback, common_options
 from keras_sam.hessian._operators import CurvatureOperator
 
@@ -121,15 +121,10 @@ class SmoothnessEstimates(CurvatureCallback):
         batch_size: int | None = None,
         prefix: str = "",
     ):
-        if isinstance(f_star, bool) or not isinstance(f_star, numbers.Real):
-            raise ValueError(f"`f_star` must be a number, got f_star={f_star!r}.")
-        gammas = tuple(gammas)
-        if not gammas or not all(
-            isinstance(g, numbers.Real) and 0 < g <= 1 for g in gammas
-        ):
-            raise ValueError(f"`gammas` must be numbers in (0, 1], got {gammas!r}.")
+        f_star = finite_float(f_star, "f_star")
+        gammas = non_empty_tuple(gammas, "gammas", unit_fraction)
         super().__init__(data, **common_options(locals()))
-        self.f_star = float(f_star)
+        self.f_star = f_star
         self.gammas = gammas
 
     def _reset(self) -> None:

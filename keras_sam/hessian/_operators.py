@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sam._compat import flatten_layers
-from keras_sam._validation import boolean, positive_int
+from keras_sam._validation import boolean, one_of, positive_int
 from keras_sam.hessian._losses import BatchLoss
 from keras_sam.sparsity._masks import kernel_masks
 
@@ -566,10 +566,7 @@ class CurvatureOperator:
 
         ``path``: ``"vectorized"`` or ``"looped"`` to force one (default:
         the operator's choice)."""
-        if path not in (None, "vectorized", "looped"):
-            raise ValueError(
-                f"`path` must be None, 'vectorized' or 'looped', got {path!r}."
-            )
+        path = one_of(path, "path", (None, "vectorized", "looped"))
         tv = self._vector(v)
         rows = []
         for chunk in self._chunks():

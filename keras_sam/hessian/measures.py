@@ -105,8 +105,7 @@ def trace_estimate(
     **operator_options: Any,
 ) -> solvers.TraceResult:
     """Trace of H with its standard error (see `keras_sam.hessian.trace`)."""
-    if method not in TRACE_METHODS:
-        raise ValueError(f"`method` must be one of {TRACE_METHODS}, got {method!r}.")
+    method = one_of(method, "method", TRACE_METHODS)
     op = _operator(model, data, operator_options)
     if method == "hutchinson":
         return solvers.hutchinson(op.hvp, op.dim, num_samples, rtol=rtol, seed=seed)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from keras_sam._validation import positive_float, positive_int
+from keras_sam._validation import int_at_least, one_of, positive_float, positive_int
 
 Matvec = Callable[[np.ndarray], np.ndarray]
 
@@ -105,13 +105,6 @@ class SLQResult:
         diff = (grid[:, None] - nodes[None, :]) / sigma
         kernel = np.exp(-0.5 * diff**2) / (sigma * np.sqrt(2 * np.pi))
         return grid, kernel @ weights
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    value = positive_int(value, name)
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return value
 
 
 def _start_vector(dim: int, v0, rng: np.random.Generator) -> np.ndarray:
@@ -253,9 +246,9 @@ def lanczos(
         v0: start vector (warm start, e.g. a previous top eigenvector).
         seed: seed of the random start vector when ``v0`` is None.
     """
-    dim = _check_positive_int("dim", dim)
-    k = _check_positive_int("k", k)
-    max_iter = _check_positive_int("max_iter", max_iter)
+    dim = positive_int(dim, "dim")
+    k = positive_int(k, "k")
+    max_iter = positive_int(max_iter, "max_iter")
     tol = positive_float(tol, "tol")
     if k > dim:
         raise ValueError(f"`k` must be <= dim={dim}, got k={k}.")
@@ -310,8 +303,8 @@ def power_iteration(
     100 iterations, tol 1e-3). The residual of the final pair is reported
     from the last product, so no extra product is spent.
     """
-    dim = _check_positive_int("dim", dim)
-    max_iter = _check_positive_int("max_iter", max_iter)
+    dim = positive_int(dim, "dim")
+    max_iter = positive_int(max_iter, "max_iter")
     tol = positive_float(tol, "tol")
     v = _start_vector(dim, v0, np.random.default_rng(seed))
     eigenvalue = None
@@ -349,13 +342,9 @@ _DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
 def _probes(rng: np.random.Generator, dim: int, count: int, distribution: str):
-    if distribution == "rademacher":
+    if one_of(distribution, "distribution", _DISTRIBUTIONS) == "rademacher":
         return rng.choice(np.array([-1.0, 1.0]), size=(dim, count))
-    if distribution == "gaussian":
-        return rng.standard_normal((dim, count))
-    raise ValueError(
-        f"`distribution` must be one of {_DISTRIBUTIONS}, got {distribution!r}."
-    )
+    return rng.standard_normal((dim, count))
 
 
 def hutchinson(
@@ -380,9 +369,9 @@ def hutchinson(
     result.estimate, result.stderr, result.matvecs
     ```
     """
-    dim = _check_positive_int("dim", dim)
-    num_samples = _check_positive_int("num_samples", num_samples)
-    min_samples = _check_positive_int("min_samples", min_samples, minimum=2)
+    dim = positive_int(dim, "dim")
+    num_samples = positive_int(num_samples, "num_samples")
+    min_samples = int_at_least(min_samples, "min_samples", 2)
     if rtol is not None:
         rtol = positive_float(rtol, "rtol")
     rng = np.random.default_rng(seed)
@@ -413,8 +402,8 @@ def hutchpp(
     """Hutch++ (Meyer et al. 2021): exact trace on a sketched top subspace
     plus Hutchinson on the rest. ``num_matvecs`` (>= 3) is split in thirds;
     the standard error is that of the Hutchinson part."""
-    dim = _check_positive_int("dim", dim)
-    num_matvecs = _check_positive_int("num_matvecs", num_matvecs, minimum=3)
+    dim = positive_int(dim, "dim")
+    num_matvecs = int_at_least(num_matvecs, "num_matvecs", 3)
     rng = np.random.default_rng(seed)
     m = num_matvecs // 3
     sketch = _probes(rng, dim, min(m, dim), distribution)
@@ -451,9 +440,9 @@ def slq(
     reorthogonalization) give Ritz values (nodes) and the squared first
     components of the Ritz vectors (weights).
     """
-    dim = _check_positive_int("dim", dim)
-    num_probes = _check_positive_int("num_probes", num_probes)
-    num_steps = _check_positive_int("num_steps", num_steps)
+    dim = positive_int(dim, "dim")
+    num_probes = positive_int(num_probes, "num_probes")
+    num_steps = positive_int(num_steps, "num_steps")
     rng = np.random.default_rng(seed)
     width = min(num_steps, dim)
     nodes = np.full((num_probes, width), np.nan)

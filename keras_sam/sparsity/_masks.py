@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any
 
 import keras
@@ -269,12 +268,9 @@ def sparsity_for_budget(reference: keras.Model | int, model: keras.Model) -> flo
         budget = sum(
             int(np.prod(t.variable.shape)) for t in prunable_weights(reference)
         )
-    elif isinstance(reference, numbers.Integral) and not isinstance(reference, bool):
-        budget = int(reference)
     else:
-        raise ValueError(
-            "`reference` must be a keras.Model or a number of weights, got "
-            f"{type(reference).__name__}."
+        budget = _validation.positive_int(
+            reference, "reference", hint="a number of weights, or a keras.Model"
         )
     total = sum(int(np.prod(t.variable.shape)) for t in prunable_weights(model))
     if not 0 < budget <= total:

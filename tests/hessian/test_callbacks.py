@@ -138,7 +138,11 @@ def test_smoothness_formulas_on_quadratic():
         (HessianMetrics, {"num_examples": 0}, "num_examples"),
         (HessianMetrics, {"trace": "yes"}, "trace"),
         (SmoothnessEstimates, {"gammas": (0.0, 1.0)}, "gammas"),
+        (SmoothnessEstimates, {"gammas": (0.5, True)}, "gammas"),
+        (SmoothnessEstimates, {"gammas": ()}, "gammas"),
         (SmoothnessEstimates, {"f_star": None}, "f_star"),
+        (SmoothnessEstimates, {"f_star": float("nan")}, "f_star"),
+        (SmoothnessEstimates, {"prefix": 3}, "prefix"),
         (SmoothnessEstimates, {"unit": "epochs"}, "unit"),
     ],
 )

@@ -65,6 +65,8 @@ def test_per_example_hvp_vectorized_equals_dense_and_loop(case):
     expected = case.hessians @ v
     assert rel_err(per_example, expected) < 1e-5
     assert rel_err(per_example, op.per_example_hvp_looped(v)) < 1e-5
+    with pytest.raises(ValueError, match="`path` must be one of"):
+        op.per_example_hvp(v, path="loop")
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])

@@ -136,6 +136,8 @@ def test_slq_full_steps_recovers_spectrum_and_moments():
             "distribution",
         ),
         (lambda: solvers.hutchpp(lambda v: v, 5, 2), "num_matvecs"),
+        (lambda: solvers.hutchpp(lambda v: v, 5, distribution="n"), "distribution"),
+        (lambda: solvers.hutchinson(lambda v: v, 5, min_samples=1), "min_samples"),
         (lambda: solvers.slq(lambda v: v, 5, num_steps=1.5), "num_steps"),
     ],
 )

@@ -306,6 +306,9 @@ def test_sparsity_for_budget_matches_hand_counts():
     assert sparsity.sparsity_for_budget(100, conv_net(16)) == 1 - 100 / 2896
     with pytest.raises(ValueError, match="budget"):
         sparsity.sparsity_for_budget(conv_net(32), small)
+    for bad in [0, 100.0, True, "100"]:
+        with pytest.raises(ValueError, match="`reference` must be a positive integer"):
+            sparsity.sparsity_for_budget(bad, small)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.5", True, None])
