@@ -173,13 +173,18 @@ class SAMModel(keras.Model):
         # Keras cannot XLA-compile a whole multi-replica step on
         # `MirroredStrategy` ("Trying to access resource ... replica_1");
         # compile each replica's two passes instead.
-        if self.jit_compile and self.distribute_strategy.num_replicas_in_sync > 1:
+        if (
+            keras.backend.backend() == "tensorflow"
+            and self.jit_compile
+            and self.distribute_strategy.num_replicas_in_sync > 1
+        ):
             self._jit_compile_per_replica = True
             self.jit_compile = False
         return super().make_train_function(force=force)
 
-    def train_step(self, data):
-        return get_train_step()(self, data)
+    def train_step(self, *args):
+        # (data) on TensorFlow and PyTorch, (state, data) on JAX.
+        return get_train_step()(self, *args)
 
     # A private Keras hook (`_compat.SYMBOLIC_BUILD_HOOK`): build from a
     # worker-local batch under multi-worker strategies.
@@ -208,6 +213,12 @@ class SAMModel(keras.Model):
             self.gradient_pass_counter,
         )
         return [m for m in super().metrics if not any(m is o for o in own)]
+
+    @property
+    def metrics_variables(self):
+        # The perturbed-loss tracker's state travels with the other metrics'
+        # in stateless (JAX) steps.
+        return super().metrics_variables + list(self.perturbed_loss_tracker.variables)
 
     def reset_metrics(self):
         super().reset_metrics()

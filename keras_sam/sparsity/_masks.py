@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import numbers
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
@@ -22,6 +25,30 @@ PRUNABLE = {
     "pointwise_kernel": ("pointwise_constraint",),
     "recurrent_kernel": ("recurrent_constraint",),
 }
+
+
+#: id(mask variable) -> the value a stateless step holds for it (see
+#: `mask_values`): read by `KernelMask.__call__` in place of the variable.
+_MASK_VALUES: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
+    "keras_sam_mask_values", default=None
+)
+
+
+@contextlib.contextmanager
+def mask_values(masks: Sequence[Any], values: Sequence[Any]) -> Iterator[None]:
+    """Within the block, each `KernelMask` constraint reads its mask from
+    `values` (one per mask variable in `masks`; None entries are skipped).
+
+    A stateless step (JAX) carries the masks as values in its state, not in
+    the variables; the optimizer's `stateless_apply` maps only the weights
+    and its own variables, so the constraint must be told the mask values.
+    """
+    mapping = {id(m): v for m, v in zip(masks, values) if m is not None}
+    token = _MASK_VALUES.set(mapping)
+    try:
+        yield
+    finally:
+        _MASK_VALUES.reset(token)
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -63,7 +90,11 @@ class KernelMask(keras.layers.Layer):
         # The constraint protocol, without `Layer.__call__`'s input casting.
         if self.inner is not None:
             weight = self.inner(weight)
-        return ops.multiply(weight, ops.cast(self.mask, weight.dtype))
+        overrides = _MASK_VALUES.get()
+        mask = self.mask
+        if overrides is not None and id(mask) in overrides:
+            mask = overrides[id(mask)]
+        return ops.multiply(weight, ops.cast(mask, weight.dtype))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
