@@ -126,6 +126,7 @@ def test_sam_rejects_sam_model():
         keras_sam.sam(mlp())
 
 
+@pytest.mark.backends("tensorflow")  # the TF-MOT import guard
 def test_import_leaves_tf_keras_resolution_alone():
     """TF-MOT sets TF_USE_LEGACY_KERAS=1 on import; keras_sam must not."""
     code = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import tree
 
+from keras_sam import _compat
+
 
 def first_tensor(structure):
     return next(t for t in tree.flatten(structure) if t is not None)
@@ -31,11 +33,17 @@ def output_spec(model, x):
     symbolic = tree.map_structure(
         lambda t: None if t is None else keras.KerasTensor(t.shape, t.dtype), x
     )
-    if getattr(model, "_call_has_training_arg", True):
+    if _compat.call_has_training_arg(model):
         return model.compute_output_spec(symbolic, training=True)
     return model.compute_output_spec(symbolic)
 
 
+def forward(model, x):
+    if _compat.call_has_training_arg(model):
+        return model(x, training=True)
+    return model(x)
+
+
 def update_loss_trackers(model, loss, perturbed_loss, batch_size) -> None:
-    model._loss_tracker.update_state(loss, sample_weight=batch_size)
+    _compat.loss_tracker(model).update_state(loss, sample_weight=batch_size)
     model.perturbed_loss_tracker.update_state(perturbed_loss, sample_weight=batch_size)

@@ -23,8 +23,10 @@ import keras
 import torch
 from keras import tree
 
+from keras_sam import _compat
 from keras_sam.backend._common import (
     first_tensor,
+    forward,
     is_loss_scaled,
     micro_batch_count,
     output_spec,
@@ -58,8 +60,8 @@ def _sam_gradients(model, x, y, sample_weight):
     trainable = model.trainable_variables
     state = [v.value.detach().clone() for v in model.non_trainable_variables]
     weights = [v.value for v in trainable]
-    y_pred = _forward(model, x)
-    loss = _loss(model, x, y, y_pred, sample_weight)
+    y_pred = forward(model, x)
+    loss = _compat.compute_loss(model, x, y, y_pred, sample_weight)
     grads = _gradients(model.optimizer.scale_loss(loss), weights)
     masks = [None if m is None else m.value for m in kernel_masks(trainable)]
     grads = _apply_masks(_unscale(model.optimizer, grads), masks)
@@ -71,8 +73,10 @@ def _sam_gradients(model, x, y, sample_weight):
     mapping = list(zip(trainable, perturbed))
     mapping += list(zip(model.non_trainable_variables, state))
     with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-        perturbed_pred = _forward(model, x)
-        perturbed_loss = _loss(model, x, y, perturbed_pred, sample_weight)
+        perturbed_pred = forward(model, x)
+        perturbed_loss = _compat.compute_loss(
+            model, x, y, perturbed_pred, sample_weight
+        )
         scaled = model.optimizer.scale_loss(perturbed_loss)
     perturbed_grads = _apply_masks(_gradients(scaled, perturbed), masks)
     if is_loss_scaled(model.optimizer):
@@ -135,18 +139,4 @@ def _unscale(optimizer, grads):
 def _detach(structure):
     return tree.map_structure(
         lambda t: t.detach() if torch.is_tensor(t) else t, structure
-    )
-
-
-def _forward(model, x):
-    if getattr(model, "_call_has_training_arg", True):
-        return model(x, training=True)
-    return model(x)
-
-
-def _loss(model, x, y, y_pred, sample_weight):
-    # `_compute_loss` is Keras' dispatcher that copes with user overrides of
-    # `compute_loss` with or without a `training` argument.
-    return model._compute_loss(
-        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
     )

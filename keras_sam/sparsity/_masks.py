@@ -84,16 +84,34 @@ class KernelMask(keras.layers.Layer):
             autocast=False,
             name="mask",
         )
+        self._copy = np.ones(self.shape, "float32")
         self.built = True
+
+    def refresh_copy(self) -> None:
+        """Keeps the host copy of the mask in step with the variable (done
+        by `set_mask` and on loading)."""
+        self._copy = np.asarray(ops.convert_to_numpy(self.mask), "float32")
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self.refresh_copy()
 
     def __call__(self, weight):
         # The constraint protocol, without `Layer.__call__`'s input casting.
         if self.inner is not None:
             weight = self.inner(weight)
         overrides = _MASK_VALUES.get()
-        mask = self.mask
-        if overrides is not None and id(mask) in overrides:
-            mask = overrides[id(mask)]
+        if overrides is not None and id(self.mask) in overrides:
+            mask = overrides[id(self.mask)]
+        else:
+            try:
+                mask = ops.convert_to_tensor(self.mask)
+            except TypeError:
+                # Keras's JAX trainer detaches the state from the variables
+                # during `fit` (the variable then has no value to read), and
+                # its own step hands constraints only the weights: use the
+                # copy `set_mask` and loading keep.
+                mask = self._copy
         return ops.multiply(weight, ops.cast(mask, weight.dtype))
 
     def get_config(self) -> dict[str, Any]:
@@ -188,6 +206,7 @@ def set_mask(target: Prunable, mask: np.ndarray) -> None:
     """Sets a kernel's mask and zeroes its pruned weights."""
     mask = np.asarray(mask, dtype="float32")
     target.mask.mask.assign(mask)
+    target.mask.refresh_copy()
     target.variable.assign(target.variable.numpy() * mask.astype(target.variable.dtype))
 
 

@@ -120,6 +120,7 @@ def test_snip_accepts_a_dataset_and_a_loss(regression_data):
     assert sparsity.sparsity_report(model).sparsity == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.backends("tensorflow")  # tf.distribute
 def test_snip_inside_a_strategy_scope_equals_outside(regression_data):
     import tensorflow as tf
 
