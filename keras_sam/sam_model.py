@@ -216,9 +216,14 @@ class SAMModel(keras.Model):
 
     @property
     def metrics_variables(self):
-        # The perturbed-loss tracker's state travels with the other metrics'
-        # in stateless (JAX) steps.
-        return super().metrics_variables + list(self.perturbed_loss_tracker.variables)
+        # The step's own trackers travel with the other metrics' state in
+        # stateless (JAX) steps.
+        own = (
+            self.perturbed_loss_tracker,
+            self.skipped_steps_tracker,
+            self.eps_batch_size_tracker,
+        )
+        return super().metrics_variables + [v for m in own for v in m.variables]
 
     def reset_metrics(self):
         super().reset_metrics()
@@ -249,6 +254,12 @@ class SAMModel(keras.Model):
             for i, state in enumerate(states):
                 state.assign(store[f"{_RANDOM_STATE_KEY}{i}"])
 
+    def get_compile_config(self) -> dict[str, Any] | None:
+        # Keras on PyTorch saves its optimizers under their backend class
+        # (module keras.src.backend.torch.optimizers...), which another
+        # backend would load as a torch optimizer: save the public class.
+        return _backend_neutral(super().get_compile_config())
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
@@ -259,6 +270,18 @@ class SAMModel(keras.Model):
             variant=variants.serialize(self.variant),
         )
         return config
+
+
+def _backend_neutral(config: Any) -> Any:
+    if isinstance(config, dict):
+        module = config.get("module")
+        if isinstance(module, str) and module.startswith("keras.src.backend."):
+            if ".optimizers" in module:
+                config = dict(config, module="keras.optimizers")
+        return {k: _backend_neutral(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_backend_neutral(v) for v in config]
+    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")

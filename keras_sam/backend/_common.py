@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import keras
-from keras import tree
+from keras import ops, tree
 
 from keras_sam import _compat
 
@@ -16,17 +16,19 @@ def is_loss_scaled(optimizer) -> bool:
     return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
 
-def micro_batch_count(model, batch_size: int) -> int:
-    """How many micro-batches of `model.micro_batch_size` make the batch;
-    a clear error when they do not divide it."""
+def micro_batch_split(model, batch_size: int) -> tuple[int, int]:
+    """(number of full micro-batches of `model.micro_batch_size`, size of
+    the partial last one, 0 if none) for a batch of `batch_size`."""
     m = model.micro_batch_size
-    if batch_size % m:
-        raise ValueError(
-            f"micro_batch_size={m} must divide the batch size. Batch the data "
-            "with drop_remainder=True, or use a batch size that is a multiple "
-            f"of micro_batch_size. Got a batch of {batch_size}."
-        )
-    return batch_size // m
+    return batch_size // m, batch_size % m
+
+
+def eps_batch_size(model, batch_size: int) -> int:
+    """How many examples' gradient forms each eps (the m of m-sharpness);
+    on JAX and torch the step sees the global batch (synchronized eps)."""
+    if model.micro_batch_size is not None:
+        return min(batch_size, model.micro_batch_size)
+    return batch_size
 
 
 def output_spec(model, x):
@@ -44,6 +46,28 @@ def forward(model, x):
     return model(x)
 
 
-def update_loss_trackers(model, loss, perturbed_loss, batch_size) -> None:
-    _compat.loss_tracker(model).update_state(loss, sample_weight=batch_size)
-    model.perturbed_loss_tracker.update_state(perturbed_loss, sample_weight=batch_size)
+def all_finite(tensors):
+    return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))
+
+
+def update_trackers(model, loss, perturbed_loss, batch_size, applied) -> None:
+    """The logged means and the step's own trackers, as the TF step: a step
+    skipped by loss scaling (`applied` False) is counted and leaves the
+    means alone (its clean loss enters only where finite)."""
+    loss = ops.cast(loss, "float32")
+    perturbed_loss = ops.cast(perturbed_loss, "float32")
+    _update_mean(
+        _compat.loss_tracker(model),
+        loss,
+        batch_size,
+        ops.logical_or(applied, ops.all(ops.isfinite(loss))),
+    )
+    _update_mean(model.perturbed_loss_tracker, perturbed_loss, batch_size, applied)
+    model.skipped_steps_tracker.update_state(ops.logical_not(applied))
+    model.eps_batch_size_tracker.update_state(eps_batch_size(model, batch_size))
+
+
+def _update_mean(tracker, value, batch_size, include):
+    # Not even a NaN times 0 where `include` is False.
+    weight = ops.where(include, float(batch_size), 0.0)
+    tracker.update_state(ops.where(include, value, ops.zeros_like(value)), weight)

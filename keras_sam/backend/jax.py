@@ -33,10 +33,11 @@ from keras import tree
 
 from keras_sam.backend import PER_REPLICA
 from keras_sam.backend._common import (
+    all_finite,
     first_tensor,
     is_loss_scaled,
-    micro_batch_count,
-    update_loss_trackers,
+    micro_batch_split,
+    update_trackers,
 )
 from keras_sam.sparsity._masks import kernel_masks, mask_values
 
@@ -61,12 +62,21 @@ def train_step(model, state, data):
                 passes, trainable, non_trainable, metrics_vars, x, y, sample_weight
             )
         )
+    # The loss-scale optimizer skips the step where a gradient is
+    # non-finite (a non-finite clean gradient poisoned the perturbed one).
+    applied = all_finite(grads) if passes.scale is not None else jnp.array(True)
     with mask_values(mask_vars, masks):
         trainable, optimizer_vars = model.optimizer.stateless_apply(
             optimizer_vars, grads, trainable
         )
     logs, metrics_vars = _update_metrics(
-        model, metrics_vars, loss, perturbed_loss, x, y, y_pred, sample_weight
+        model,
+        metrics_vars,
+        (loss, perturbed_loss, applied),
+        x,
+        y,
+        y_pred,
+        sample_weight,
     )
     return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
 
@@ -131,57 +141,81 @@ class _Passes:
 def _micro_batch_sam_gradients(
     passes, trainable, non_trainable, metrics_vars, x, y, sample_weight
 ):
-    """m-sharpness: each micro-batch gets its own eps; gradients are averaged.
+    """m-sharpness: each micro-batch gets its own eps; the perturbed
+    gradients are averaged, each weighted by its micro-batch's size.
 
-    A `jax.lax.scan` over [num_micro, m, ...] slices: the program holds one
-    copy of the step, and each clean pass updates the state in order, as
-    calling the model on that micro-batch would (a vmap could not thread it).
+    A batch of n runs as floor(n/m) micro-batches of m in a `jax.lax.scan`
+    over [num_full, m, ...] slices (the program holds one copy of the step),
+    then one of n mod m if that is not 0 (shapes are static under jit, so
+    the partial one is known when traced). Each clean pass updates the state
+    in order, as calling the model on that micro-batch would (a vmap over
+    micro-batches could not thread it).
     """
     m = passes.model.micro_batch_size
-    num_micro = micro_batch_count(passes.model, first_tensor(x).shape[0])
+    n = first_tensor(x).shape[0]
+    num_full, rest = micro_batch_split(passes.model, n)
+    data = (x, y, sample_weight)
+    parts = []  # (fraction of the batch, grads, y_pred, loss, perturbed loss)
+    if num_full:
 
-    def split(t):
-        return None if t is None else t.reshape((num_micro, m) + tuple(t.shape[1:]))
+        def split(t):
+            if t is None:
+                return None
+            return t[: num_full * m].reshape((num_full, m) + tuple(t.shape[1:]))
 
-    batches = tree.map_structure(split, (x, y, sample_weight))
+        def body(carry, batch):
+            state, metrics, grad_sums, loss_sum, perturbed_sum = carry
+            grads, y_pred, loss, perturbed_loss, state, metrics = passes.sam_gradients(
+                trainable, state, metrics, *batch
+            )
+            grad_sums = [s + g for s, g in zip(grad_sums, grads)]
+            loss_sum = loss_sum + loss.astype("float32")
+            perturbed_sum = perturbed_sum + perturbed_loss.astype("float32")
+            return (state, metrics, grad_sums, loss_sum, perturbed_sum), y_pred
 
-    def body(carry, batch):
-        state, metrics, grad_sums, loss_sum, perturbed_sum = carry
-        grads, y_pred, loss, perturbed_loss, state, metrics = passes.sam_gradients(
-            trainable, state, metrics, *batch
+        initial = (
+            non_trainable,
+            metrics_vars,
+            [jnp.zeros_like(w) for w in trainable],
+            jnp.zeros((), "float32"),
+            jnp.zeros((), "float32"),
         )
-        grad_sums = [s + g for s, g in zip(grad_sums, grads)]
-        loss_sum = loss_sum + loss.astype("float32")
-        perturbed_sum = perturbed_sum + perturbed_loss.astype("float32")
-        return (state, metrics, grad_sums, loss_sum, perturbed_sum), y_pred
-
-    initial = (
-        non_trainable,
-        metrics_vars,
-        [jnp.zeros_like(w) for w in trainable],
-        jnp.zeros((), "float32"),
-        jnp.zeros((), "float32"),
-    )
-    carry, y_pred = jax.lax.scan(body, initial, batches)
-    non_trainable, metrics_vars, grad_sums, loss_sum, perturbed_sum = carry
+        carry, y_pred = jax.lax.scan(body, initial, tree.map_structure(split, data))
+        non_trainable, metrics_vars, grad_sums, loss_sum, perturbed_sum = carry
+        y_pred = tree.map_structure(
+            lambda t: t.reshape((num_full * m,) + tuple(t.shape[2:])), y_pred
+        )
+        parts.append(
+            (
+                num_full * m / n,
+                [g / num_full for g in grad_sums],
+                y_pred,
+                loss_sum / num_full,
+                perturbed_sum / num_full,
+            )
+        )
+    if rest:
+        tail = tree.map_structure(
+            lambda t: None if t is None else t[num_full * m :], data
+        )
+        grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
+            passes.sam_gradients(trainable, non_trainable, metrics_vars, *tail)
+        )
+        parts.append((rest / n, grads, y_pred, loss, perturbed_loss))
+    grads = [sum(q[0] * q[1][i] for q in parts) for i in range(len(trainable))]
     y_pred = tree.map_structure(
-        lambda t: t.reshape((num_micro * m,) + tuple(t.shape[2:])), y_pred
+        lambda *pieces: jnp.concatenate(pieces), *[p[2] for p in parts]
     )
-    grads = [s / num_micro for s in grad_sums]
-    return (
-        grads,
-        y_pred,
-        loss_sum / num_micro,
-        perturbed_sum / num_micro,
-        non_trainable,
-        metrics_vars,
-    )
+    loss = sum(q[0] * q[3].astype("float32") for q in parts)
+    perturbed_loss = sum(q[0] * q[4].astype("float32") for q in parts)
+    return grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars
 
 
-def _update_metrics(model, metrics_vars, loss, perturbed_loss, x, y, y_pred, sw):
+def _update_metrics(model, metrics_vars, losses, x, y, y_pred, sw):
+    loss, perturbed_loss, applied = losses
     mapping = list(zip(model.metrics_variables, metrics_vars))
     with keras.StatelessScope(state_mapping=mapping) as scope:
-        update_loss_trackers(model, loss, perturbed_loss, first_tensor(x).shape[0])
+        update_trackers(model, loss, perturbed_loss, first_tensor(x).shape[0], applied)
         logs = model.compute_metrics(x, y, y_pred, sample_weight=sw)
         logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
     new_metrics = []

@@ -25,12 +25,12 @@ from keras import tree
 
 from keras_sam import _compat
 from keras_sam.backend._common import (
+    all_finite,
     first_tensor,
     forward,
     is_loss_scaled,
-    micro_batch_count,
     output_spec,
-    update_loss_trackers,
+    update_trackers,
 )
 from keras_sam.sparsity._masks import kernel_masks
 
@@ -46,7 +46,10 @@ def train_step(model, data):
         grads, y_pred, loss, perturbed_loss = _micro_batch_sam_gradients(
             model, x, y, sample_weight
         )
-    update_loss_trackers(model, loss, perturbed_loss, first_tensor(x).shape[0])
+    # The loss-scale optimizer skips the step where a gradient is
+    # non-finite (a non-finite clean gradient poisoned the perturbed one).
+    applied = all_finite(grads) if is_loss_scaled(model.optimizer) else True
+    update_trackers(model, loss, perturbed_loss, first_tensor(x).shape[0], applied)
     with torch.no_grad():
         model.optimizer.apply(grads, model.trainable_variables)
     logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
@@ -94,27 +97,30 @@ def _sam_gradients(model, x, y, sample_weight):
 
 
 def _micro_batch_sam_gradients(model, x, y, sample_weight):
-    """m-sharpness: each micro-batch gets its own eps; gradients are averaged.
-    Each clean pass updates the state in order."""
+    """m-sharpness: each micro-batch gets its own eps; the perturbed
+    gradients are averaged, each weighted by its micro-batch's size (a
+    partial last micro-batch of n mod m counts less). Each clean pass
+    updates the state in order."""
     m = model.micro_batch_size
-    num_micro = micro_batch_count(model, first_tensor(x).shape[0])
+    n = first_tensor(x).shape[0]
     grad_sums, preds = None, []
     loss_sum = perturbed_sum = 0.0
-    for k in range(num_micro):
+    for start in range(0, n, m):
         piece = tree.map_structure(
-            lambda t, k=k: None if t is None else t[k * m : (k + 1) * m],
+            lambda t, start=start: None if t is None else t[start : start + m],
             (x, y, sample_weight),
         )
+        fraction = (min(start + m, n) - start) / n
         grads, y_pred, loss, perturbed_loss = _sam_gradients(model, *piece)
+        grads = [g * fraction for g in grads]
         grad_sums = (
             grads if grad_sums is None else [a + b for a, b in zip(grad_sums, grads)]
         )
         preds.append(y_pred)
-        loss_sum = loss_sum + loss.float()
-        perturbed_sum = perturbed_sum + perturbed_loss.float()
+        loss_sum = loss_sum + fraction * loss.float()
+        perturbed_sum = perturbed_sum + fraction * perturbed_loss.float()
     y_pred = tree.map_structure(lambda *parts: torch.cat(parts), *preds)
-    grads = [g / num_micro for g in grad_sums]
-    return grads, y_pred, loss_sum / num_micro, perturbed_sum / num_micro
+    return grad_sums, y_pred, loss_sum, perturbed_sum
 
 
 def _gradients(loss, tensors):
