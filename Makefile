@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 # JAX (CPU) and the CPU build of PyTorch 2.13.0 (pinned in the extras: an
 # open range would pull a multi-GB CUDA build).
 $(BACKENDS_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test,jax,torch]"
+	$(PY) -m pip install --quiet -e ".[study,test,jax,torch]"
 	touch $(BACKENDS_STAMP)
 
 demo: $(STAMP)
