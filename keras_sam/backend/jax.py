@@ -41,6 +41,12 @@ from keras_sam.backend._common import (
 )
 from keras_sam.sparsity._masks import kernel_masks, mask_values
 
+#: Up to this many full micro-batches the scan is unrolled: XLA on CPU runs
+#: loop bodies single-threaded and without its fast convolutions (a small CNN
+#: with 4 micro-batches: 10.5 s/step rolled, 0.28 s unrolled, and it compiles
+#: faster); above it the program would grow with the count.
+_MAX_UNROLLED_MICRO_BATCHES = 16
+
 
 def train_step(model, state, data):
     """`SAMModel.train_step` for JAX: returns ``(logs, state)``."""
@@ -145,11 +151,11 @@ def _micro_batch_sam_gradients(
     gradients are averaged, each weighted by its micro-batch's size.
 
     A batch of n runs as floor(n/m) micro-batches of m in a `jax.lax.scan`
-    over [num_full, m, ...] slices (the program holds one copy of the step),
-    then one of n mod m if that is not 0 (shapes are static under jit, so
-    the partial one is known when traced). Each clean pass updates the state
-    in order, as calling the model on that micro-batch would (a vmap over
-    micro-batches could not thread it).
+    over [num_full, m, ...] slices (unrolled up to 16 micro-batches, one
+    copy of the step above that), then one of n mod m if that is not 0
+    (shapes are static under jit, so the partial one is known when traced).
+    Each clean pass updates the state in order, as calling the model on that
+    micro-batch would (a vmap over micro-batches could not thread it).
     """
     m = passes.model.micro_batch_size
     n = first_tensor(x).shape[0]
@@ -180,7 +186,12 @@ def _micro_batch_sam_gradients(
             jnp.zeros((), "float32"),
             jnp.zeros((), "float32"),
         )
-        carry, y_pred = jax.lax.scan(body, initial, tree.map_structure(split, data))
+        carry, y_pred = jax.lax.scan(
+            body,
+            initial,
+            tree.map_structure(split, data),
+            unroll=num_full <= _MAX_UNROLLED_MICRO_BATCHES,
+        )
         non_trainable, metrics_vars, grad_sums, loss_sum, perturbed_sum = carry
         y_pred = tree.map_structure(
             lambda t: t.reshape((num_full * m,) + tuple(t.shape[2:])), y_pred
