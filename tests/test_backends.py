@@ -257,3 +257,32 @@ def test_jax_data_parallel_equals_single_device():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_rho_schedule_reads_the_step_against_numpy():
+    """rho = 0.2 * 0.5**step: two SGD steps against NumPy SAM at 0.2, 0.1."""
+    from tests import reference
+    from tests.test_sam_model import LR, mlp, weights_of
+
+    x = RNG.normal(size=(16, 5)).astype("float32")
+    y = RNG.normal(size=(16, 1)).astype("float32")
+    model = mlp(rho=keras.optimizers.schedules.ExponentialDecay(0.2, 1, 0.5))
+    params = weights_of(model)
+    for rho in (0.2, 0.1):
+        _, _, grads = reference.sam_gradient("sam", params, x, y, rho)
+        params = [p - LR * g for p, g in zip(params, grads)]
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    for got, want in zip(weights_of(model), params):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.backends("jax", "torch")
+def test_variants_are_refused_off_tensorflow():
+    from tests.test_sam_model import mlp
+
+    model = mlp(variant="looksam")
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    x = RNG.normal(size=(8, 5)).astype("float32")
+    with pytest.raises(NotImplementedError, match="variant=.*TensorFlow"):
+        model.fit(x, x[:, :1], verbose=0)

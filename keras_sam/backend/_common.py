@@ -8,6 +8,16 @@ from keras import ops, tree
 from keras_sam import _compat
 
 
+def refuse_variants(model) -> None:
+    """The variants (LookSAM, GSAM, ...) run in the TensorFlow step only."""
+    if getattr(model, "variant", None) is not None:
+        raise NotImplementedError(
+            f"variant={type(model.variant).__name__} runs on the TensorFlow "
+            f"backend only so far; on {keras.backend.backend()!r} use "
+            "variant=None (plain SAM with any rule and rho schedule)."
+        )
+
+
 def first_tensor(structure):
     return next(t for t in tree.flatten(structure) if t is not None)
 

@@ -37,9 +37,11 @@ from keras_sam.backend._common import (
     first_tensor,
     is_loss_scaled,
     micro_batch_split,
+    refuse_variants,
     update_trackers,
 )
 from keras_sam.sparsity._masks import kernel_masks, mask_values
+from keras_sam.variants import schedules
 
 #: Up to this many full micro-batches the scan is unrolled: XLA on CPU runs
 #: loop bodies single-threaded and without its fast convolutions (a small CNN
@@ -53,6 +55,7 @@ def train_step(model, state, data):
     trainable, non_trainable, optimizer_vars, metrics_vars = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     _check_replica_eps(model)
+    refuse_variants(model)
     mask_vars = kernel_masks(model.trainable_variables)
     masks = _values_of(model, mask_vars, non_trainable)
     passes = _Passes(model, optimizer_vars, masks)
@@ -97,6 +100,10 @@ class _Passes:
         self.masks = masks
         self.grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
         self.scale = _loss_scale(model.optimizer, optimizer_vars)
+        # Like a learning-rate schedule, a rho schedule reads the step count.
+        self.rho = schedules.rho_at(
+            model.rho, _iterations(model.optimizer, optimizer_vars)
+        )
 
     def _gradients(self, trainable, non_trainable, metrics_vars, x, y, sample_weight):
         (_, aux), grads = self.grad_fn(
@@ -121,7 +128,7 @@ class _Passes:
             trainable, non_trainable, metrics_vars, x, y, sample_weight
         )
         grads = _apply_masks(self._unscale(scaled_grads), self.masks)
-        eps = _apply_masks(model.perturbation(grads, trainable, model.rho), self.masks)
+        eps = _apply_masks(model.perturbation(grads, trainable, self.rho), self.masks)
         perturbed = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
         # The state of the perturbed pass is the clean pass's input state:
         # same seeds (dropout masks); its updates are dropped.
@@ -251,6 +258,13 @@ def _values_of(model, variables, non_trainable):
 
 def _apply_masks(tensors, masks):
     return [t if m is None else t * m.astype(t.dtype) for t, m in zip(tensors, masks)]
+
+
+def _iterations(optimizer, optimizer_vars):
+    for variable, value in zip(optimizer.variables, optimizer_vars):
+        if variable is optimizer.iterations:
+            return value
+    return optimizer.iterations.value
 
 
 def _loss_scale(optimizer, optimizer_vars):

@@ -30,14 +30,17 @@ from keras_sam.backend._common import (
     forward,
     is_loss_scaled,
     output_spec,
+    refuse_variants,
     update_trackers,
 )
 from keras_sam.sparsity._masks import kernel_masks
+from keras_sam.variants import schedules
 
 
 def train_step(model, data):
     """`SAMModel.train_step` for PyTorch: returns the logs dict."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    refuse_variants(model)
     if not model.built:
         output_spec(model, x)
     if model.micro_batch_size is None:
@@ -70,7 +73,7 @@ def _sam_gradients(model, x, y, sample_weight):
     grads = _apply_masks(_unscale(model.optimizer, grads), masks)
     with torch.no_grad():
         detached = [w.detach() for w in weights]
-        eps = _apply_masks(model.perturbation(grads, detached, model.rho), masks)
+        eps = _apply_masks(model.perturbation(grads, detached, _rho(model)), masks)
         perturbed = [w + e.to(w.dtype) for w, e in zip(detached, eps)]
     perturbed = [p.requires_grad_() for p in perturbed]
     mapping = list(zip(trainable, perturbed))
@@ -121,6 +124,11 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
         perturbed_sum = perturbed_sum + fraction * perturbed_loss.float()
     y_pred = tree.map_structure(lambda *parts: torch.cat(parts), *preds)
     return grad_sums, y_pred, loss_sum, perturbed_sum
+
+
+def _rho(model):
+    # Like a learning-rate schedule, a rho schedule reads the step count.
+    return schedules.rho_at(model.rho, model.optimizer.iterations)
 
 
 def _gradients(loss, tensors):
