@@ -101,9 +101,10 @@ class _Passes:
         self.grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
         self.scale = _loss_scale(model.optimizer, optimizer_vars)
         # Like a learning-rate schedule, a rho schedule reads the step count.
-        self.rho = schedules.rho_at(
-            model.rho, _iterations(model.optimizer, optimizer_vars)
-        )
+        self.rho = model.rho
+        if callable(model.rho):
+            step = _iterations(model.optimizer, optimizer_vars)
+            self.rho = schedules.rho_at(model.rho, step)
 
     def _gradients(self, trainable, non_trainable, metrics_vars, x, y, sample_weight):
         (_, aux), grads = self.grad_fn(
@@ -261,10 +262,11 @@ def _apply_masks(tensors, masks):
 
 
 def _iterations(optimizer, optimizer_vars):
-    for variable, value in zip(optimizer.variables, optimizer_vars):
-        if variable is optimizer.iterations:
-            return value
-    return optimizer.iterations.value
+    """The optimizer's step count as held in `optimizer_vars` (with gradient
+    accumulation `iterations` is computed from its variables)."""
+    mapping = list(zip(optimizer.variables, optimizer_vars))
+    with keras.StatelessScope(state_mapping=mapping):
+        return keras.ops.convert_to_tensor(optimizer.iterations)
 
 
 def _loss_scale(optimizer, optimizer_vars):
