@@ -4,6 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.keras-sam-installed
+BACKENDS_STAMP := $(VENV)/.keras-sam-backends-installed
+# The backend-neutral suites, run once more on JAX and on PyTorch (the whole
+# suite runs on TensorFlow). Each backend is its own process: Keras picks its
+# backend at import.
+BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.py \
+	tests/test_perturbations.py tests/sparsity
 
 .PHONY: demo test lint format bench
 
@@ -13,11 +19,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[study,test]"
 	touch $(STAMP)
 
+# JAX (CPU) and the CPU build of PyTorch 2.13.0 (pinned in the extras: an
+# open range would pull a multi-GB CUDA build).
+$(BACKENDS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[study,test,jax,torch]"
+	touch $(BACKENDS_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m keras_sam sweep synthetic --preset quick --out results/synthetic-quick
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+test: $(BACKENDS_STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q $(BACKEND_SUITE)
+	KERAS_BACKEND=torch $(PY) -m pytest -q $(BACKEND_SUITE)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -91,7 +91,7 @@ class SAM(Perturbation):
 
     def __call__(self, gradients, weights, rho):
         scale = rho / (global_norm(gradients) + TINY)
-        return [g * ops.cast(scale, g.dtype) for g in gradients]
+        return [ops.multiply(g, ops.cast(scale, g.dtype)) for g in gradients]
 
 
 @register("usam")
@@ -99,7 +99,7 @@ class USAM(Perturbation):
     """Unnormalized SAM, the form the convergence theory analyses: eps = rho * g."""
 
     def __call__(self, gradients, weights, rho):
-        return [g * ops.cast(rho, g.dtype) for g in gradients]
+        return [ops.multiply(g, ops.cast(rho, g.dtype)) for g in gradients]
 
 
 @register("asam")
@@ -134,10 +134,17 @@ class ASAM(Perturbation):
             None if t is None else ops.cast(t, g.dtype)
             for t, g in zip(scales, gradients)
         ]
-        scaled = [g if t is None else t * g for g, t in zip(gradients, scales)]
+        # ops.multiply, not `*`: the gradients may be NumPy arrays, which a
+        # torch tensor does not multiply.
+        gradients = [ops.convert_to_tensor(g) for g in gradients]
+        scaled = [
+            g if t is None else ops.multiply(t, g) for g, t in zip(gradients, scales)
+        ]
         factor = rho / (global_norm(scaled) + TINY)
         return [
-            (tg if t is None else t * tg) * ops.cast(factor, tg.dtype)
+            ops.multiply(
+                tg if t is None else ops.multiply(t, tg), ops.cast(factor, tg.dtype)
+            )
             for tg, t in zip(scaled, scales)
         ]
 

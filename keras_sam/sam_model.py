@@ -173,13 +173,18 @@ class SAMModel(keras.Model):
         # Keras cannot XLA-compile a whole multi-replica step on
         # `MirroredStrategy` ("Trying to access resource ... replica_1");
         # compile each replica's two passes instead.
-        if self.jit_compile and self.distribute_strategy.num_replicas_in_sync > 1:
+        if (
+            keras.backend.backend() == "tensorflow"
+            and self.jit_compile
+            and self.distribute_strategy.num_replicas_in_sync > 1
+        ):
             self._jit_compile_per_replica = True
             self.jit_compile = False
         return super().make_train_function(force=force)
 
-    def train_step(self, data):
-        return get_train_step()(self, data)
+    def train_step(self, *args):
+        # (data) on TensorFlow and PyTorch, (state, data) on JAX.
+        return get_train_step()(self, *args)
 
     # A private Keras hook (`_compat.SYMBOLIC_BUILD_HOOK`): build from a
     # worker-local batch under multi-worker strategies.
@@ -208,6 +213,17 @@ class SAMModel(keras.Model):
             self.gradient_pass_counter,
         )
         return [m for m in super().metrics if not any(m is o for o in own)]
+
+    @property
+    def metrics_variables(self):
+        # The step's own trackers travel with the other metrics' state in
+        # stateless (JAX) steps.
+        own = (
+            self.perturbed_loss_tracker,
+            self.skipped_steps_tracker,
+            self.eps_batch_size_tracker,
+        )
+        return super().metrics_variables + [v for m in own for v in m.variables]
 
     def reset_metrics(self):
         super().reset_metrics()
@@ -238,6 +254,12 @@ class SAMModel(keras.Model):
             for i, state in enumerate(states):
                 state.assign(store[f"{_RANDOM_STATE_KEY}{i}"])
 
+    def get_compile_config(self) -> dict[str, Any] | None:
+        # Keras on PyTorch saves its optimizers under their backend class
+        # (module keras.src.backend.torch.optimizers...), which another
+        # backend would load as a torch optimizer: save the public class.
+        return _backend_neutral(super().get_compile_config())
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
@@ -248,6 +270,18 @@ class SAMModel(keras.Model):
             variant=variants.serialize(self.variant),
         )
         return config
+
+
+def _backend_neutral(config: Any) -> Any:
+    if isinstance(config, dict):
+        module = config.get("module")
+        if isinstance(module, str) and module.startswith("keras.src.backend."):
+            if ".optimizers" in module:
+                config = dict(config, module="keras.optimizers")
+        return {k: _backend_neutral(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_backend_neutral(v) for v in config]
+    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")

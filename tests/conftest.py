@@ -7,6 +7,20 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+#: The Keras backend of this test process (one process per backend: `make test`).
+BACKEND = keras.backend.backend()
+#: torch.compile takes minutes per model on a CPU: jit_compile=True is not run in
+#: the PyTorch suite (checked by hand, see docs/benchmarks.md).
+JIT_COMPILE = (False, True) if BACKEND != "torch" else (False,)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        if marker is not None and BACKEND not in marker.args:
+            only = ", ".join(marker.args)
+            item.add_marker(pytest.mark.skip(reason=f"{only} only; backend {BACKEND}"))
+
 
 @pytest.fixture
 def mixed_precision():

@@ -4,10 +4,10 @@ by-hand micro-batches, hand-computed batch-norm statistics."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_sam
 from tests import reference
+from tests.conftest import BACKEND, JIT_COMPILE
 
 LR = 0.1
 
@@ -120,7 +120,10 @@ def test_micro_batches_match_numpy_by_hand(regression_data):
     assert max(np.max(np.abs(a - b)) for a, b in zip(mean_grads, whole)) > 1e-4
 
 
+@pytest.mark.backends("tensorflow")  # JAX: a lax.scan, one body by construction
 def test_micro_batch_graph_does_not_grow_with_count(regression_data):
+    import tensorflow as tf
+
     x, y = regression_data
     sizes = {}
     for micro in (32, 4):
@@ -156,7 +159,9 @@ def _micro_batch_reference(params, x, y, batches, m, rho=0.2):
 
 
 @pytest.mark.parametrize(
-    "jit_compile, call", [(False, "fit"), (True, "fit"), (False, "train_on_batch")]
+    "jit_compile, call",
+    [(False, "fit"), (False, "train_on_batch")]
+    + [(True, "fit")] * (len(JIT_COMPILE) - 1),
 )
 def test_partial_micro_batch_weighted_by_size_matches_numpy(
     regression_data, jit_compile, call
@@ -182,7 +187,8 @@ def test_partial_micro_batch_weighted_by_size_matches_numpy(
 
 @pytest.mark.parametrize(
     "jit_compile, call",
-    [(False, "train_on_batch"), (True, "train_on_batch"), (False, "fit")],
+    [(False, "train_on_batch"), (False, "fit")]
+    + [(True, "train_on_batch")] * (len(JIT_COMPILE) - 1),
 )
 def test_micro_batch_with_batch_norm_threads_state(jit_compile, call):
     """Conv + batch norm, a batch of 20 with m = 8: each micro-batch's clean
@@ -198,7 +204,7 @@ def test_micro_batch_with_batch_norm_threads_state(jit_compile, call):
     outputs = keras.layers.Dense(1)(keras.layers.Flatten()(features))
     model = keras_sam.SAMModel(inputs, outputs, rho=0.5, micro_batch_size=8)
     model.compile(keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
-    if jit_compile:
+    if jit_compile and BACKEND == "tensorflow":
         with pytest.warns(UserWarning, match="XLA runs the micro-batch loop"):
             model.train_on_batch(x, y)
     elif call == "fit":
@@ -253,7 +259,8 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize(
     "name, jit_compile",
-    [(name, False) for name in sorted(OPTIMIZERS)] + [("adamw", True)],
+    [(name, False) for name in sorted(OPTIMIZERS)]
+    + [("adamw", True)] * (len(JIT_COMPILE) - 1),
 )
 def test_rho_zero_equals_plain_keras(regression_data, name, jit_compile):
     """rho=0 with dropout, batch norm, L2 and activity regularizers reproduces
@@ -314,6 +321,8 @@ def test_adamw_weight_decay_does_not_enter_eps(regression_data):
     assert perturbed[0] == pytest.approx(perturbed[1], rel=1e-7)
 
 
+# Keras on torch: steps_per_execution must be 1; torch.compile: see JIT_COMPILE.
+@pytest.mark.backends("tensorflow", "jax")
 @pytest.mark.filterwarnings("ignore:micro_batch_size with jit_compile")
 @pytest.mark.parametrize("options", [{}, {"micro_batch_size": 8}])
 def test_jit_and_steps_per_execution_agree(regression_data, options):
@@ -404,7 +413,10 @@ def test_mixed_float16_skipped_step_leaves_the_logs_alone(
         history = model.fit(*data, batch_size=16, shuffle=False, verbose=0)
         runs.append((model, history.history))
     (skipping, logs), (clean, clean_logs) = runs
-    assert skipping.skipped_steps == 1 and clean.skipped_steps == 0
+    assert skipping.skipped_steps == clean.skipped_steps + 1
+    # Keras's own float16 step on JAX and torch (CPU) also skips this
+    # model's first step at the initial scale 32768, SAM or not.
+    assert clean.skipped_steps == (0 if BACKEND == "tensorflow" else 1)
     for name in ("loss", "perturbed_loss"):
         assert logs[name][0] == pytest.approx(clean_logs[name][0], rel=1e-3), name
     assert_weights_close(weights_of(skipping), weights_of(clean), atol=1e-3)

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 import keras_sam
+from tests.conftest import BACKEND
 from tests.test_sam_model import mlp
+
+# Keras on torch allows only steps_per_execution=1.
+STEPS_PER_EXECUTION = 1 if BACKEND == "torch" else 2
 
 
 class Subclassed(keras.Model):
@@ -126,6 +130,7 @@ def test_sam_rejects_sam_model():
         keras_sam.sam(mlp())
 
 
+@pytest.mark.backends("tensorflow")  # the TF-MOT import guard
 def test_import_leaves_tf_keras_resolution_alone():
     """TF-MOT sets TF_USE_LEGACY_KERAS=1 on import; keras_sam must not."""
     code = (
@@ -165,14 +170,15 @@ def test_sam_of_a_compiled_model_keeps_its_compile_settings():
         optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        steps_per_execution=2,
+        steps_per_execution=STEPS_PER_EXECUTION,
         jit_compile=False,
     )
     base.fit(x, y, batch_size=8, verbose=0)  # the optimizer has state
     iterations = int(optimizer.iterations.numpy())
     model = keras_sam.sam(base, rho=0.1)
     assert model.compiled and model.optimizer is optimizer
-    assert model.steps_per_execution == 2 and model.jit_compile is False
+    assert model.steps_per_execution == STEPS_PER_EXECUTION
+    assert model.jit_compile is False
     history = model.fit(x, y, batch_size=8, verbose=0).history
     assert set(history) == {"loss", "accuracy", "perturbed_loss"}
     assert int(optimizer.iterations.numpy()) == iterations + 3

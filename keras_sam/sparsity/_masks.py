@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
@@ -21,6 +24,30 @@ PRUNABLE = {
     "pointwise_kernel": ("pointwise_constraint",),
     "recurrent_kernel": ("recurrent_constraint",),
 }
+
+
+#: id(mask variable) -> the value a stateless step holds for it (see
+#: `mask_values`): read by `KernelMask.__call__` in place of the variable.
+_MASK_VALUES: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
+    "keras_sam_mask_values", default=None
+)
+
+
+@contextlib.contextmanager
+def mask_values(masks: Sequence[Any], values: Sequence[Any]) -> Iterator[None]:
+    """Within the block, each `KernelMask` constraint reads its mask from
+    `values` (one per mask variable in `masks`; None entries are skipped).
+
+    A stateless step (JAX) carries the masks as values in its state, not in
+    the variables; the optimizer's `stateless_apply` maps only the weights
+    and its own variables, so the constraint must be told the mask values.
+    """
+    mapping = {id(m): v for m, v in zip(masks, values) if m is not None}
+    token = _MASK_VALUES.set(mapping)
+    try:
+        yield
+    finally:
+        _MASK_VALUES.reset(token)
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -56,13 +83,35 @@ class KernelMask(keras.layers.Layer):
             autocast=False,
             name="mask",
         )
+        self._copy = np.ones(self.shape, "float32")
         self.built = True
+
+    def refresh_copy(self) -> None:
+        """Keeps the host copy of the mask in step with the variable (done
+        by `set_mask` and on loading)."""
+        self._copy = np.asarray(ops.convert_to_numpy(self.mask), "float32")
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self.refresh_copy()
 
     def __call__(self, weight):
         # The constraint protocol, without `Layer.__call__`'s input casting.
         if self.inner is not None:
             weight = self.inner(weight)
-        return ops.multiply(weight, ops.cast(self.mask, weight.dtype))
+        overrides = _MASK_VALUES.get()
+        if overrides is not None and id(self.mask) in overrides:
+            mask = overrides[id(self.mask)]
+        else:
+            try:
+                mask = ops.convert_to_tensor(self.mask)
+            except TypeError:
+                # Keras's JAX trainer detaches the state from the variables
+                # during `fit` (the variable then has no value to read), and
+                # its own step hands constraints only the weights: use the
+                # copy `set_mask` and loading keep.
+                mask = self._copy
+        return ops.multiply(weight, ops.cast(mask, weight.dtype))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -156,6 +205,7 @@ def set_mask(target: Prunable, mask: np.ndarray) -> None:
     """Sets a kernel's mask and zeroes its pruned weights."""
     mask = np.asarray(mask, dtype="float32")
     target.mask.mask.assign(mask)
+    target.mask.refresh_copy()
     target.variable.assign(target.variable.numpy() * mask.astype(target.variable.dtype))
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import tree
 
 from keras_sam import _compat, _validation
+from keras_sam.backend._gradients import stateless_gradients
 from keras_sam.sparsity._masks import (
     Prunable,
     attach_masks,
@@ -94,6 +95,10 @@ def _in_replica_context(fn, *args):
     """``fn(*args)``; inside a strategy's scope (cross-replica context, where
     distributed variables cannot be differentiated) on the first replica, with
     the whole batch."""
+    if keras.backend.backend() != "tensorflow":
+        return fn(*args)
+    import tensorflow as tf
+
     if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
         strategy = tf.distribute.get_strategy()
         results = strategy.run(fn, args)
@@ -123,24 +128,27 @@ def _snip_scores(model, targets: list[Prunable], data, loss) -> list[np.ndarray]
 
     def gradients(x, y, sample_weight):
         # Stateless: batch-norm statistics and seeds are left as they are.
-        with tf.GradientTape() as tape, keras.StatelessScope():
+        def loss_value():
             y_pred = model(x, training=True)
             if loss_fn is None:
-                value = model.compute_loss(
+                return model.compute_loss(
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight
                 )
-            else:
-                value = loss_fn(y, y_pred, sample_weight=sample_weight)
-        return tape.gradient(
-            value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
+            return loss_fn(y, y_pred, sample_weight=sample_weight)
 
+        return stateless_gradients(loss_value, variables)
+
+    on_tensorflow = keras.backend.backend() == "tensorflow"
     for batch in _batches(data):
+        if not on_tensorflow:  # tf.data batches hold TF tensors
+            batch = tree.map_structure(
+                lambda t: None if t is None else np.asarray(t), batch
+            )
         grads = _in_replica_context(
             gradients, *keras.utils.unpack_x_y_sample_weight(batch)
         )
         for total, g in zip(sums, grads):
-            total += tf.convert_to_tensor(g).numpy()
+            total += keras.ops.convert_to_numpy(g)
         count += 1
     if count == 0:
         raise ValueError('method="snip" got no batches in `data`.')
@@ -270,8 +278,10 @@ class GradualPruning(keras.callbacks.Callback):
         self.model.make_train_function()
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        should_prune, sparsity = self.schedule(tf.constant(step, tf.int64))
+        # `self.model` brings the JAX state back into the variables first;
+        # the next step then reads the new masks.
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        should_prune, sparsity = self.schedule(_step_tensor(step))
         if not bool(np.asarray(should_prune)):
             return
         sparsity = validate_sparsity(float(np.asarray(sparsity)))
@@ -279,6 +289,27 @@ class GradualPruning(keras.callbacks.Callback):
             self._targets, magnitude_masks(self._targets, sparsity, self.m_by_n)
         ):
             set_mask(target, mask)
+        _retrace_if_masks_are_constants(self.model)
+
+
+def _retrace_if_masks_are_constants(model: keras.Model) -> None:
+    # Keras's own JAX step reads the masks as constants of the compiled
+    # function (see KernelMask.__call__): compile it again with the new ones.
+    # A SAM step carries them in its state and needs no new function.
+    from keras_sam.sam_model import SAMModel
+
+    if keras.backend.backend() == "jax" and not isinstance(model, SAMModel):
+        model.make_train_function(force=True)
+
+
+def _step_tensor(step: int) -> Any:
+    # TF-MOT schedules compute with TF ops: a TF tensor on TensorFlow, an
+    # int64 NumPy scalar (which TF ops also take) on the other backends.
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.constant(step, tf.int64)
+    return np.int64(step)
 
 
 _TFMOT_SCHEDULES = ("PolynomialDecay", "ConstantSparsity")
@@ -290,6 +321,8 @@ def _preserved_keras_environment():
     # which would bind `tf.keras` to tf_keras for the rest of the process.
     # Resolve `tf.keras` first under the user's setting, restore the variable
     # after.
+    import tensorflow as tf
+
     previous = os.environ.get("TF_USE_LEGACY_KERAS")
     getattr(tf.keras, "__name__", None)
     try:

@@ -8,6 +8,7 @@ import pytest
 import keras_sam
 from keras_sam import sparsity
 from tests import reference
+from tests.conftest import JIT_COMPILE
 
 LR = 0.1
 
@@ -120,6 +121,7 @@ def test_snip_accepts_a_dataset_and_a_loss(regression_data):
     assert sparsity.sparsity_report(model).sparsity == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.backends("tensorflow")  # tf.distribute
 def test_snip_inside_a_strategy_scope_equals_outside(regression_data):
     import tensorflow as tf
 
@@ -227,7 +229,9 @@ def test_masks_under_jit_compile_and_mixed_precision(regression_data, mixed_prec
     model = mlp(rho=0.1)
     sparsity.prune_at_init(model, 0.5, seed=0)
     model.compile(
-        keras.optimizers.SGD(0.05, momentum=0.9), loss="mse", jit_compile=True
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        loss="mse",
+        jit_compile=JIT_COMPILE[-1],
     )
     model.fit(x, y, batch_size=16, epochs=3, verbose=0)
     for new, mask in zip(kernels(model), masks(model)):

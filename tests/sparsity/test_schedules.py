@@ -111,6 +111,7 @@ def _run(code):
     )
 
 
+@pytest.mark.backends("tensorflow")  # the TF-MOT import guard
 def test_tfmot_import_leaves_tf_keras_on_keras_3():
     result = _run(
         """

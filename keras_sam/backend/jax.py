@@ -1,0 +1,294 @@
+"""The SAM training step on the JAX backend, stateless like Keras's JAX trainer.
+
+`train_step(model, state, data) -> (logs, state)`, with the state Keras's
+JAX trainer carries (trainable, non-trainable, optimizer and metrics values).
+On a batch (or on each micro-batch, inside a `jax.lax.scan`):
+
+1. clean pass: `jax.value_and_grad` over `model.compute_loss_and_updates`
+   (Keras's stateless forward and loss) at w, from the non-trainable state
+   s; it returns g and the updated state s' (batch-norm statistics, seeds);
+2. unscale g if the optimizer scales the loss, mask it, eps = rule(g, w, rho);
+3. perturbed pass: the same function at w + eps and the same s, so the same
+   dropout masks and batch statistics, regularizers evaluated at w + eps;
+   its state output is dropped, so the state changes once, to s';
+4. the optimizer's `stateless_apply` applies the perturbed gradient at w.
+
+Masks (`keras_sam.sparsity.KernelMask`) are read from the non-trainable
+state; the gradient, eps and the perturbed gradient are multiplied by them,
+and the constraint re-masks the weights after the update.
+
+Distribution: under `keras.distribution.DataParallel` the batch is sharded
+and the step is one jitted program over the global batch, so g is the
+global gradient and eps is synchronized. ``replica_eps="per_replica"`` with
+several devices is refused (use ``micro_batch_size`` = the per-device batch
+for the same m-sharpness).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import keras
+from keras import tree
+
+from keras_sam.backend import PER_REPLICA
+from keras_sam.backend._common import (
+    all_finite,
+    first_tensor,
+    is_loss_scaled,
+    micro_batch_split,
+    refuse_variants,
+    update_trackers,
+)
+from keras_sam.sparsity._masks import kernel_masks, mask_values
+from keras_sam.variants import schedules
+
+#: Up to this many full micro-batches the scan is unrolled: XLA on CPU runs
+#: loop bodies single-threaded and without its fast convolutions (a small CNN
+#: with 4 micro-batches: 10.5 s/step rolled, 0.28 s unrolled, and it compiles
+#: faster); above it the program would grow with the count.
+_MAX_UNROLLED_MICRO_BATCHES = 16
+
+
+def train_step(model, state, data):
+    """`SAMModel.train_step` for JAX: returns ``(logs, state)``."""
+    trainable, non_trainable, optimizer_vars, metrics_vars = state
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    _check_replica_eps(model)
+    refuse_variants(model)
+    mask_vars = kernel_masks(model.trainable_variables)
+    masks = _values_of(model, mask_vars, non_trainable)
+    passes = _Passes(model, optimizer_vars, masks)
+    if model.micro_batch_size is None:
+        grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
+            passes.sam_gradients(
+                trainable, non_trainable, metrics_vars, x, y, sample_weight
+            )
+        )
+    else:
+        grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
+            _micro_batch_sam_gradients(
+                passes, trainable, non_trainable, metrics_vars, x, y, sample_weight
+            )
+        )
+    # The loss-scale optimizer skips the step where a gradient is
+    # non-finite (a non-finite clean gradient poisoned the perturbed one).
+    applied = all_finite(grads) if passes.scale is not None else jnp.array(True)
+    with mask_values(mask_vars, masks):
+        trainable, optimizer_vars = model.optimizer.stateless_apply(
+            optimizer_vars, grads, trainable
+        )
+    logs, metrics_vars = _update_metrics(
+        model,
+        metrics_vars,
+        (loss, perturbed_loss, applied),
+        x,
+        y,
+        y_pred,
+        sample_weight,
+    )
+    return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+
+
+class _Passes:
+    """The clean and perturbed passes of one step, closed over what stays
+    fixed within it (optimizer state, masks)."""
+
+    def __init__(self, model, optimizer_vars, masks):
+        self.model = model
+        self.optimizer_vars = optimizer_vars
+        self.masks = masks
+        self.grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
+        self.scale = _loss_scale(model.optimizer, optimizer_vars)
+        # Like a learning-rate schedule, a rho schedule reads the step count.
+        self.rho = model.rho
+        if callable(model.rho):
+            step = _iterations(model.optimizer, optimizer_vars)
+            self.rho = schedules.rho_at(model.rho, step)
+
+    def _gradients(self, trainable, non_trainable, metrics_vars, x, y, sample_weight):
+        (_, aux), grads = self.grad_fn(
+            trainable,
+            non_trainable,
+            metrics_vars,
+            x,
+            y,
+            sample_weight,
+            training=True,
+            optimizer_variables=self.optimizer_vars,
+        )
+        return grads, aux
+
+    def sam_gradients(
+        self, trainable, non_trainable, metrics_vars, x, y, sample_weight
+    ):
+        """(perturbed grads (scaled like the loss), clean y_pred, clean loss,
+        perturbed loss, state after the clean pass, metrics state)."""
+        model = self.model
+        scaled_grads, (loss, y_pred, new_state, new_metrics) = self._gradients(
+            trainable, non_trainable, metrics_vars, x, y, sample_weight
+        )
+        grads = _apply_masks(self._unscale(scaled_grads), self.masks)
+        eps = _apply_masks(model.perturbation(grads, trainable, self.rho), self.masks)
+        perturbed = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
+        # The state of the perturbed pass is the clean pass's input state:
+        # same seeds (dropout masks); its updates are dropped.
+        perturbed_grads, (perturbed_loss, *_) = self._gradients(
+            perturbed, non_trainable, metrics_vars, x, y, sample_weight
+        )
+        perturbed_grads = _apply_masks(perturbed_grads, self.masks)
+        if self.scale is not None:
+            # A non-finite first gradient must skip the step even where the
+            # perturbed pass comes out finite: poison the second one.
+            finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in grads]))
+            factor = jnp.where(finite, 1.0, jnp.nan)
+            perturbed_grads = [g * factor.astype(g.dtype) for g in perturbed_grads]
+        return perturbed_grads, y_pred, loss, perturbed_loss, new_state, new_metrics
+
+    def _unscale(self, grads):
+        if self.scale is None:
+            return grads
+        inverse = 1.0 / self.scale.astype("float32")
+        return [g * inverse.astype(g.dtype) for g in grads]
+
+
+def _micro_batch_sam_gradients(
+    passes, trainable, non_trainable, metrics_vars, x, y, sample_weight
+):
+    """m-sharpness: each micro-batch gets its own eps; the perturbed
+    gradients are averaged, each weighted by its micro-batch's size.
+
+    A batch of n runs as floor(n/m) micro-batches of m in a `jax.lax.scan`
+    over [num_full, m, ...] slices (unrolled up to 16 micro-batches, one
+    copy of the step above that), then one of n mod m if that is not 0
+    (shapes are static under jit, so the partial one is known when traced).
+    Each clean pass updates the state in order, as calling the model on that
+    micro-batch would (a vmap over micro-batches could not thread it).
+    """
+    m = passes.model.micro_batch_size
+    n = first_tensor(x).shape[0]
+    num_full, rest = micro_batch_split(passes.model, n)
+    data = (x, y, sample_weight)
+    parts = []  # (fraction of the batch, grads, y_pred, loss, perturbed loss)
+    if num_full:
+
+        def split(t):
+            if t is None:
+                return None
+            return t[: num_full * m].reshape((num_full, m) + tuple(t.shape[1:]))
+
+        def body(carry, batch):
+            state, metrics, grad_sums, loss_sum, perturbed_sum = carry
+            grads, y_pred, loss, perturbed_loss, state, metrics = passes.sam_gradients(
+                trainable, state, metrics, *batch
+            )
+            grad_sums = [s + g for s, g in zip(grad_sums, grads)]
+            loss_sum = loss_sum + loss.astype("float32")
+            perturbed_sum = perturbed_sum + perturbed_loss.astype("float32")
+            return (state, metrics, grad_sums, loss_sum, perturbed_sum), y_pred
+
+        initial = (
+            non_trainable,
+            metrics_vars,
+            [jnp.zeros_like(w) for w in trainable],
+            jnp.zeros((), "float32"),
+            jnp.zeros((), "float32"),
+        )
+        carry, y_pred = jax.lax.scan(
+            body,
+            initial,
+            tree.map_structure(split, data),
+            unroll=num_full <= _MAX_UNROLLED_MICRO_BATCHES,
+        )
+        non_trainable, metrics_vars, grad_sums, loss_sum, perturbed_sum = carry
+        y_pred = tree.map_structure(
+            lambda t: t.reshape((num_full * m,) + tuple(t.shape[2:])), y_pred
+        )
+        parts.append(
+            (
+                num_full * m / n,
+                [g / num_full for g in grad_sums],
+                y_pred,
+                loss_sum / num_full,
+                perturbed_sum / num_full,
+            )
+        )
+    if rest:
+        tail = tree.map_structure(
+            lambda t: None if t is None else t[num_full * m :], data
+        )
+        grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
+            passes.sam_gradients(trainable, non_trainable, metrics_vars, *tail)
+        )
+        parts.append((rest / n, grads, y_pred, loss, perturbed_loss))
+    grads = [sum(q[0] * q[1][i] for q in parts) for i in range(len(trainable))]
+    y_pred = tree.map_structure(
+        lambda *pieces: jnp.concatenate(pieces), *[p[2] for p in parts]
+    )
+    loss = sum(q[0] * q[3].astype("float32") for q in parts)
+    perturbed_loss = sum(q[0] * q[4].astype("float32") for q in parts)
+    return grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars
+
+
+def _update_metrics(model, metrics_vars, losses, x, y, y_pred, sw):
+    loss, perturbed_loss, applied = losses
+    mapping = list(zip(model.metrics_variables, metrics_vars))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        update_trackers(model, loss, perturbed_loss, first_tensor(x).shape[0], applied)
+        logs = model.compute_metrics(x, y, y_pred, sample_weight=sw)
+        logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
+    new_metrics = []
+    for variable, value in zip(model.metrics_variables, metrics_vars):
+        new_value = scope.get_current_value(variable)
+        new_metrics.append(value if new_value is None else new_value)
+    return logs, new_metrics
+
+
+def _values_of(model, variables, non_trainable):
+    """The values `non_trainable` holds for `variables` (None stays None)."""
+    index = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+    return [
+        None
+        if v is None
+        else non_trainable[index[id(v)]]
+        if id(v) in index
+        else v.value
+        for v in variables
+    ]
+
+
+def _apply_masks(tensors, masks):
+    return [t if m is None else t * m.astype(t.dtype) for t, m in zip(tensors, masks)]
+
+
+def _iterations(optimizer, optimizer_vars):
+    """The optimizer's step count as held in `optimizer_vars` (with gradient
+    accumulation `iterations` is computed from its variables)."""
+    mapping = list(zip(optimizer.variables, optimizer_vars))
+    with keras.StatelessScope(state_mapping=mapping):
+        return keras.ops.convert_to_tensor(optimizer.iterations)
+
+
+def _loss_scale(optimizer, optimizer_vars):
+    """The dynamic loss scale's value in `optimizer_vars`, or None."""
+    if not is_loss_scaled(optimizer):
+        return None
+    for variable, value in zip(optimizer.variables, optimizer_vars):
+        if variable is optimizer.dynamic_scale:
+            return value
+    raise ValueError("The LossScaleOptimizer's dynamic scale is not in its state.")
+
+
+def _check_replica_eps(model):
+    if model.replica_eps != PER_REPLICA:
+        return
+    distribution = keras.distribution.distribution()
+    devices = getattr(getattr(distribution, "device_mesh", None), "devices", None)
+    if devices is not None and devices.size > 1:
+        raise ValueError(
+            'replica_eps="per_replica" is not supported on the JAX backend with '
+            f"a keras.distribution over {devices.size} devices: the step is one "
+            'program over the global batch. Use replica_eps="synchronized" '
+            "(eps from the global gradient), or micro_batch_size=<per-device "
+            "batch size> for eps from each device's share of the batch."
+        )

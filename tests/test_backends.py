@@ -1,0 +1,288 @@
+"""The SAM step on every backend: a model zoo against plain Keras, models
+moving between backends through `.keras`, and JAX's data parallelism.
+
+Runs once per backend (`make test`); the numeric SAM references are in
+test_sam_model.py, which runs on every backend too."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sam
+from keras_sam import sparsity
+from tests.conftest import BACKEND
+
+RNG = np.random.default_rng(7)
+
+
+def _rng():
+    return np.random.default_rng(7)
+
+
+def _attention():
+    rng = _rng()
+    inputs = keras.Input((6, 4))
+    h = keras.layers.MultiHeadAttention(2, 3)(inputs, inputs)
+    h = keras.layers.LayerNormalization()(h + inputs)
+    outputs = keras.layers.EinsumDense("btd,dk->bk", (1,))(h)
+    data = rng.normal(size=(16, 6, 4)), rng.normal(size=(16, 1))
+    return keras.Model(inputs, outputs), data, "mse"
+
+
+def _recurrent():
+    rng = _rng()
+    inputs = keras.Input((5,), dtype="int32")
+    h = keras.layers.Embedding(11, 4)(inputs)
+    h = keras.layers.LSTM(3, return_sequences=True)(h)
+    h = keras.layers.GRU(3)(h)
+    outputs = keras.layers.Dense(1)(h)
+    data = rng.integers(0, 11, size=(16, 5)), rng.integers(0, 2, size=(16,))
+    # BCE with (n,) labels against (n, 1) logits.
+    return keras.Model(inputs, outputs), data, keras.losses.BinaryCrossentropy(True)
+
+
+def _conv_multi_io():
+    rng = _rng()
+    image = keras.Input((6, 6, 2), name="image")
+    extra = keras.Input((3,), name="extra")
+    h = keras.layers.Conv2D(4, 3)(image)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Concatenate()([h, extra])
+    first = keras.layers.Dense(1, name="first")(h)
+    second = keras.layers.Dense(2, name="second")(h)
+    x = {"image": rng.normal(size=(16, 6, 6, 2)), "extra": rng.normal(size=(16, 3))}
+    y = [rng.normal(size=(16, 1)), rng.normal(size=(16, 2))]
+    return keras.Model([image, extra], [first, second]), (x, y), ["mse", "mae"]
+
+
+class _ActivityPenalty(keras.layers.Layer):
+    def call(self, inputs):
+        self.add_loss(1e-2 * keras.ops.mean(keras.ops.square(inputs)))
+        return inputs
+
+
+def _add_loss():
+    rng = _rng()
+    inputs = keras.Input((5,))
+    h = _ActivityPenalty()(keras.layers.Dense(6, activation="tanh")(inputs))
+    outputs = keras.layers.Dense(1)(h)
+    data = rng.normal(size=(16, 5)), rng.normal(size=(16, 1))
+    return keras.Model(inputs, outputs), data, "mse"
+
+
+ZOO = {
+    "attention": _attention,
+    "recurrent": _recurrent,
+    "conv_multi_io": _conv_multi_io,
+    "add_loss": _add_loss,
+}
+
+
+def _cast(data):
+    return keras.tree.map_structure(
+        lambda a: a.astype("float32") if a.dtype == np.float64 else a, data
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_rho_zero_equals_plain_keras_and_sam_moves(name):
+    """rho=0 takes Keras's own steps (state, add_loss, multi-output); rho>0
+    takes different, finite ones."""
+    final = {}
+    for rho in (None, 0.0, 0.5):
+        keras.utils.set_random_seed(0)
+        model, data, loss = ZOO[name]()
+        if rho is not None:
+            model = keras_sam.sam(model, rho=rho)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss=loss)
+        history = model.fit(*_cast(data), batch_size=8, shuffle=False, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        final[rho] = [v.numpy() for v in model.weights]
+    for a, b in zip(final[0.0], final[None]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    gap = max(np.max(np.abs(a - b)) for a, b in zip(final[0.5], final[None]))
+    assert gap > 1e-4
+
+
+def _pruned_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    h = keras.layers.Dense(8)(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Activation("tanh")(h)
+    outputs = keras.layers.Dense(1)(h)
+    model = keras_sam.SAMModel(
+        inputs, outputs, rho=0.2, perturbation="asam", micro_batch_size=8
+    )
+    sparsity.prune_at_init(model, 0.5, seed=0)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    return model
+
+
+_LOAD_AND_TRAIN = """
+import json, sys
+import keras, numpy as np
+import keras_sam
+from keras_sam import sparsity
+
+path, data_path, out_path = sys.argv[1:4]
+data = np.load(data_path)
+model = keras.models.load_model(path)
+targets = sparsity.prunable_weights(model)
+model.fit(data["x"], data["y"], batch_size=16, epochs=1, shuffle=False, verbose=0)
+np.savez(out_path, *[v.numpy() for v in model.weights])
+print(json.dumps({
+    "backend": keras.backend.backend(),
+    "class": type(model).__name__,
+    "rho": model.rho,
+    "perturbation": type(model.perturbation).__name__,
+    "micro_batch_size": model.micro_batch_size,
+    "masked": [t.mask is not None for t in targets],
+    "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+}))
+"""
+
+#: Each backend's run saves a model and hands it to the next backend.
+_NEXT = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
+
+
+def test_keras_file_moves_to_another_backend_and_trains_on(tmp_path):
+    """SAM settings, masks, weights and optimizer state survive a `.keras`
+    file written on this backend and read on the next; one more epoch there
+    gives the weights it gives here."""
+    target = _NEXT[BACKEND]
+    if importlib.util.find_spec(target) is None:
+        pytest.skip(f"{target} is not installed (`make test` installs it)")
+    x = RNG.normal(size=(32, 5)).astype("float32")
+    y = RNG.normal(size=(32, 1)).astype("float32")
+    model = _pruned_model()
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+
+    env = dict(os.environ, KERAS_BACKEND=target, TF_CPP_MIN_LOG_LEVEL="3")
+    out = tmp_path / "after.npz"
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_TRAIN, str(path), str(tmp_path / "data.npz")]
+        + [str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert facts == {
+        "backend": target,
+        "class": "FunctionalSAMModel",
+        "rho": 0.2,
+        "perturbation": "ASAM",
+        "micro_batch_size": 8,
+        "masked": [True, True],
+        "optimizer_iterations": 4,
+    }
+    there = np.load(out)
+    here = [v.numpy() for v in model.weights]
+    assert len(there.files) == len(here)
+    for i, value in enumerate(here):
+        np.testing.assert_allclose(there[f"arr_{i}"], value, atol=1e-5)
+    for target in sparsity.prunable_weights(model):
+        mask = target.mask.mask.numpy()
+        assert np.all(target.variable.numpy()[mask == 0] == 0)
+
+
+_DATA_PARALLEL = """
+import keras, numpy as np
+import keras_sam
+from tests.test_sam_model import mlp
+
+assert len(keras.distribution.list_devices()) == 2
+rng = np.random.default_rng(0)
+x = rng.normal(size=(32, 5)).astype("float32")
+y = rng.normal(size=(32, 1)).astype("float32")
+
+def train(**options):
+    model = mlp(rho=0.3, **options)
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    return [v.numpy() for v in model.trainable_variables]
+
+for options in ({}, {"micro_batch_size": 4}):
+    single = train(**options)
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    parallel = train(**options)
+    keras.distribution.set_distribution(None)
+    for a, b in zip(single, parallel):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+keras.distribution.set_distribution(keras.distribution.DataParallel())
+try:
+    train(replica_eps="per_replica")
+except ValueError as error:
+    assert "replica_eps" in str(error) and "micro_batch_size" in str(error)
+else:
+    raise AssertionError("per_replica was not refused")
+print("ok")
+"""
+
+
+@pytest.mark.backends("jax")
+def test_jax_data_parallel_equals_single_device():
+    """Two (forced host) devices under `keras.distribution.DataParallel`:
+    synchronized eps is SAM on the global batch, with micro-batches too;
+    per-replica eps is refused with a clear error."""
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_DATA_PARALLEL)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_rho_schedule_reads_the_step_against_numpy():
+    """rho = 0.2 * 0.5**step: two SGD steps against NumPy SAM at 0.2, 0.1."""
+    from tests import reference
+    from tests.test_sam_model import LR, mlp, weights_of
+
+    x = RNG.normal(size=(16, 5)).astype("float32")
+    y = RNG.normal(size=(16, 1)).astype("float32")
+    model = mlp(rho=keras.optimizers.schedules.ExponentialDecay(0.2, 1, 0.5))
+    params = weights_of(model)
+    for rho in (0.2, 0.1):
+        _, _, grads = reference.sam_gradient("sam", params, x, y, rho)
+        params = [p - LR * g for p, g in zip(params, grads)]
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    for got, want in zip(weights_of(model), params):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.backends("jax", "torch")
+def test_variants_are_refused_off_tensorflow():
+    from tests.test_sam_model import mlp
+
+    model = mlp(variant="looksam")
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    x = RNG.normal(size=(8, 5)).astype("float32")
+    with pytest.raises(NotImplementedError, match="variant=.*TensorFlow"):
+        model.fit(x, x[:, :1], verbose=0)
