@@ -201,6 +201,15 @@ class SAMModel(keras.Model):
             self._build_variant_state()
         return result
 
+    # A private Keras hook: Keras's JAX trainer calls it directly (not
+    # through `_maybe_symbolic_build`) before it gathers the stateless
+    # state, so a subclassed model's variant state must exist by then.
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        result = super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+        if keras.backend.backend() != "tensorflow":
+            self._build_variant_state()
+        return result
+
     @property
     def metrics(self):
         # The perturbed loss is a training log only, so that `evaluate`
@@ -222,6 +231,7 @@ class SAMModel(keras.Model):
             self.perturbed_loss_tracker,
             self.skipped_steps_tracker,
             self.eps_batch_size_tracker,
+            self.gradient_pass_counter,
         )
         return super().metrics_variables + [v for m in own for v in m.variables]
 

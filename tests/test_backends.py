@@ -278,11 +278,13 @@ def test_rho_schedule_reads_the_step_against_numpy():
 
 
 @pytest.mark.backends("jax", "torch")
-def test_variants_are_refused_off_tensorflow():
+def test_variants_with_micro_batches_are_refused_off_tensorflow():
     from tests.test_sam_model import mlp
 
-    model = mlp(variant="looksam")
+    model = mlp(variant="looksam", micro_batch_size=4)
     model.compile(keras.optimizers.SGD(0.1), loss="mse")
     x = RNG.normal(size=(8, 5)).astype("float32")
-    with pytest.raises(NotImplementedError, match="variant=.*TensorFlow"):
+    with pytest.raises(
+        NotImplementedError, match="variant=LookSAM with micro_batch_size=4.*Tensor"
+    ):
         model.fit(x, x[:, :1], verbose=0)

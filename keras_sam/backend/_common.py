@@ -8,14 +8,23 @@ from keras import ops, tree
 from keras_sam import _compat
 
 
-def refuse_variants(model) -> None:
-    """The variants (LookSAM, GSAM, ...) run in the TensorFlow step only."""
-    if getattr(model, "variant", None) is not None:
+def refuse_variant_micro_batches(model) -> None:
+    """Variants with `micro_batch_size` run in the TensorFlow step only."""
+    if getattr(model, "variant", None) is not None and model.micro_batch_size:
         raise NotImplementedError(
-            f"variant={type(model.variant).__name__} runs on the TensorFlow "
-            f"backend only so far; on {keras.backend.backend()!r} use "
-            "variant=None (plain SAM with any rule and rho schedule)."
+            f"variant={type(model.variant).__name__} with micro_batch_size="
+            f"{model.micro_batch_size} runs on the TensorFlow backend only so "
+            f"far; on {keras.backend.backend()!r} use micro_batch_size=None "
+            "with a variant, or variant=None with micro-batches."
         )
+
+
+def variant_selection(model) -> list:
+    """Per trainable variable: None (eps may move it) or 0.0 (it may not)."""
+    selection = model.variant.weight_selection(model)
+    if selection is None:
+        return [None] * len(model.trainable_variables)
+    return [None if chosen else 0.0 for chosen in selection]
 
 
 def first_tensor(structure):
@@ -60,10 +69,13 @@ def all_finite(tensors):
     return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))
 
 
-def update_trackers(model, loss, perturbed_loss, batch_size, applied) -> None:
+def update_trackers(
+    model, loss, perturbed_loss, batch_size, applied, second=True
+) -> None:
     """The logged means and the step's own trackers, as the TF step: a step
     skipped by loss scaling (`applied` False) is counted and leaves the
-    means alone (its clean loss enters only where finite)."""
+    means alone (its clean loss enters only where finite); the perturbed
+    loss enters only where the second pass ran (`second`)."""
     loss = ops.cast(loss, "float32")
     perturbed_loss = ops.cast(perturbed_loss, "float32")
     _update_mean(
@@ -72,7 +84,12 @@ def update_trackers(model, loss, perturbed_loss, batch_size, applied) -> None:
         batch_size,
         ops.logical_or(applied, ops.all(ops.isfinite(loss))),
     )
-    _update_mean(model.perturbed_loss_tracker, perturbed_loss, batch_size, applied)
+    _update_mean(
+        model.perturbed_loss_tracker,
+        perturbed_loss,
+        batch_size,
+        ops.logical_and(applied, second),
+    )
     model.skipped_steps_tracker.update_state(ops.logical_not(applied))
     model.eps_batch_size_tracker.update_state(eps_batch_size(model, batch_size))
 

@@ -37,8 +37,9 @@ from keras_sam.backend._common import (
     first_tensor,
     is_loss_scaled,
     micro_batch_split,
-    refuse_variants,
+    refuse_variant_micro_batches,
     update_trackers,
+    variant_selection,
 )
 from keras_sam.sparsity._masks import kernel_masks, mask_values
 from keras_sam.variants import schedules
@@ -55,11 +56,18 @@ def train_step(model, state, data):
     trainable, non_trainable, optimizer_vars, metrics_vars = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     _check_replica_eps(model)
-    refuse_variants(model)
+    refuse_variant_micro_batches(model)
     mask_vars = kernel_masks(model.trainable_variables)
     masks = _values_of(model, mask_vars, non_trainable)
     passes = _Passes(model, optimizer_vars, masks)
-    if model.micro_batch_size is None:
+    second = jnp.array(True)
+    if model.variant is not None:
+        grads, second, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
+            _variant_step(
+                passes, trainable, non_trainable, metrics_vars, x, y, sample_weight
+            )
+        )
+    elif model.micro_batch_size is None:
         grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
             passes.sam_gradients(
                 trainable, non_trainable, metrics_vars, x, y, sample_weight
@@ -81,7 +89,7 @@ def train_step(model, state, data):
     logs, metrics_vars = _update_metrics(
         model,
         metrics_vars,
-        (loss, perturbed_loss, applied),
+        (loss, perturbed_loss, applied, second),
         x,
         y,
         y_pred,
@@ -150,6 +158,95 @@ class _Passes:
             return grads
         inverse = 1.0 / self.scale.astype("float32")
         return [g * inverse.astype(g.dtype) for g in grads]
+
+
+def _variant_step(passes, trainable, non_trainable, metrics_vars, x, y, sample_weight):
+    """The step with a variant: (d (scaled like the loss), second pass ran,
+    clean y_pred, clean loss, perturbed loss, state, metrics state). The
+    variant's step, state and seed are non-trainable variables: read from and
+    written back to the state."""
+    model = passes.model
+    variant = model.variant
+    scaled_grads, (loss, y_pred, state, metrics_vars) = passes._gradients(
+        trainable, non_trainable, metrics_vars, x, y, sample_weight
+    )
+    grads = _apply_masks(passes._unscale(scaled_grads), passes.masks)
+    variables = list(model.variant_state or [])
+    step = _values_of(model, [model.variant_step], state)[0]
+    variant_state = _values_of(model, variables, state)
+    seed_var = model.variant_seed.state if model.variant_seed is not None else None
+    seed = _values_of(model, [seed_var], state)[0]
+    selection = variant_selection(model)
+
+    def perturbed(seed):
+        eps_grads = _select(grads, selection)
+        mapping = [] if seed_var is None else [(seed_var, seed)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            eps = variant.perturbation(
+                model.perturbation,
+                eps_grads,
+                trainable,
+                passes.rho,
+                variant_state,
+                step,
+                model.variant_seed,
+            )
+            if seed_var is not None:
+                seed = scope.get_current_value(seed_var)
+        eps = _apply_masks(_select(eps, selection), passes.masks)
+        weights = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
+        # The same input state as the clean pass (same dropout masks).
+        gs, (perturbed_loss, *_) = passes._gradients(
+            weights, non_trainable, metrics_vars, x, y, sample_weight
+        )
+        gs = _apply_masks(passes._unscale(gs), passes.masks)
+        return gs, perturbed_loss.astype("float32"), seed
+
+    def clean(seed):
+        return list(grads), loss.astype("float32"), seed
+
+    run = True
+    if variant.skips_second_pass:
+        run = variant.needs_second_pass(step, grads, variant_state)
+    if run is True:
+        gs, perturbed_loss, seed = perturbed(seed)
+        run = jnp.array(True)
+    else:
+        run = jnp.asarray(run)
+        gs, perturbed_loss, seed = jax.lax.cond(run, perturbed, clean, seed)
+    if variant.combines:
+
+        def combine(second_pass):
+            d, new = variant.combine(grads, gs, variant_state, step, second_pass)
+            d = [jnp.asarray(t).astype(g.dtype) for t, g in zip(d, grads)]
+            new = [jnp.asarray(t).astype(v.dtype) for t, v in zip(new, variant_state)]
+            return d, new
+
+        d, new_state = jax.lax.cond(run, lambda: combine(True), lambda: combine(False))
+        if passes.scale is not None:
+            finite = all_finite(grads + gs)
+            new_state = [
+                jnp.where(finite, a, b) for a, b in zip(new_state, variant_state)
+            ]
+    else:
+        d, new_state = gs, variant_state
+    if passes.scale is not None:
+        # A non-finite first gradient must skip the step: poison d.
+        factor = jnp.where(all_finite(grads), passes.scale, jnp.nan)
+        d = [t * factor.astype(t.dtype) for t in d]
+    updates = {id(model.variant_step): step + 1}
+    updates.update({id(v): a for v, a in zip(variables, new_state)})
+    if seed_var is not None:
+        updates[id(seed_var)] = seed
+    state = [
+        updates.get(id(v), value)
+        for v, value in zip(model.non_trainable_variables, state)
+    ]
+    return d, run, y_pred, loss, perturbed_loss, state, metrics_vars
+
+
+def _select(tensors, selection):
+    return [t if s is None else jnp.zeros_like(t) for t, s in zip(tensors, selection)]
 
 
 def _micro_batch_sam_gradients(
@@ -231,10 +328,13 @@ def _micro_batch_sam_gradients(
 
 
 def _update_metrics(model, metrics_vars, losses, x, y, y_pred, sw):
-    loss, perturbed_loss, applied = losses
+    loss, perturbed_loss, applied, second = losses
     mapping = list(zip(model.metrics_variables, metrics_vars))
     with keras.StatelessScope(state_mapping=mapping) as scope:
-        update_trackers(model, loss, perturbed_loss, first_tensor(x).shape[0], applied)
+        update_trackers(
+            model, loss, perturbed_loss, first_tensor(x).shape[0], applied, second
+        )
+        model.gradient_pass_counter.update_state(1.0 + second.astype("float32"))
         logs = model.compute_metrics(x, y, y_pred, sample_weight=sw)
         logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
     new_metrics = []

@@ -30,8 +30,9 @@ from keras_sam.backend._common import (
     forward,
     is_loss_scaled,
     output_spec,
-    refuse_variants,
+    refuse_variant_micro_batches,
     update_trackers,
+    variant_selection,
 )
 from keras_sam.sparsity._masks import kernel_masks
 from keras_sam.variants import schedules
@@ -40,10 +41,21 @@ from keras_sam.variants import schedules
 def train_step(model, data):
     """`SAMModel.train_step` for PyTorch: returns the logs dict."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    refuse_variants(model)
+    refuse_variant_micro_batches(model)
     if not model.built:
         output_spec(model, x)
-    if model.micro_batch_size is None:
+    if model.variant is not None and model.variant_state is None:
+        # A subclassed model builds its layers on its first call.
+        output_spec(model, x)
+        model._build_variant_state()
+    second = 1.0
+    if model.variant is not None:
+        grads, clean, ran, y_pred, loss, perturbed_loss = _variant_gradients(
+            model, x, y, sample_weight
+        )
+        grads = _combine(model, clean, grads, ran)
+        second = float(ran)
+    elif model.micro_batch_size is None:
         grads, y_pred, loss, perturbed_loss = _sam_gradients(model, x, y, sample_weight)
     else:
         grads, y_pred, loss, perturbed_loss = _micro_batch_sam_gradients(
@@ -52,7 +64,12 @@ def train_step(model, data):
     # The loss-scale optimizer skips the step where a gradient is
     # non-finite (a non-finite clean gradient poisoned the perturbed one).
     applied = all_finite(grads) if is_loss_scaled(model.optimizer) else True
-    update_trackers(model, loss, perturbed_loss, first_tensor(x).shape[0], applied)
+    update_trackers(
+        model, loss, perturbed_loss, first_tensor(x).shape[0], applied, second > 0
+    )
+    model.gradient_pass_counter.update_state(1.0 + second)
+    if model.variant is not None:
+        model.variant_step.assign_add(1)
     with torch.no_grad():
         model.optimizer.apply(grads, model.trainable_variables)
     logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
@@ -63,6 +80,17 @@ def train_step(model, data):
 def _sam_gradients(model, x, y, sample_weight):
     """(perturbed grads, clean y_pred, clean loss, perturbed loss); applies
     the clean pass's state updates."""
+    grads, _, _, y_pred, loss, perturbed_loss = _variant_gradients(
+        model, x, y, sample_weight
+    )
+    return grads, y_pred, loss, perturbed_loss
+
+
+def _variant_gradients(model, x, y, sample_weight):
+    """(perturbed grads (scaled like the loss), clean grads (unscaled), second
+    pass ran, clean y_pred, clean loss, perturbed loss); applies the clean
+    pass's state updates. Where the variant skips the second pass, the
+    perturbed grads are the clean ones."""
     trainable = model.trainable_variables
     state = [v.value.detach().clone() for v in model.non_trainable_variables]
     weights = [v.value for v in trainable]
@@ -71,9 +99,19 @@ def _sam_gradients(model, x, y, sample_weight):
     grads = _gradients(model.optimizer.scale_loss(loss), weights)
     masks = [None if m is None else m.value for m in kernel_masks(trainable)]
     grads = _apply_masks(_unscale(model.optimizer, grads), masks)
+    variant = model.variant
+    if variant is not None and variant.skips_second_pass:
+        with torch.no_grad():
+            run = variant.needs_second_pass(
+                model.variant_step.value, grads, _variant_state(model)
+            )
+        if not bool(run):
+            scale = _scale(model.optimizer)
+            scaled = [g * scale.to(g.device, g.dtype) for g in grads]
+            return scaled, grads, False, _detach(y_pred), loss.detach(), loss.detach()
     with torch.no_grad():
         detached = [w.detach() for w in weights]
-        eps = _apply_masks(model.perturbation(grads, detached, _rho(model)), masks)
+        eps = _apply_masks(_epsilon(model, grads, detached), masks)
         perturbed = [w + e.to(w.dtype) for w, e in zip(detached, eps)]
     perturbed = [p.requires_grad_() for p in perturbed]
     mapping = list(zip(trainable, perturbed))
@@ -93,10 +131,63 @@ def _sam_gradients(model, x, y, sample_weight):
         perturbed_grads = [g * factor.to(g.dtype) for g in perturbed_grads]
     return (
         perturbed_grads,
+        grads,
+        True,
         _detach(y_pred),
         loss.detach(),
         perturbed_loss.detach(),
     )
+
+
+def _variant_state(model):
+    return [v.value for v in model.variant_state or []]
+
+
+def _epsilon(model, grads, weights):
+    variant = model.variant
+    if variant is None:
+        return model.perturbation(grads, weights, _rho(model))
+    selection = variant_selection(model)
+    grads = _select(grads, selection)
+    eps = variant.perturbation(
+        model.perturbation,
+        grads,
+        weights,
+        _rho(model),
+        _variant_state(model),
+        model.variant_step.value,
+        model.variant_seed,
+    )
+    return _select(eps, selection)
+
+
+def _select(tensors, selection):
+    return [t if s is None else torch.zeros_like(t) for t, s in zip(tensors, selection)]
+
+
+def _combine(model, clean, grads, ran):
+    """The variant's direction from g and gs (unscaled); writes its state
+    when both are finite."""
+    variant = model.variant
+    if not variant.combines:
+        return grads
+    scale = _scale(model.optimizer)
+    perturbed = [g / scale.to(g.device, g.dtype) for g in grads]
+    state = _variant_state(model)
+    with torch.no_grad():
+        d, new_state = variant.combine(
+            clean, perturbed, state, model.variant_step.value, ran
+        )
+        finite = None
+        if is_loss_scaled(model.optimizer):
+            finite = all_finite(list(clean) + list(perturbed))
+        for variable, before, after in zip(model.variant_state, state, new_state):
+            if after is before:
+                continue
+            if finite is not None:
+                after = torch.where(finite, after, before)
+            variable.assign(after.to(before.dtype))
+    return [(t * scale.to(t.device, t.dtype)).to(g.dtype) for t, g in zip(d, grads)]
 
 
 def _micro_batch_sam_gradients(model, x, y, sample_weight):
@@ -140,13 +231,19 @@ def _apply_masks(tensors, masks):
     return [t if m is None else t * m.to(t.dtype) for t, m in zip(tensors, masks)]
 
 
+def _scale(optimizer):
+    """The loss scale as a float32 tensor (1 without loss scaling)."""
+    if not is_loss_scaled(optimizer):
+        return torch.tensor(1.0)
+    if optimizer.built:
+        return optimizer.dynamic_scale.value.float()
+    return torch.tensor(float(optimizer.initial_scale))
+
+
 def _unscale(optimizer, grads):
     if not is_loss_scaled(optimizer):
         return grads
-    if optimizer.built:
-        inverse = 1.0 / optimizer.dynamic_scale.value.float()
-    else:
-        inverse = torch.tensor(1.0 / optimizer.initial_scale)
+    inverse = 1.0 / _scale(optimizer)
     return [g * inverse.to(g.device, g.dtype) for g in grads]
 
 
