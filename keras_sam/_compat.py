@@ -26,6 +26,7 @@ from keras.src.losses import LossFunctionWrapper
 from keras.src.models.functional import Functional
 
 __all__ = [
+    "BUILD_HOOK",
     "SYMBOLIC_BUILD_HOOK",
     "Functional",
     "LossFunctionWrapper",
@@ -46,6 +47,12 @@ __all__ = [
 #: worker-local batch under `MultiWorkerMirroredStrategy`
 #: (keras-team/keras#20585).
 SYMBOLIC_BUILD_HOOK = "_maybe_symbolic_build"
+
+#: The `keras.Model` method that `SYMBOLIC_BUILD_HOOK` calls on TensorFlow and
+#: that Keras's JAX trainer calls directly, before it gathers the stateless
+#: state. No public hook runs at that point; `SAMModel` overrides it so that a
+#: subclassed model's variant state exists before JAX collects its variables.
+BUILD_HOOK = "_symbolic_build"
 
 
 def compute_loss(model: keras.Model, x, y, y_pred, sample_weight, training=True):

@@ -201,9 +201,9 @@ class SAMModel(keras.Model):
             self._build_variant_state()
         return result
 
-    # A private Keras hook: Keras's JAX trainer calls it directly (not
-    # through `_maybe_symbolic_build`) before it gathers the stateless
-    # state, so a subclassed model's variant state must exist by then.
+    # A private Keras hook (`_compat.BUILD_HOOK`): Keras's JAX trainer calls
+    # it directly (not through `_maybe_symbolic_build`) before it gathers the
+    # stateless state, so a subclassed model's variant state must exist by then.
     def _symbolic_build(self, iterator=None, data_batch=None):
         result = super()._symbolic_build(iterator=iterator, data_batch=data_batch)
         if keras.backend.backend() != "tensorflow":

@@ -121,6 +121,26 @@ def test_symbolic_build_hook_is_called_by_fit():
     assert calls, _moved("Model._maybe_symbolic_build", "fit no longer calls it")
 
 
+def test_build_hook_builds_the_compiled_model():
+    # Keras's JAX trainer calls the hook from `fit`; on TensorFlow only
+    # `_maybe_symbolic_build` under a strategy does, so call it directly.
+    original = _require_attribute(
+        keras.Model, _compat.BUILD_HOOK, "Trainer._symbolic_build"
+    )
+    parameters = inspect.signature(original).parameters
+    assert {"iterator", "data_batch"} <= set(parameters), _moved(
+        "Trainer._symbolic_build", f"its arguments are now {list(parameters)}"
+    )
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", "mse", metrics=["mae"])
+    batch = (np.ones((4, 3), "float32"), np.ones((4, 1), "float32"), None)
+    getattr(model, _compat.BUILD_HOOK)(data_batch=batch)
+    assert model.optimizer.built, _moved(
+        "Trainer._symbolic_build", "it no longer builds the optimizer"
+    )
+
+
 def test_flatten_layers_recurses_into_nested_models():
     inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     outer = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(1)])
