@@ -23,12 +23,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_sam import _validation
+from keras_sam import _registry, _validation
 
 #: Added to norms in denominators so that a zero gradient gives eps = 0.
 TINY = 1e-12
-
-_REGISTRY: dict[str, type[Perturbation]] = {}
 
 
 def register(name: str) -> Callable[[type[Perturbation]], type[Perturbation]]:
@@ -37,14 +35,7 @@ def register(name: str) -> Callable[[type[Perturbation]], type[Perturbation]]:
     The class is also registered with Keras serialization (package
     ``keras_sam``), so models using it can be saved and loaded.
     """
-
-    def decorator(cls: type[Perturbation]) -> type[Perturbation]:
-        if not (isinstance(cls, type) and issubclass(cls, Perturbation)):
-            raise TypeError(f"{cls!r} is not a subclass of Perturbation.")
-        _REGISTRY[name.lower()] = cls
-        return keras.saving.register_keras_serializable(package="keras_sam")(cls)
-
-    return decorator
+    return _RULES.register(name)
 
 
 def global_norm(tensors: Sequence[Any]) -> Any:
@@ -80,6 +71,11 @@ class Perturbation:
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+
+_RULES = _registry.Registry(
+    Perturbation, "perturbation", "keras_sam.perturbations.Perturbation"
+)
 
 
 @register("sam")
@@ -155,24 +151,7 @@ class ASAM(Perturbation):
 def get(identifier: str | Perturbation | dict[str, Any]) -> Perturbation:
     """Returns a rule from a name (``"sam"``, ``"usam"``, ``"asam"``, or any
     registered name), a `Perturbation` instance, or a serialized config."""
-    if isinstance(identifier, Perturbation):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _REGISTRY.get(identifier.lower())
-        if cls is None:
-            raise ValueError(
-                f"Unknown `perturbation`={identifier!r}; accepted names are "
-                f"{sorted(_REGISTRY)} or a keras_sam.perturbations.Perturbation."
-            )
-        return cls()
-    if isinstance(identifier, dict):
-        rule = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(rule, Perturbation):
-            return rule
-    raise ValueError(
-        f"`perturbation` must be one of {sorted(_REGISTRY)} or a "
-        f"keras_sam.perturbations.Perturbation instance, got {identifier!r}."
-    )
+    return _RULES.get(identifier)
 
 
 def serialize(rule: Perturbation) -> dict[str, Any]:
@@ -182,4 +161,4 @@ def serialize(rule: Perturbation) -> dict[str, Any]:
 
 def names() -> list[str]:
     """Registered rule names."""
-    return sorted(_REGISTRY)
+    return _RULES.names()

@@ -8,21 +8,13 @@ from typing import Any
 import keras
 from keras import ops
 
-_REGISTRY: dict[str, type[Variant]] = {}
+from keras_sam import _registry
 
 
 def register(*names: str) -> Callable[[type[Variant]], type[Variant]]:
     """Class decorator: makes a `Variant` subclass available by its `names`
     and serializable with Keras (package ``keras_sam``)."""
-
-    def decorator(cls: type[Variant]) -> type[Variant]:
-        if not (isinstance(cls, type) and issubclass(cls, Variant)):
-            raise TypeError(f"{cls!r} is not a subclass of Variant.")
-        for name in names:
-            _REGISTRY[name.lower()] = cls
-        return keras.saving.register_keras_serializable(package="keras_sam")(cls)
-
-    return decorator
+    return _VARIANTS.register(*names)
 
 
 class Variant:
@@ -83,27 +75,15 @@ class Variant:
         return hash((type(self), repr(self)))
 
 
+_VARIANTS = _registry.Registry(
+    Variant, "variant", "keras_sam.variants.Variant", allow_none=True
+)
+
+
 def get(identifier: str | Variant | dict[str, Any] | None) -> Variant | None:
     """A variant from a registered name (the paper's default options), an
     instance, a serialized config, or None (plain SAM)."""
-    if identifier is None or isinstance(identifier, Variant):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _REGISTRY.get(identifier.lower())
-        if cls is None:
-            raise ValueError(
-                f"Unknown `variant`={identifier!r}; accepted names are "
-                f"{names()}, None, or a keras_sam.variants.Variant."
-            )
-        return cls()
-    if isinstance(identifier, dict):
-        variant = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(variant, Variant):
-            return variant
-    raise ValueError(
-        f"`variant` must be None, one of {names()} or a "
-        f"keras_sam.variants.Variant instance, got {identifier!r}."
-    )
+    return _VARIANTS.get(identifier)
 
 
 def serialize(variant: Variant | None) -> dict[str, Any] | None:
@@ -113,7 +93,7 @@ def serialize(variant: Variant | None) -> dict[str, Any] | None:
 
 def names() -> list[str]:
     """Registered variant names."""
-    return sorted(_REGISTRY)
+    return _VARIANTS.names()
 
 
 def dot(a: Sequence[Any], b: Sequence[Any]) -> Any:
