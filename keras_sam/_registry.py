@@ -14,6 +14,28 @@ from typing import Any
 import keras
 
 
+class Configurable:
+    """Base of objects defined by their options (`get_config`): rebuilt from
+    them, shown by them, equal when they are equal."""
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({options})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(self)))
+
+
 class Registry:
     """Subclasses of `base` by name.
 

@@ -43,7 +43,7 @@ def global_norm(tensors: Sequence[Any]) -> Any:
     return ops.sqrt(sum(ops.sum(ops.square(t)) for t in tensors))
 
 
-class Perturbation:
+class Perturbation(_registry.Configurable):
     """Base class of perturbation rules.
 
     Subclasses implement `__call__(gradients, weights, rho) -> eps`, returning
@@ -54,23 +54,6 @@ class Perturbation:
         self, gradients: Sequence[Any], weights: Sequence[Any], rho: Any
     ) -> list[Any]:
         raise NotImplementedError
-
-    def get_config(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Perturbation:
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({options})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(self.get_config().items()))))
 
 
 _RULES = _registry.Registry(

@@ -17,7 +17,7 @@ def register(*names: str) -> Callable[[type[Variant]], type[Variant]]:
     return _VARIANTS.register(*names)
 
 
-class Variant:
+class Variant(_registry.Configurable):
     """How a SAM step turns g (clean gradient) and gs (gradient at w + eps)
     into the direction d handed to the optimizer, and on which steps the
     second pass runs. The base class is plain SAM (d = gs, every step).
@@ -56,23 +56,6 @@ class Variant:
         """(d, new state). On steps without a second pass the step passes
         gs = g, and `second_pass` is False."""
         return list(perturbed_gradients), list(state)
-
-    def get_config(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Variant:
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({options})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash((type(self), repr(self)))
 
 
 _VARIANTS = _registry.Registry(

@@ -12,6 +12,7 @@ from keras_sam import variants
 from tests import reference as sam_reference
 from tests.test_sam_model import assert_weights_close, mlp, weights_of
 from tests.variants import reference
+from tests.variants.test_step_backends import assert_resume_equals_uninterrupted
 
 LR = 0.1
 STEPS = 6
@@ -250,20 +251,6 @@ def test_mixed_float16_non_finite_step_keeps_variant_state(
     model.train_on_batch(x * 1e6, y)  # float16 overflow: skipped step
     for a, v in zip(stored, model.variant_state):
         np.testing.assert_array_equal(a, v.numpy())
-
-
-def assert_resume_equals_uninterrupted(fresh, x, y, path):
-    straight = fresh()
-    straight.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-    first = fresh()
-    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    first.save(path)
-    restored = keras.models.load_model(path)
-    assert restored.variant == first.variant
-    restored.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    assert len(straight.variables) == len(restored.variables)
-    for a, b in zip(straight.variables, restored.variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
 
 
 def test_save_load_and_resume_conv_bn_dropout(tmp_path, image_data):
