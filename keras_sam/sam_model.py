@@ -191,7 +191,7 @@ class SAMModel(keras.Model):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self.distribute_strategy
         if iterator is not None and keras.backend.backend() == "tensorflow":
-            from keras_sam.backend import tf_replicas
+            from keras_sam.backend.tensorflow import replicas as tf_replicas
 
             if tf_replicas.is_multi_worker(strategy):
                 batch = tf_replicas.local_first_batch(strategy, iterator)

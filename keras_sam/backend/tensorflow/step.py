@@ -40,7 +40,7 @@ from keras import tree
 
 from keras_sam import _compat
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
-from keras_sam.backend import tf_replicas as replicas
+from keras_sam.backend.tensorflow import replicas
 from keras_sam.sparsity._masks import kernel_masks
 from keras_sam.variants import schedules
 

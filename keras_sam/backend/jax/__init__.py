@@ -1,0 +1,5 @@
+"""The jax backend of keras-sam: the SAM training step (`step.py`)."""
+
+from keras_sam.backend.jax.step import train_step
+
+__all__ = ["train_step"]
