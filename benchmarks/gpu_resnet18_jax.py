@@ -60,11 +60,13 @@ def tensorflow_importers(error: BaseException) -> list[str]:
     """The chain of project frames (file:line) that led to a failed
     `import tensorflow`, outermost first."""
     frames = traceback.extract_tb(error.__traceback__)
-    chain = [
-        f"{os.path.relpath(f.filename)}:{f.lineno}"
-        for f in frames
-        if "keras_sam" in f.filename or "benchmarks" in f.filename
-    ]
+    chain = []
+    for frame in frames:
+        for root in ("keras_sam/", "benchmarks/"):
+            if root in frame.filename:
+                path = frame.filename[frame.filename.rindex(root) :]
+                chain.append(f"{path}:{frame.lineno}")
+                break
     return chain or [f"{f.filename}:{f.lineno}" for f in frames[-1:]]
 
 
