@@ -16,13 +16,13 @@ BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[study,test]"
+	$(PY) -m pip install --quiet -e ".[tensorflow,study,test]"
 	touch $(STAMP)
 
 # JAX (CPU) and the CPU build of PyTorch 2.13.0 (pinned in the extras: an
 # open range would pull a multi-GB CUDA build).
 $(BACKENDS_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[study,test,jax,torch]"
+	$(PY) -m pip install --quiet -e ".[tensorflow,study,test,jax,torch]"
 	touch $(BACKENDS_STAMP)
 
 demo: $(STAMP)
