@@ -275,17 +275,3 @@ def test_rho_schedule_reads_the_step_against_numpy():
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     for got, want in zip(weights_of(model), params):
         np.testing.assert_allclose(got, want, atol=1e-6)
-
-
-@pytest.mark.backends("jax")
-def test_variants_with_micro_batches_are_refused_on_jax():
-    from tests.test_sam_model import mlp
-
-    model = mlp(variant="looksam", micro_batch_size=4)
-    model.compile(keras.optimizers.SGD(0.1), loss="mse")
-    x = RNG.normal(size=(8, 5)).astype("float32")
-    with pytest.raises(
-        NotImplementedError,
-        match="variant=LookSAM with micro_batch_size=4.*TensorFlow and PyTorch",
-    ):
-        model.fit(x, x[:, :1], verbose=0)

@@ -8,19 +8,6 @@ from keras import ops, tree
 from keras_sam import _compat
 
 
-def refuse_variant_micro_batches(model) -> None:
-    """Variants with `micro_batch_size` run in the TensorFlow and PyTorch
-    steps only."""
-    if getattr(model, "variant", None) is not None and model.micro_batch_size:
-        raise NotImplementedError(
-            f"variant={type(model.variant).__name__} with micro_batch_size="
-            f"{model.micro_batch_size} runs on the TensorFlow and PyTorch "
-            f"backends so far; on {keras.backend.backend()!r} use "
-            "micro_batch_size=None "
-            "with a variant, or variant=None with micro-batches."
-        )
-
-
 def variant_selection(model) -> list:
     """Per trainable variable: None (eps may move it) or 0.0 (it may not)."""
     selection = model.variant.weight_selection(model)

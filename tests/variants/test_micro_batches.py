@@ -3,7 +3,6 @@ eps per micro-batch, `combine` once on the batch means of g and gs."""
 
 import keras
 import numpy as np
-import pytest
 
 from keras_sam import variants
 from tests import reference as sam_reference
@@ -41,7 +40,6 @@ def looksam_micro_reference(params, x, y, m, rho, every, alpha, steps):
     return params
 
 
-@pytest.mark.backends("tensorflow", "torch")
 def test_looksam_micro_batches_with_a_partial_one_match_numpy(regression_data):
     """20 examples in micro-batches of 8, 8 and 4; SAM steps 0 and 2, a
     LookSAM reuse step between them."""

@@ -37,7 +37,6 @@ from keras_sam.backend._common import (
     first_tensor,
     is_loss_scaled,
     micro_batch_split,
-    refuse_variant_micro_batches,
     update_trackers,
     variant_selection,
 )
@@ -56,11 +55,10 @@ def train_step(model, state, data):
     trainable, non_trainable, optimizer_vars, metrics_vars = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     _check_replica_eps(model)
-    refuse_variant_micro_batches(model)
     mask_vars = kernel_masks(model.trainable_variables)
     masks = _values_of(model, mask_vars, non_trainable)
     passes = _Passes(model, optimizer_vars, masks)
-    second = jnp.array(True)
+    second = jnp.array(1.0)
     if model.variant is not None:
         grads, second, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
             _variant_step(
@@ -74,9 +72,13 @@ def train_step(model, state, data):
             )
         )
     else:
-        grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
-            _micro_batch_sam_gradients(
-                passes, trainable, non_trainable, metrics_vars, x, y, sample_weight
+        (grads, loss, perturbed_loss), y_pred, non_trainable, metrics_vars = (
+            _micro_batches(
+                _sam_terms(passes, trainable),
+                passes.model,
+                non_trainable,
+                metrics_vars,
+                (x, y, sample_weight),
             )
         )
     # The loss-scale optimizer skips the step where a gradient is
@@ -161,59 +163,36 @@ class _Passes:
 
 
 def _variant_step(passes, trainable, non_trainable, metrics_vars, x, y, sample_weight):
-    """The step with a variant: (d (scaled like the loss), second pass ran,
-    clean y_pred, clean loss, perturbed loss, state, metrics state). The
-    variant's step, state and seed are non-trainable variables: read from and
-    written back to the state."""
+    """The step with a variant: (d (scaled like the loss), share of the
+    batch that ran the second pass, clean y_pred, clean loss, perturbed loss,
+    state, metrics state). The variant's step, state and seed are
+    non-trainable variables: read from and written back to the state."""
     model = passes.model
-    variant = model.variant
-    scaled_grads, (loss, y_pred, state, metrics_vars) = passes._gradients(
-        trainable, non_trainable, metrics_vars, x, y, sample_weight
-    )
-    grads = _apply_masks(passes._unscale(scaled_grads), passes.masks)
+    if model.micro_batch_size is None:
+        (gs, grads, second, loss, perturbed_loss), y_pred, state, metrics_vars = (
+            _variant_terms(passes, trainable)(
+                non_trainable, metrics_vars, x, y, sample_weight
+            )
+        )
+    else:
+        # `needs_second_pass` and eps per micro-batch; `combine` once, on the
+        # batch means of g and gs.
+        (gs, grads, second, loss, perturbed_sum), y_pred, state, metrics_vars = (
+            _micro_batches(
+                _variant_terms(passes, trainable),
+                model,
+                non_trainable,
+                metrics_vars,
+                (x, y, sample_weight),
+            )
+        )
+        # The perturbed loss averages over the micro-batches that ran the pass.
+        perturbed_loss = perturbed_sum / jnp.maximum(second, 1e-12)
     variables = list(model.variant_state or [])
     step = _values_of(model, [model.variant_step], state)[0]
     variant_state = _values_of(model, variables, state)
-    seed_var = model.variant_seed.state if model.variant_seed is not None else None
-    seed = _values_of(model, [seed_var], state)[0]
-    selection = variant_selection(model)
-
-    def perturbed(seed):
-        eps_grads = _select(grads, selection)
-        mapping = [] if seed_var is None else [(seed_var, seed)]
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            eps = variant.perturbation(
-                model.perturbation,
-                eps_grads,
-                trainable,
-                passes.rho,
-                variant_state,
-                step,
-                model.variant_seed,
-            )
-            if seed_var is not None:
-                seed = scope.get_current_value(seed_var)
-        eps = _apply_masks(_select(eps, selection), passes.masks)
-        weights = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
-        # The same input state as the clean pass (same dropout masks).
-        gs, (perturbed_loss, *_) = passes._gradients(
-            weights, non_trainable, metrics_vars, x, y, sample_weight
-        )
-        gs = _apply_masks(passes._unscale(gs), passes.masks)
-        return gs, perturbed_loss.astype("float32"), seed
-
-    def clean(seed):
-        return list(grads), loss.astype("float32"), seed
-
-    run = True
-    if variant.skips_second_pass:
-        run = variant.needs_second_pass(step, grads, variant_state)
-    if run is True:
-        gs, perturbed_loss, seed = perturbed(seed)
-        run = jnp.array(True)
-    else:
-        run = jnp.asarray(run)
-        gs, perturbed_loss, seed = jax.lax.cond(run, perturbed, clean, seed)
+    run = second > 0
+    variant = model.variant
     if variant.combines:
 
         def combine(second_pass):
@@ -236,34 +215,115 @@ def _variant_step(passes, trainable, non_trainable, metrics_vars, x, y, sample_w
         d = [t * factor.astype(t.dtype) for t in d]
     updates = {id(model.variant_step): step + 1}
     updates.update({id(v): a for v, a in zip(variables, new_state)})
-    if seed_var is not None:
-        updates[id(seed_var)] = seed
-    state = [
+    state = _with_values(model, state, updates)
+    return d, second, y_pred, loss, perturbed_loss, state, metrics_vars
+
+
+def _variant_terms(passes, trainable):
+    """The variant's passes on one (micro-)batch as `_micro_batches` takes
+    them: what is averaged is (gs, g (both unscaled), 1.0 where the second
+    pass ran, clean loss, perturbed loss where it ran, else 0). The seed's
+    new value is written to the state; the variant's step and state are read
+    from it (the step's start: nothing writes them before `combine`)."""
+    model = passes.model
+    variant = model.variant
+    selection = variant_selection(model)
+    seed_var = model.variant_seed.state if model.variant_seed is not None else None
+
+    def run_passes(non_trainable, metrics_vars, x, y, sample_weight):
+        scaled_grads, (loss, y_pred, state, metrics_vars) = passes._gradients(
+            trainable, non_trainable, metrics_vars, x, y, sample_weight
+        )
+        grads = _apply_masks(passes._unscale(scaled_grads), passes.masks)
+        step = _values_of(model, [model.variant_step], state)[0]
+        variant_state = _values_of(model, list(model.variant_state or []), state)
+        seed = _values_of(model, [seed_var], state)[0]
+
+        def perturbed(seed):
+            eps_grads = _select(grads, selection)
+            mapping = [] if seed_var is None else [(seed_var, seed)]
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                eps = variant.perturbation(
+                    model.perturbation,
+                    eps_grads,
+                    trainable,
+                    passes.rho,
+                    variant_state,
+                    step,
+                    model.variant_seed,
+                )
+                if seed_var is not None:
+                    seed = scope.get_current_value(seed_var)
+            eps = _apply_masks(_select(eps, selection), passes.masks)
+            weights = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
+            # The same input state as the clean pass (same dropout masks).
+            gs, (perturbed_loss, *_) = passes._gradients(
+                weights, non_trainable, metrics_vars, x, y, sample_weight
+            )
+            gs = _apply_masks(passes._unscale(gs), passes.masks)
+            return gs, perturbed_loss.astype("float32"), seed
+
+        def clean(seed):
+            return list(grads), jnp.zeros((), "float32"), seed
+
+        run = True
+        if variant.skips_second_pass:
+            run = variant.needs_second_pass(step, grads, variant_state)
+        if run is True:
+            gs, perturbed_loss, seed = perturbed(seed)
+            run = jnp.array(True)
+        else:
+            run = jnp.asarray(run)
+            gs, perturbed_loss, seed = jax.lax.cond(run, perturbed, clean, seed)
+        if seed_var is not None:
+            state = _with_values(model, state, {id(seed_var): seed})
+        ran = run.astype("float32")
+        terms = (gs, grads, ran, loss.astype("float32"), perturbed_loss * ran)
+        return terms, y_pred, state, metrics_vars
+
+    return run_passes
+
+
+def _with_values(model, state, updates):
+    """`state` (the non-trainable values) with ``{id(variable): value}``."""
+    return [
         updates.get(id(v), value)
         for v, value in zip(model.non_trainable_variables, state)
     ]
-    return d, run, y_pred, loss, perturbed_loss, state, metrics_vars
 
 
 def _select(tensors, selection):
     return [t if s is None else jnp.zeros_like(t) for t, s in zip(tensors, selection)]
 
 
-def _micro_batch_sam_gradients(
-    passes, trainable, non_trainable, metrics_vars, x, y, sample_weight
-):
-    """m-sharpness: each micro-batch gets its own eps; the perturbed
-    gradients are averaged, each weighted by its micro-batch's size.
+def _sam_terms(passes, trainable):
+    """The SAM pass of one micro-batch as `_micro_batches` takes it: what is
+    averaged is (perturbed grads, clean loss, perturbed loss)."""
+
+    def run(state, metrics, x, y, sample_weight):
+        grads, y_pred, loss, perturbed_loss, state, metrics = passes.sam_gradients(
+            trainable, state, metrics, x, y, sample_weight
+        )
+        terms = (grads, loss.astype("float32"), perturbed_loss.astype("float32"))
+        return terms, y_pred, state, metrics
+
+    return run
+
+
+def _micro_batches(pass_fn, model, non_trainable, metrics_vars, data):
+    """m-sharpness: ``pass_fn(state, metrics, x, y, sample_weight) -> (terms,
+    y_pred, state, metrics)`` on each micro-batch; returns (the batch mean of
+    `terms`, each micro-batch weighted by its size, clean y_pred, state,
+    metrics state).
 
     A batch of n runs as floor(n/m) micro-batches of m over [num_full, m, ...]
     slices (`_scanned_micro_batches`), then one of n mod m if that is not 0
     (shapes are static under jit, so the partial one is known when traced).
     """
-    m = passes.model.micro_batch_size
-    n = first_tensor(x).shape[0]
-    num_full, rest = micro_batch_split(passes.model, n)
-    data = (x, y, sample_weight)
-    parts = []  # (fraction of the batch, grads, y_pred, loss, perturbed loss)
+    m = model.micro_batch_size
+    n = first_tensor(data).shape[0]
+    num_full, rest = micro_batch_split(model, n)
+    parts = []  # (fraction of the batch, mean terms, y_pred)
     if num_full:
 
         def split(t):
@@ -271,40 +331,35 @@ def _micro_batch_sam_gradients(
                 return None
             return t[: num_full * m].reshape((num_full, m) + tuple(t.shape[1:]))
 
-        grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
-            _scanned_micro_batches(
-                passes,
-                trainable,
-                non_trainable,
-                metrics_vars,
-                tree.map_structure(split, data),
-            )
+        terms, y_pred, non_trainable, metrics_vars = _scanned_micro_batches(
+            pass_fn, non_trainable, metrics_vars, tree.map_structure(split, data)
         )
         y_pred = tree.map_structure(
             lambda t: t.reshape((num_full * m,) + tuple(t.shape[2:])), y_pred
         )
-        parts.append((num_full * m / n, grads, y_pred, loss, perturbed_loss))
+        parts.append((num_full * m / n, terms, y_pred))
     if rest:
         tail = tree.map_structure(
             lambda t: None if t is None else t[num_full * m :], data
         )
-        grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars = (
-            passes.sam_gradients(trainable, non_trainable, metrics_vars, *tail)
+        terms, y_pred, non_trainable, metrics_vars = pass_fn(
+            non_trainable, metrics_vars, *tail
         )
-        parts.append((rest / n, grads, y_pred, loss, perturbed_loss))
-    grads = [sum(q[0] * q[1][i] for q in parts) for i in range(len(trainable))]
+        parts.append((rest / n, terms, y_pred))
+    terms = tree.map_structure(
+        lambda *values: sum(f * v for (f, _, _), v in zip(parts, values)),
+        *[p[1] for p in parts],
+    )
     y_pred = tree.map_structure(
         lambda *pieces: jnp.concatenate(pieces), *[p[2] for p in parts]
     )
-    loss = sum(q[0] * q[3].astype("float32") for q in parts)
-    perturbed_loss = sum(q[0] * q[4].astype("float32") for q in parts)
-    return grads, y_pred, loss, perturbed_loss, non_trainable, metrics_vars
+    return terms, y_pred, non_trainable, metrics_vars
 
 
-def _scanned_micro_batches(passes, trainable, non_trainable, metrics_vars, batches):
-    """The SAM gradients of `batches` ([num_full, m, ...] slices) in a
-    `jax.lax.scan`: (mean perturbed grads, y_pred [num_full, m, ...], mean
-    clean loss, mean perturbed loss, state, metrics state).
+def _scanned_micro_batches(pass_fn, non_trainable, metrics_vars, batches):
+    """`pass_fn` on each of `batches` ([num_full, m, ...] slices) in a
+    `jax.lax.scan`: (mean terms, y_pred [num_full, m, ...], state, metrics
+    state).
 
     Each clean pass updates the state (batch-norm statistics, seeds) and the
     metrics state in order, as calling the model on each micro-batch would.
@@ -317,37 +372,22 @@ def _scanned_micro_batches(passes, trainable, non_trainable, metrics_vars, batch
     num_full = first_tensor(batches).shape[0]
 
     def body(carry, batch):
-        state, metrics, grad_sums, loss_sum, perturbed_sum = carry
-        grads, y_pred, loss, perturbed_loss, state, metrics = passes.sam_gradients(
-            trainable, state, metrics, *batch
-        )
-        grad_sums = [s + g for s, g in zip(grad_sums, grads)]
-        loss_sum = loss_sum + loss.astype("float32")
-        perturbed_sum = perturbed_sum + perturbed_loss.astype("float32")
-        return (state, metrics, grad_sums, loss_sum, perturbed_sum), y_pred
+        state, metrics, sums = carry
+        terms, y_pred, state, metrics = pass_fn(state, metrics, *batch)
+        sums = tree.map_structure(lambda a, b: a + b, sums, terms)
+        return (state, metrics, sums), y_pred
 
-    initial = (
-        non_trainable,
-        metrics_vars,
-        [jnp.zeros_like(w) for w in trainable],
-        jnp.zeros((), "float32"),
-        jnp.zeros((), "float32"),
-    )
-    carry, y_pred = jax.lax.scan(
+    first = tree.map_structure(lambda t: None if t is None else t[0], batches)
+    shapes = jax.eval_shape(lambda: pass_fn(non_trainable, metrics_vars, *first)[0])
+    zeros = tree.map_structure(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    (non_trainable, metrics_vars, sums), y_pred = jax.lax.scan(
         body,
-        initial,
+        (non_trainable, metrics_vars, zeros),
         batches,
         unroll=num_full <= _MAX_UNROLLED_MICRO_BATCHES,
     )
-    non_trainable, metrics_vars, grad_sums, loss_sum, perturbed_sum = carry
-    return (
-        [g / num_full for g in grad_sums],
-        y_pred,
-        loss_sum / num_full,
-        perturbed_sum / num_full,
-        non_trainable,
-        metrics_vars,
-    )
+    means = tree.map_structure(lambda t: t / num_full, sums)
+    return means, y_pred, non_trainable, metrics_vars
 
 
 def _update_metrics(model, metrics_vars, losses, x, y, y_pred, sw):
@@ -355,7 +395,7 @@ def _update_metrics(model, metrics_vars, losses, x, y, y_pred, sw):
     mapping = list(zip(model.metrics_variables, metrics_vars))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         update_trackers(
-            model, loss, perturbed_loss, first_tensor(x).shape[0], applied, second
+            model, loss, perturbed_loss, first_tensor(x).shape[0], applied, second > 0
         )
         model.gradient_pass_counter.update_state(1.0 + second.astype("float32"))
         logs = model.compute_metrics(x, y, y_pred, sample_weight=sw)
