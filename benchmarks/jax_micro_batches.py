@@ -45,13 +45,11 @@ import keras_sam  # noqa: E402
 from keras_sam.backend.jax import step as jax_step  # noqa: E402
 
 
-def _vmapped(passes, trainable, non_trainable, metrics_vars, batches):
+def _vmapped(pass_fn, non_trainable, metrics_vars, batches):
     """`_scanned_micro_batches` as a `jax.vmap` over the micro-batches."""
 
     def one(batch):
-        grads, y_pred, loss, perturbed_loss, state, metrics = passes.sam_gradients(
-            trainable, non_trainable, metrics_vars, *batch
-        )
+        terms, y_pred, state, metrics = pass_fn(non_trainable, metrics_vars, *batch)
         # Keras's stateless scopes hand back a variable's own input value
         # where nothing assigned it.
         changed = [
@@ -59,17 +57,11 @@ def _vmapped(passes, trainable, non_trainable, metrics_vars, batches):
         ]
         if any(changed):
             raise ValueError("vmap: the model's pass changes its state")
-        return grads, y_pred, loss.astype("float32"), perturbed_loss.astype("float32")
+        return terms, y_pred
 
-    grads, y_pred, losses, perturbed_losses = jax.vmap(one)(batches)
-    return (
-        [jnp.mean(g, axis=0) for g in grads],
-        y_pred,
-        jnp.mean(losses),
-        jnp.mean(perturbed_losses),
-        non_trainable,
-        metrics_vars,
-    )
+    terms, y_pred = jax.vmap(one)(batches)
+    means = jax.tree_util.tree_map(lambda t: jnp.mean(t, axis=0), terms)
+    return means, y_pred, non_trainable, metrics_vars
 
 
 #: way -> (micro-batch function, unroll limit) while a model is traced.
