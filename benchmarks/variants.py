@@ -13,7 +13,7 @@ CPU) unless `--jit`. Variants, with their paper defaults except where named:
   AE-SAM runs the second pass only on some steps);
 - samon is left out: the MLP has no normalization layer.
 
-Timing as in `sam_step_time.py`: a fixed number of steps through `fit` on an
+Timing (`_timing.py`): a fixed number of steps through `fit` on an
 in-memory repeated dataset after a warm-up; variants interleaved over
 several rounds; median per-step wall and process CPU time. The passes column
 is `model.gradient_passes` per step over the whole run.
@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _timing import interleave, medians  # noqa: E402
 
 import keras_sam  # noqa: E402
 from keras_sam import variants  # noqa: E402
@@ -98,10 +97,8 @@ def dataset(batch, student):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
 
 
-def seconds_per_step(model, data, steps):
-    wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+def fit_steps(model, data, steps):
+    return lambda: model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
 
 
 def main():
@@ -131,21 +128,15 @@ def main():
     models = {name: make_model(name, args.jit, args.student) for name in VARIANTS}
     for model in models.values():
         model.fit(data, epochs=1, steps_per_epoch=10, verbose=0)  # trace
-    times = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            times[name].append(seconds_per_step(model, data, args.steps))
-    medians = {
-        name: [statistics.median(t[i] for t in times[name]) for i in (0, 1)]
-        for name in models
-    }
+    runs = {name: fit_steps(model, data, args.steps) for name, model in models.items()}
+    per_step = medians(interleave(runs, args.steps, args.rounds))
     total_steps = 10 + args.rounds * args.steps
     print(
         f"{'variant':<8} {'passes':>6} {'wall ms':>8} {'x sgd':>6} {'x sam':>6} "
         f"{'cpu ms':>8} {'x sgd':>6} {'x sam':>6}"
     )
-    sgd, sam = medians["sgd"], medians["sam"]
-    for name, (wall, cpu) in medians.items():
+    sgd, sam = per_step["sgd"], per_step["sam"]
+    for name, (wall, cpu) in per_step.items():
         model = models[name]
         passes = getattr(model, "gradient_passes", float(total_steps)) / total_steps
         print(
