@@ -11,7 +11,11 @@ CPU) unless `--jit`. Variants, with their paper defaults except where named:
   of each five must skip the second pass);
 - gsam, wsam, fsam, rwp, aesam: two passes (target: within 3% of SAM;
   AE-SAM runs the second pass only on some steps);
-- samon is left out: the MLP has no normalization layer.
+- samon is left out: the MLP has no normalization layer;
+- with `--breakdown`, LookSAM with parts of its rule left out (same
+  passes): look-noreuse (the cheap steps apply g, not g + s gv),
+  look-nostore (the SAM steps store nothing), look-neither (both): where
+  LookSAM's time over LazySAM goes.
 
 Timing (`_timing.py`): a fixed number of steps through `fit` on an
 in-memory repeated dataset after a warm-up; variants interleaved over
@@ -19,7 +23,7 @@ several rounds; median per-step wall and process CPU time. The passes column
 is `model.gradient_passes` per step over the whole run.
 
     python benchmarks/variants.py [--steps 40] [--rounds 5] [--batch 128]
-        [--jit] [--student 1000]
+        [--jit] [--student 1000] [--breakdown]
 """
 
 from __future__ import annotations
@@ -53,6 +57,29 @@ VARIANTS = {
 }
 
 
+class LookSAMPart(variants.LookSAM):
+    """LookSAM(every=5) without its cheap-step reuse and / or its SAM-step
+    store (d = g or gs there, the state left alone): for `--breakdown`."""
+
+    def __init__(self, reuse, store):
+        super().__init__(every=5)
+        self.reuse, self.store = reuse, store
+
+    def combine(self, gradients, perturbed_gradients, state, step, second_pass):
+        if second_pass is True and not self.store:
+            return list(perturbed_gradients), list(state)
+        if second_pass is False and not self.reuse:
+            return list(gradients), list(state)
+        return super().combine(gradients, perturbed_gradients, state, step, second_pass)
+
+
+BREAKDOWN = {
+    "look-noreuse": LookSAMPart(reuse=False, store=True),
+    "look-nostore": LookSAMPart(reuse=True, store=False),
+    "look-neither": LookSAMPart(reuse=False, store=False),
+}
+
+
 def mlp():
     inputs = keras.Input((784,))
     h = keras.layers.Dense(512, activation="relu")(inputs)
@@ -77,7 +104,8 @@ def make_model(name, jit, student):
     elif name == "sam":
         model = keras_sam.SAMModel(inputs, outputs, rho=0.05)
     else:
-        model = keras_sam.SAMModel(inputs, outputs, rho=0.05, variant=VARIANTS[name])
+        variant = VARIANTS.get(name) or BREAKDOWN[name]
+        model = keras_sam.SAMModel(inputs, outputs, rho=0.05, variant=variant)
     model.compile(
         keras.optimizers.SGD(0.01, momentum=0.9),
         loss,
@@ -113,6 +141,11 @@ def main():
         default=0,
         help="time the synthetic sweep's student of this width instead of the MLP",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="add LookSAM with parts of its rule left out",
+    )
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -125,14 +158,15 @@ def main():
         )
     )
     data = dataset(args.batch, args.student)
-    models = {name: make_model(name, args.jit, args.student) for name in VARIANTS}
+    names = list(VARIANTS) + (list(BREAKDOWN) if args.breakdown else [])
+    models = {name: make_model(name, args.jit, args.student) for name in names}
     for model in models.values():
         model.fit(data, epochs=1, steps_per_epoch=10, verbose=0)  # trace
     runs = {name: fit_steps(model, data, args.steps) for name, model in models.items()}
     per_step = medians(interleave(runs, args.steps, args.rounds))
     total_steps = 10 + args.rounds * args.steps
     print(
-        f"{'variant':<8} {'passes':>6} {'wall ms':>8} {'x sgd':>6} {'x sam':>6} "
+        f"{'variant':<12} {'passes':>6} {'wall ms':>8} {'x sgd':>6} {'x sam':>6} "
         f"{'cpu ms':>8} {'x sgd':>6} {'x sam':>6}"
     )
     sgd, sam = per_step["sgd"], per_step["sam"]
@@ -140,7 +174,7 @@ def main():
         model = models[name]
         passes = getattr(model, "gradient_passes", float(total_steps)) / total_steps
         print(
-            f"{name:<8} {passes:6.2f} {1e3 * wall:8.2f} {wall / sgd[0]:6.2f} "
+            f"{name:<12} {passes:6.2f} {1e3 * wall:8.2f} {wall / sgd[0]:6.2f} "
             f"{wall / sam[0]:6.2f} {1e3 * cpu:8.2f} {cpu / sgd[1]:6.2f} "
             f"{cpu / sam[1]:6.2f}"
         )
