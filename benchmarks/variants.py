@@ -23,7 +23,7 @@ several rounds; median per-step wall and process CPU time. The passes column
 is `model.gradient_passes` per step over the whole run.
 
     python benchmarks/variants.py [--steps 40] [--rounds 5] [--batch 128]
-        [--jit] [--student 1000] [--breakdown]
+        [--jit] [--student 1000] [--breakdown] [--only sgd,lazysam,looksam]
 """
 
 from __future__ import annotations
@@ -146,6 +146,9 @@ def main():
         action="store_true",
         help="add LookSAM with parts of its rule left out",
     )
+    parser.add_argument(
+        "--only", help="comma-separated names to time (sgd and sam always)"
+    )
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -159,6 +162,9 @@ def main():
     )
     data = dataset(args.batch, args.student)
     names = list(VARIANTS) + (list(BREAKDOWN) if args.breakdown else [])
+    if args.only:
+        chosen = {"sgd", "sam", *args.only.split(",")}
+        names = [name for name in names if name in chosen]
     models = {name: make_model(name, args.jit, args.student) for name in names}
     for model in models.values():
         model.fit(data, epochs=1, steps_per_epoch=10, verbose=0)  # trace
