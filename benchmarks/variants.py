@@ -152,7 +152,8 @@ def main():
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"TF {tf.__version__}, Keras {keras.__version__}, batch {args.batch}, "
+        f"Keras {keras.__version__} on {keras.backend.backend()} "
+        f"(TF {tf.__version__}), batch {args.batch}, "
         f"jit_compile={args.jit}, "
         + (
             f"synthetic student {args.student}"
