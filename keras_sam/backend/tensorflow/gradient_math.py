@@ -1,10 +1,12 @@
 """The variants' global dot product on TensorFlow, with fewer passes over
 memory than its `keras.ops` version in `keras_sam.variants.base`.
 
-`keras_sam.variants.base.dot` (and `norm`) route here on the TensorFlow
-backend. A squared norm x.x is one `tf.nn.l2_loss` kernel per tensor (x read
-once) instead of a product (written in full) and a sum (read back): about a
-third of the time on CPU. Results differ only by float rounding.
+The TensorFlow step runs the variant's methods inside
+`keras_sam.variants.base.dot_kernel(dot)`, so that the rules' `dot` (and
+`norm`) use this one. A squared norm x.x is one `tf.nn.l2_loss` kernel per
+tensor (x read once) instead of a product (written in full) and a sum (read
+back): about a third of the time on CPU. Results differ only by float
+rounding.
 
 Tried and left out (docs/benchmarks.md): linear combinations compiled with
 XLA as one nested function (one fused loop per tensor) are cheaper alone but
