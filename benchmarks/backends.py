@@ -25,7 +25,8 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
+
+from _timing import interleave
 
 BATCH = 128
 JIT = {"tensorflow": True, "jax": True, "torch": False}
@@ -63,6 +64,10 @@ def _child(backend: str, steps: int, rounds: int) -> None:
             i, o, rho=0.05, micro_batch_size=BATCH // 4
         ),
     }
+
+    def fit_all(model, x, y):
+        return lambda: model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+
     results = {}
     for model_name, builder, shape in (
         ("mlp", mlp, (784,)),
@@ -87,13 +92,11 @@ def _child(backend: str, steps: int, rounds: int) -> None:
             )
             model.fit(x[: BATCH * 2], y[: BATCH * 2], batch_size=BATCH, verbose=0)
             models[name] = model
-        times = {name: [] for name in models}
-        for _ in range(rounds):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
-                times[name].append((time.perf_counter() - start) / steps)
-        results[model_name] = times
+        runs = {name: fit_all(model, x, y) for name, model in models.items()}
+        samples = interleave(runs, steps, rounds)
+        results[model_name] = {
+            name: [wall for wall, _ in values] for name, values in samples.items()
+        }
     print(json.dumps(results))
 
 

@@ -9,7 +9,7 @@ input), `jit_compile` off and on. Variants per model:
 - naive: assign eps into the variables, run the perturbed pass with state
   updates, subtract eps back (what the stateless design replaces).
 
-Timing: fixed number of steps through `fit` on an in-memory repeated
+Timing (`_timing.py`): fixed number of steps through `fit` on an in-memory repeated
 dataset after a warm-up; variants are interleaved over several rounds and the
 median per-step time is reported, so that load on the machine hits all
 variants alike. Wall and process CPU time are both printed.
@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _timing import interleave, medians  # noqa: E402
 
 import keras_sam  # noqa: E402
 
@@ -111,12 +110,8 @@ def dataset(shape):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).cache().repeat()
 
 
-def seconds_per_step(model, data, steps):
-    """(wall, CPU) seconds per step. CPU time (all threads of the process) is
-    the steadier figure on a shared or CPU-quota-throttled machine."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+def fit_steps(model, data, steps):
+    return lambda: model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
 
 
 def main():
@@ -143,16 +138,10 @@ def main():
             models = {v: make_model(builder, v, jit) for v in variants}
             for model in models.values():
                 model.fit(data, epochs=1, steps_per_epoch=10, verbose=0)  # trace
-            times = {v: [] for v in variants}
-            for _ in range(args.rounds):
-                for variant, model in models.items():
-                    times[variant].append(seconds_per_step(model, data, args.steps))
-            medians = {
-                v: [statistics.median(t[i] for t in times[v]) for i in (0, 1)]
-                for v in variants
-            }
-            base_wall, base_cpu = medians["sgd"]
-            for variant, (wall, cpu) in medians.items():
+            runs = {v: fit_steps(m, data, args.steps) for v, m in models.items()}
+            per_step = medians(interleave(runs, args.steps, args.rounds))
+            base_wall, base_cpu = per_step["sgd"]
+            for variant, (wall, cpu) in per_step.items():
                 print(
                     f"{name:<5} {'on' if jit else 'off':<4} {variant:<11} "
                     f"{1e3 * wall:8.2f} {wall / base_wall:6.2f} "

@@ -11,15 +11,19 @@ CPU) unless `--jit`. Variants, with their paper defaults except where named:
   of each five must skip the second pass);
 - gsam, wsam, fsam, rwp, aesam: two passes (target: within 3% of SAM;
   AE-SAM runs the second pass only on some steps);
-- samon is left out: the MLP has no normalization layer.
+- samon is left out: the MLP has no normalization layer;
+- with `--breakdown`, LookSAM with parts of its rule left out (same
+  passes): look-noreuse (the cheap steps apply g, not g + s gv),
+  look-nostore (the SAM steps store nothing), look-neither (both): where
+  LookSAM's time over LazySAM goes.
 
-Timing as in `sam_step_time.py`: a fixed number of steps through `fit` on an
+Timing (`_timing.py`): a fixed number of steps through `fit` on an
 in-memory repeated dataset after a warm-up; variants interleaved over
 several rounds; median per-step wall and process CPU time. The passes column
 is `model.gradient_passes` per step over the whole run.
 
     python benchmarks/variants.py [--steps 40] [--rounds 5] [--batch 128]
-        [--jit] [--student 1000]
+        [--jit] [--student 1000] [--breakdown] [--only sgd,lazysam,looksam]
 """
 
 from __future__ import annotations
@@ -27,14 +31,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _timing import interleave, medians  # noqa: E402
 
 import keras_sam  # noqa: E402
 from keras_sam import variants  # noqa: E402
@@ -51,6 +54,29 @@ VARIANTS = {
     "fsam": variants.FriendlySAM(),
     "rwp": variants.RWP(seed=0),
     "aesam": variants.AESAM(),
+}
+
+
+class LookSAMPart(variants.LookSAM):
+    """LookSAM(every=5) without its cheap-step reuse and / or its SAM-step
+    store (d = g or gs there, the state left alone): for `--breakdown`."""
+
+    def __init__(self, reuse, store):
+        super().__init__(every=5)
+        self.reuse, self.store = reuse, store
+
+    def combine(self, gradients, perturbed_gradients, state, step, second_pass):
+        if second_pass is True and not self.store:
+            return list(perturbed_gradients), list(state)
+        if second_pass is False and not self.reuse:
+            return list(gradients), list(state)
+        return super().combine(gradients, perturbed_gradients, state, step, second_pass)
+
+
+BREAKDOWN = {
+    "look-noreuse": LookSAMPart(reuse=False, store=True),
+    "look-nostore": LookSAMPart(reuse=True, store=False),
+    "look-neither": LookSAMPart(reuse=False, store=False),
 }
 
 
@@ -78,7 +104,8 @@ def make_model(name, jit, student):
     elif name == "sam":
         model = keras_sam.SAMModel(inputs, outputs, rho=0.05)
     else:
-        model = keras_sam.SAMModel(inputs, outputs, rho=0.05, variant=VARIANTS[name])
+        variant = VARIANTS.get(name) or BREAKDOWN[name]
+        model = keras_sam.SAMModel(inputs, outputs, rho=0.05, variant=variant)
     model.compile(
         keras.optimizers.SGD(0.01, momentum=0.9),
         loss,
@@ -98,10 +125,8 @@ def dataset(batch, student):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
 
 
-def seconds_per_step(model, data, steps):
-    wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+def fit_steps(model, data, steps):
+    return lambda: model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
 
 
 def main():
@@ -116,10 +141,19 @@ def main():
         default=0,
         help="time the synthetic sweep's student of this width instead of the MLP",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="add LookSAM with parts of its rule left out",
+    )
+    parser.add_argument(
+        "--only", help="comma-separated names to time (sgd and sam always)"
+    )
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"TF {tf.__version__}, Keras {keras.__version__}, batch {args.batch}, "
+        f"Keras {keras.__version__} on {keras.backend.backend()} "
+        f"(TF {tf.__version__}), batch {args.batch}, "
         f"jit_compile={args.jit}, "
         + (
             f"synthetic student {args.student}"
@@ -128,28 +162,26 @@ def main():
         )
     )
     data = dataset(args.batch, args.student)
-    models = {name: make_model(name, args.jit, args.student) for name in VARIANTS}
+    names = list(VARIANTS) + (list(BREAKDOWN) if args.breakdown else [])
+    if args.only:
+        chosen = {"sgd", "sam", *args.only.split(",")}
+        names = [name for name in names if name in chosen]
+    models = {name: make_model(name, args.jit, args.student) for name in names}
     for model in models.values():
         model.fit(data, epochs=1, steps_per_epoch=10, verbose=0)  # trace
-    times = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            times[name].append(seconds_per_step(model, data, args.steps))
-    medians = {
-        name: [statistics.median(t[i] for t in times[name]) for i in (0, 1)]
-        for name in models
-    }
+    runs = {name: fit_steps(model, data, args.steps) for name, model in models.items()}
+    per_step = medians(interleave(runs, args.steps, args.rounds))
     total_steps = 10 + args.rounds * args.steps
     print(
-        f"{'variant':<8} {'passes':>6} {'wall ms':>8} {'x sgd':>6} {'x sam':>6} "
+        f"{'variant':<12} {'passes':>6} {'wall ms':>8} {'x sgd':>6} {'x sam':>6} "
         f"{'cpu ms':>8} {'x sgd':>6} {'x sam':>6}"
     )
-    sgd, sam = medians["sgd"], medians["sam"]
-    for name, (wall, cpu) in medians.items():
+    sgd, sam = per_step["sgd"], per_step["sam"]
+    for name, (wall, cpu) in per_step.items():
         model = models[name]
         passes = getattr(model, "gradient_passes", float(total_steps)) / total_steps
         print(
-            f"{name:<8} {passes:6.2f} {1e3 * wall:8.2f} {wall / sgd[0]:6.2f} "
+            f"{name:<12} {passes:6.2f} {1e3 * wall:8.2f} {wall / sgd[0]:6.2f} "
             f"{wall / sam[0]:6.2f} {1e3 * cpu:8.2f} {cpu / sgd[1]:6.2f} "
             f"{cpu / sam[1]:6.2f}"
         )

@@ -230,3 +230,32 @@ def test_serialization_round_trip(variant):
 def test_bad_options_name_the_argument(make, argument):
     with pytest.raises(ValueError, match=argument):
         make()
+
+
+def test_global_dot_and_norm_match_numpy():
+    """The `keras.ops` form, and on TensorFlow the step's own kernels
+    (squares as `l2_loss`): the same list twice, two lists, a mix of shared
+    and distinct tensors, float16 included."""
+    import contextlib
+
+    from keras_sam.variants import base
+
+    kernels = [contextlib.nullcontext()]
+    if keras.backend.backend() == "tensorflow":
+        from keras_sam.backend.tensorflow import gradient_math
+
+        kernels.append(base.dot_kernel(gradient_math.dot))
+    half = [a.astype("float16") for a in GS]
+    mixed = [G[0], GS[1]]
+    cases = [(G, G), (G, GS), (mixed, [G[0], G[1]]), (half, half), (half, G)]
+    for context in kernels:
+        with context:
+            for a, b in cases:
+                expected = sum(
+                    np.sum(x.astype("float64") * y.astype("float64"))
+                    for x, y in zip(a, b)
+                )
+                np.testing.assert_allclose(float(base.dot(a, b)), expected, rtol=1e-6)
+            norm = np.sqrt(sum(np.sum(x * x) for x in G))
+            np.testing.assert_allclose(float(base.norm(G)), norm, rtol=1e-6)
+    assert base._KERNELS.dot is None  # restored on leaving

@@ -12,35 +12,11 @@ from keras_sam import variants
 from tests import reference as sam_reference
 from tests.test_sam_model import assert_weights_close, mlp, weights_of
 from tests.variants import reference
-from tests.variants.test_step_backends import assert_resume_equals_uninterrupted
-
-LR = 0.1
-STEPS = 6
-
-
-def train_full_batch(model, x, y, steps=STEPS, **compile_options):
-    model.compile(keras.optimizers.SGD(LR), loss="mse", **compile_options)
-    model.fit(x, y, batch_size=len(x), epochs=steps, shuffle=False, verbose=0)
-    return weights_of(model)
-
-
-@pytest.mark.parametrize(
-    "variant",
-    [
-        variants.LookSAM(every=1),
-        variants.LazySAM(every=1),
-        variants.GSAM(alpha=0.0),
-        variants.WSAM(gamma=0.5),
-    ],
-    ids=repr,
+from tests.variants.test_step_backends import (
+    LR,
+    assert_resume_equals_uninterrupted,
+    train_full_batch,
 )
-def test_degenerate_variants_train_like_sam(regression_data, variant):
-    x, y = regression_data
-    model = mlp(rho=0.2, perturbation="usam", variant=variant)
-    params = weights_of(model)
-    expected, _ = reference.train("sam", params, x, y, 0.2, LR, 3, rule="usam")
-    assert_weights_close(train_full_batch(model, x, y, steps=3), expected)
-    assert model.gradient_passes == 6
 
 
 def test_masks_compose_with_looksam(regression_data):
@@ -69,42 +45,6 @@ def test_masks_compose_with_looksam(regression_data):
     weights = train_full_batch(model, x, y, steps=4)
     assert_weights_close(weights, expected)
     assert np.all(weights[0][mask == 0] == 0)
-
-
-def test_rho_schedules_match_numpy(regression_data):
-    x, y = regression_data
-    lr = keras.optimizers.schedules.ExponentialDecay(LR, 1, 0.5)
-    for rho, rho_of_step in [
-        (variants.ProportionalRho(lr, rho_max=0.3), lambda i: 0.3 * 0.5**i),
-        (
-            lambda step: 0.1 * keras.ops.cast(step + 1, "float32"),
-            lambda i: 0.1 * (i + 1),
-        ),
-    ]:
-        model = mlp(rho=rho, variant="gsam")
-        params = weights_of(model)
-        expected, _ = reference.train(
-            "gsam", params, x, y, rho_of_step, LR, 3, alpha=0.4
-        )
-        assert_weights_close(train_full_batch(model, x, y, steps=3), expected)
-
-
-def test_sam_on_with_a_path_selection_matches_numpy(regression_data):
-    """eps on the output layer only, its norm over those weights only."""
-    x, y = regression_data
-    inner = mlp(sam=False)
-    output_layer = f"^{inner.layers[-1].name}/"
-    selection = variants.SAMON(layer_types=(), paths=[output_layer])
-    model = keras_sam.sam(inner, rho=0.3, variant=selection)
-    model.compile(keras.optimizers.SGD(LR), loss="mse")
-    params = weights_of(model)
-    _, g = sam_reference.loss_and_grads(params, x, y)
-    chosen = [0.0, 0.0, 1.0, 1.0]
-    selected = [a * c for a, c in zip(g, chosen)]
-    eps = sam_reference.epsilon("sam", selected, params, 0.3)
-    _, gs = sam_reference.loss_and_grads([p + e for p, e in zip(params, eps)], x, y)
-    model.train_on_batch(x, y)
-    assert_weights_close(weights_of(model), [p - LR * a for p, a in zip(params, gs)])
 
 
 class CountCalls(keras.layers.Layer):
@@ -262,31 +202,6 @@ def test_save_load_and_resume_conv_bn_dropout(tmp_path, image_data):
         return model
 
     assert_resume_equals_uninterrupted(fresh, *image_data, tmp_path / "m.keras")
-
-
-def test_save_load_and_resume_rwp_seed(tmp_path, regression_data):
-    def fresh():
-        model = mlp(rho=0.2, variant=variants.RWP(sigma=0.05, seed=2))
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
-        return model
-
-    assert_resume_equals_uninterrupted(fresh, *regression_data, tmp_path / "m.keras")
-
-
-def test_wrapped_model_keeps_variant_and_schedule(tmp_path, regression_data):
-    x, y = regression_data
-    lr = keras.optimizers.schedules.ExponentialDecay(LR, 1, 0.5)
-    model = keras_sam.sam(
-        mlp(sam=False), rho=variants.ProportionalRho(lr, 0.2), variant="looksam"
-    )
-    model.compile(keras.optimizers.SGD(lr), loss="mse")
-    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    model.save(tmp_path / "wrapped.keras")
-    restored = keras.models.load_model(tmp_path / "wrapped.keras")
-    assert restored.variant == variants.LookSAM()
-    assert isinstance(restored.rho, variants.ProportionalRho)
-    for a, b in zip(model.variant_state, restored.variant_state):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,9 @@ import keras
 import numpy as np
 import pytest
 
+import keras_sam
 from keras_sam import SAMModel, variants
+from tests import reference as sam_reference
 from tests.conftest import BACKEND
 from tests.test_sam_model import assert_weights_close, mlp, weights_of
 from tests.variants import reference
@@ -44,6 +46,97 @@ def test_several_steps_match_numpy(regression_data, name, variant, options):
     if name != "aesam" or BACKEND == "tensorflow":
         sgd, _ = reference.train("lazysam", params, x, y, 0.2, LR, STEPS, every=10**6)
         assert max(np.max(np.abs(a - b)) for a, b in zip(expected, sgd)) > 1e-4
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        variants.LookSAM(every=1),
+        variants.LazySAM(every=1),
+        variants.GSAM(alpha=0.0),
+        variants.WSAM(gamma=0.5),
+    ],
+    ids=repr,
+)
+def test_degenerate_variants_train_like_sam(regression_data, variant):
+    x, y = regression_data
+    model = mlp(rho=0.2, perturbation="usam", variant=variant)
+    params = weights_of(model)
+    expected, _ = reference.train("sam", params, x, y, 0.2, LR, 3, rule="usam")
+    assert_weights_close(train_full_batch(model, x, y, steps=3), expected)
+    assert model.gradient_passes == 6
+
+
+def test_rho_schedules_match_numpy(regression_data):
+    x, y = regression_data
+    lr = keras.optimizers.schedules.ExponentialDecay(LR, 1, 0.5)
+    for rho, rho_of_step in [
+        (variants.ProportionalRho(lr, rho_max=0.3), lambda i: 0.3 * 0.5**i),
+        (
+            lambda step: 0.1 * keras.ops.cast(step + 1, "float32"),
+            lambda i: 0.1 * (i + 1),
+        ),
+    ]:
+        model = mlp(rho=rho, variant="gsam")
+        params = weights_of(model)
+        expected, _ = reference.train(
+            "gsam", params, x, y, rho_of_step, LR, 3, alpha=0.4
+        )
+        assert_weights_close(train_full_batch(model, x, y, steps=3), expected)
+
+
+def test_sam_on_with_a_path_selection_matches_numpy(regression_data):
+    """eps on the output layer only, its norm over those weights only."""
+    x, y = regression_data
+    inner = mlp(sam=False)
+    output_layer = f"^{inner.layers[-1].name}/"
+    selection = variants.SAMON(layer_types=(), paths=[output_layer])
+    model = keras_sam.sam(inner, rho=0.3, variant=selection)
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    params = weights_of(model)
+    _, g = sam_reference.loss_and_grads(params, x, y)
+    chosen = [0.0, 0.0, 1.0, 1.0]
+    selected = [a * c for a, c in zip(g, chosen)]
+    eps = sam_reference.epsilon("sam", selected, params, 0.3)
+    _, gs = sam_reference.loss_and_grads([p + e for p, e in zip(params, eps)], x, y)
+    model.train_on_batch(x, y)
+    assert_weights_close(weights_of(model), [p - LR * a for p, a in zip(params, gs)])
+
+
+def test_wrapped_model_keeps_variant_and_schedule(tmp_path, regression_data):
+    x, y = regression_data
+    lr = keras.optimizers.schedules.ExponentialDecay(LR, 1, 0.5)
+    model = keras_sam.sam(
+        mlp(sam=False), rho=variants.ProportionalRho(lr, 0.2), variant="looksam"
+    )
+    model.compile(keras.optimizers.SGD(lr), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    model.save(tmp_path / "wrapped.keras")
+    restored = keras.models.load_model(tmp_path / "wrapped.keras")
+    assert restored.variant == variants.LookSAM()
+    assert isinstance(restored.rho, variants.ProportionalRho)
+    for a, b in zip(model.variant_state, restored.variant_state):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+
+
+def test_zero_norms_fall_back_to_g(regression_data):
+    """A step with a zero gradient (all sample weights 0) moves nothing and
+    stores gv = 0; the cheap steps after it (|gv| = 0) are plain SGD steps."""
+    x, y = regression_data
+    model = mlp(rho=0.2, variant=variants.LookSAM(every=3))
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    params = weights_of(model)
+    model.train_on_batch(x, y, sample_weight=np.zeros(len(x), "float32"))
+    assert_weights_close(weights_of(model), params, atol=0)
+    *gv, gv_norm = [keras.ops.convert_to_numpy(v) for v in model.variant_state]
+    assert gv_norm == 0 and all(np.all(a == 0) for a in gv)
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    sgd, _ = reference.train("lazysam", params, x, y, 0.0, LR, 2, every=10**6)
+    assert_weights_close(weights_of(model), sgd)
+    assert model.gradient_passes == 2 + 1 + 1
 
 
 class CountCalls(keras.layers.Layer):
