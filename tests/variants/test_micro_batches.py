@@ -51,3 +51,23 @@ def test_looksam_micro_batches_with_a_partial_one_match_numpy(regression_data):
     model.fit(x, y, batch_size=20, epochs=3, verbose=0, shuffle=False)
     assert model.gradient_passes == 5
     assert_weights_close(weights_of(model), expected, atol=1e-5)
+
+
+def test_micro_batches_combine_the_batch_averages(regression_data):
+    """GSAM on micro-batches: d from the mean clean gradient and the mean of
+    the micro-batches' perturbed gradients."""
+    x, y = regression_data[0][:16], regression_data[1][:16]
+    model = mlp(rho=0.2, micro_batch_size=8, variant=variants.GSAM(alpha=0.5))
+    params = weights_of(model)
+    pieces = [
+        sam_reference.sam_gradient("sam", params, x[k : k + 8], y[k : k + 8], 0.2)[2]
+        for k in (0, 8)
+    ]
+    gs = [np.mean([p[i] for p in pieces], axis=0) for i in range(4)]
+    _, g = sam_reference.loss_and_grads(params, x, y)
+    dot = lambda a, b: sum(np.sum(u * v) for u, v in zip(a, b))  # noqa: E731
+    c = dot(g, gs) / dot(gs, gs)
+    d = [s - 0.5 * (a - c * s) for a, s in zip(g, gs)]
+    model.compile(keras.optimizers.SGD(LR), loss="mse")
+    model.train_on_batch(x, y)
+    assert_weights_close(weights_of(model), [p - LR * a for p, a in zip(params, d)])

@@ -9,7 +9,6 @@ import tensorflow as tf
 
 import keras_sam
 from keras_sam import variants
-from tests import reference as sam_reference
 from tests.test_sam_model import assert_weights_close, mlp, weights_of
 from tests.variants import reference
 from tests.variants.test_step_backends import (
@@ -140,26 +139,6 @@ def test_conv_bn_micro_batches_and_steps_per_execution_agree(image_data):
         assert model.gradient_passes == 8 * 1.5
     for a, b in zip(*final):
         np.testing.assert_allclose(a, b, atol=1e-6)
-
-
-def test_micro_batches_combine_the_batch_averages(regression_data):
-    """GSAM on micro-batches: d from the mean clean gradient and the mean of
-    the micro-batches' perturbed gradients."""
-    x, y = regression_data[0][:16], regression_data[1][:16]
-    model = mlp(rho=0.2, micro_batch_size=8, variant=variants.GSAM(alpha=0.5))
-    params = weights_of(model)
-    pieces = [
-        sam_reference.sam_gradient("sam", params, x[k : k + 8], y[k : k + 8], 0.2)[2]
-        for k in (0, 8)
-    ]
-    gs = [np.mean([p[i] for p in pieces], axis=0) for i in range(4)]
-    _, g = sam_reference.loss_and_grads(params, x, y)
-    dot = lambda a, b: sum(np.sum(u * v) for u, v in zip(a, b))  # noqa: E731
-    c = dot(g, gs) / dot(gs, gs)
-    d = [s - 0.5 * (a - c * s) for a, s in zip(g, gs)]
-    model.compile(keras.optimizers.SGD(LR), loss="mse")
-    model.train_on_batch(x, y)
-    assert_weights_close(weights_of(model), [p - LR * a for p, a in zip(params, d)])
 
 
 def test_mixed_float16_matches_float32(regression_data, mixed_precision):
