@@ -132,6 +132,9 @@ def _signature(array: np.ndarray) -> tuple:
 def _functions(model, batch_loss, training, batch, jit, masked, weighted, forward):
     x, y = batch[0], batch[1]
     variables = model.trainable_variables
+    if keras.backend.backend() != "tensorflow":
+        # Options only TensorFlow's products read: one set of functions.
+        jit = forward = False
     key = (
         keras.backend.backend(),
         id(batch_loss.loss),
@@ -302,13 +305,22 @@ class CurvatureOperator:
         return total / self.num_examples
 
     def _chunks(self) -> list:
+        """The per-example chunks as ``((x, y, sw), n)``, n the real
+        examples. Where the backend compiles per shape (``pad_chunks``),
+        every chunk is padded to one size with copies of its first example
+        at weight 0, whose rows are dropped."""
         if self._chunk_tensors is None:
             c = self.chunk_size
-            self._chunk_tensors = [
-                self._fn.tensors(_slice((x, y, sw), start, start + c))
-                for x, y, sw, n in self.batches
-                for start in range(0, n, c)
-            ]
+            size = min(c, max(b[3] for b in self.batches))
+            chunks = []
+            for x, y, sw, n in self.batches:
+                for start in range(0, n, c):
+                    chunk = _slice((x, y, sw), start, start + c)
+                    real = chunk[2].shape[0]
+                    if self._fn.pad_chunks and real < size:
+                        chunk = _pad(chunk, size - real)
+                    chunks.append((self._fn.tensors(chunk), real))
+            self._chunk_tensors = chunks
         return self._chunk_tensors
 
     @property
@@ -326,7 +338,7 @@ class CurvatureOperator:
 
     def _moment_sum(self, tv, k: int, path: str | None = None) -> np.ndarray:
         total = np.zeros(self.dim)
-        for chunk in self._chunks():
+        for chunk, _ in self._chunks():
             chosen = path or self._path(chunk, tv)
             total += _numpy(self._fn.power(k, chosen)(*chunk, tv))
         return total
@@ -359,14 +371,25 @@ class CurvatureOperator:
             raise ValueError(_no_vectorized_path())
         tv = self._vector(v)
         rows = []
-        for chunk in self._chunks():
+        for chunk, real in self._chunks():
             chosen = path or self._path(chunk, tv)
-            rows.append(_numpy(self._fn.rows(chosen)(*chunk, tv)))
+            rows.append(_numpy(self._fn.rows(chosen)(*chunk, tv))[:real])
         return np.concatenate(rows).astype(np.float64)
 
     def per_example_hvp_looped(self, v: np.ndarray) -> np.ndarray:
         """`per_example_hvp` on the looped path (for comparison)."""
         return self.per_example_hvp(v, path="looped")
+
+
+def _pad(chunk, count: int):
+    """``count`` copies of the chunk's first example appended, weight 0."""
+    x, y, sw = chunk
+
+    def pad(t):
+        return np.concatenate([t, np.repeat(t[:1], count, axis=0)])
+
+    x, y = tree.map_structure(pad, (x, y))
+    return x, y, np.concatenate([sw, np.zeros([count], sw.dtype)])
 
 
 def _no_vectorized_path() -> str:

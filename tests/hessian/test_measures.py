@@ -13,7 +13,9 @@ def test_sharpness_matches_dense_top_eigenvalue(case):
     exact = np.linalg.eigvalsh(case.h)[-1]
     a = hessian.sharpness(case.model, (case.x, case.y), batch_size=5)
     assert abs(a - exact) <= 1e-4 * abs(exact)
-    result = hessian.top_eigenvalues(case.model, (case.x, case.y), k=2)
+    # The second eigenvalue to 1e-4 needs a tighter stopping rule than the
+    # default (1e-3 relative to the top one).
+    result = hessian.top_eigenvalues(case.model, (case.x, case.y), k=2, tol=1e-6)
     np.testing.assert_allclose(
         result.eigenvalues, np.linalg.eigvalsh(case.h)[::-1][:2], rtol=1e-4
     )
@@ -49,9 +51,8 @@ def test_non_uniformity_regressor_s2(regressor):
     c = regressor
     gap = np.mean([h @ h for h in c.hessians], axis=0) - c.h @ c.h
     expected = np.sqrt(np.linalg.eigvalsh(gap)[-1])
-    assert hessian.non_uniformity(c.model, (c.x, c.y)) == pytest.approx(
-        expected, rel=1e-4
-    )
+    s2 = hessian.non_uniformity(c.model, (c.x, c.y), tol=1e-6)
+    assert s2 == pytest.approx(expected, rel=1e-4)
 
 
 def test_stability_ratios_hand_computed():

@@ -163,6 +163,10 @@ NOT_VECTORIZED = {
 }[BACKEND]
 
 
+# On JAX every looped path is one more compilation: checked on two members.
+LOOPED_CHECKS = {"bce_vector_labels", "embedding"}
+
+
 @functools.cache
 def build(name):
     keras.utils.set_random_seed(0)
@@ -188,7 +192,7 @@ def test_zoo_against_dense_hessians(member):
     # Per-example products: the chosen path, and both paths where allowed.
     assert rel_err(op.per_example_hvp(v), hessians @ v) < 1e-4
     assert op.vectorized is (name not in NOT_VECTORIZED)
-    if op.vectorized:
+    if op.vectorized and (BACKEND == "tensorflow" or name in LOOPED_CHECKS):
         looped = op.per_example_hvp(v, path="looped")
         assert rel_err(looped, hessians @ v) < 1e-4
     top = np.linalg.eigvalsh(h)[-1]

@@ -12,19 +12,21 @@ are the scope's collected losses.
 
 - ``H v``: forward over reverse, `jax.jvp` of `jax.value_and_grad`, always
   (``forward_over_reverse`` is accepted and has no effect);
-- per-example products ``H_i^k v``: `jax.vmap` over one-example batches
+- per-example products ``H_i^k v``: one compiled ``[H_i v_i]`` applied k
+  times, by `jax.vmap` over one-example batches
   (the ``"vectorized"`` path, the default: vmap batches every primitive
   the zoo of the tests uses, recurrent scans and einsum included, so no
   model needs a fallback), or `jax.lax.map` (``"looped"``, ``vectorize=
   False``);
 - every product is `jax.jit`-compiled (``jit_compile`` has no effect),
-  once per input shape: a last partial batch or chunk compiles once more.
+  once per input shape: the operator pads chunks to one size
+  (``pad_chunks``), but a last partial batch (``batch_size``) compiles
+  once more; ``loss()`` reuses the gradient's program.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +50,9 @@ class Functions:
     """The jitted products of one model / loss."""
 
     paths = ("vectorized", "looped")
+    #: Whether the operator pads per-example chunks to one size (a new
+    #: batch size costs a compilation).
+    pad_chunks = True
 
     def __init__(
         self,
@@ -124,29 +129,24 @@ class Functions:
 
         one_weight = jnp.ones([1], jnp.float32)
 
-        def example_power(values, xi, yi, v, k):
-            # H_i^k v for one example (xi, yi without their batch axis).
-            xi, yi = _one(xi), _one(yi)
-            for _ in range(k):
-                v, _ = hvp_sum(values, xi, yi, one_weight, v)
-            return v
+        def example_hvp(values, xi, yi, vi):
+            # H_i v_i for one example (xi, yi without their batch axis).
+            return hvp_sum(values, _one(xi), _one(yi), one_weight, vi)[0]
 
-        def vectorized_rows(values, x, y, v, k):
-            return jax.vmap(lambda xi, yi: example_power(values, xi, yi, v, k))(x, y)
+        def vectorized_rows(values, x, y, vs):
+            return jax.vmap(lambda *a: example_hvp(values, *a))(x, y, vs)
 
-        def looped_rows(values, x, y, v, k):
-            return jax.lax.map(
-                lambda a: example_power(values, a[0], a[1], v, k), (x, y)
-            )
+        def looped_rows(values, x, y, vs):
+            return jax.lax.map(lambda a: example_hvp(values, *a), (x, y, vs))
 
         self._hvp = jax.jit(hvp_sum)
         self._grad = jax.jit(grad_sum)
-        self._loss = jax.jit(
-            lambda values, x, y, sw: loss_sum(values[0], values[1], x, y, sw)
-        )
-        self._rows = {"vectorized": vectorized_rows, "looped": looped_rows}
-        self._powers: dict[tuple[str, int], Any] = {}
-        self._row_fns: dict[str, Any] = {}
+        # One compiled per-example product per path, ``[H_i v_i]`` for a
+        # matrix of vectors; ``H_i^k v`` applies it k times.
+        self._rows = {
+            "vectorized": jax.jit(vectorized_rows),
+            "looped": jax.jit(looped_rows),
+        }
         self.vectorized = True
 
     def _values(self):
@@ -171,27 +171,25 @@ class Functions:
         return self._grad(self._values(), x, y, sw)
 
     def loss(self, x, y, sw):
-        return self._loss(self._values(), x, y, sw)
+        # From the gradient's program: one compilation less than its own.
+        return self.grad(x, y, sw)[1]
+
+    def _powers(self, k, path, x, y, v):
+        values = self._values()
+        vs = jnp.broadcast_to(v, (_first(x).shape[0], v.shape[0]))
+        for _ in range(k):
+            vs = self._rows[path](values, x, y, vs)
+        return vs
 
     def power(self, k: int, path: str):
         """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
-        if (path, k) not in self._powers:
-            rows = self._rows[path]
-            fn = jax.jit(
-                lambda values, x, y, sw, v: jnp.sum(
-                    rows(values, x, y, v, k) * sw[:, None], axis=0
-                )
-            )
-            self._powers[path, k] = lambda x, y, sw, v: fn(self._values(), x, y, sw, v)
-        return self._powers[path, k]
+        return lambda x, y, sw, v: jnp.sum(
+            self._powers(k, path, x, y, v) * sw[:, None], axis=0
+        )
 
     def rows(self, path: str):
         """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
-        if path not in self._row_fns:
-            rows = self._rows[path]
-            fn = jax.jit(lambda values, x, y, v: rows(values, x, y, v, 1))
-            self._row_fns[path] = lambda x, y, sw, v: fn(self._values(), x, y, v)
-        return self._row_fns[path]
+        return lambda x, y, sw, v: self._powers(1, path, x, y, v)
 
     def decide(self, x, y, sw, v) -> bool:
         """`jax.vmap` needs no check: always vectorized."""

@@ -75,6 +75,9 @@ class Functions:
     """The traced functions of one model / loss / signature."""
 
     paths = ("vectorized", "looped")
+    #: Whether the operator pads per-example chunks to one size: no, the
+    #: signatures have a None batch dimension (no retrace per size).
+    pad_chunks = False
 
     def __init__(
         self,
