@@ -148,8 +148,9 @@ class BatchLoss:
             if i not in self._objects:
                 self._objects[i] = _loss_object(loss, target, pred)
             value = ops.cast(self._objects[i](target, pred, sample_weight), "float32")
-            total += value if weight is None else value * float(weight)
+            # Out of place: an in-place add fails under torch.func.vmap.
+            total = total + (value if weight is None else value * float(weight))
         if self.regularization:
             for value in self._model.losses:
-                total += ops.sum(ops.cast(value, "float32"))
+                total = total + ops.sum(ops.cast(value, "float32"))
         return total

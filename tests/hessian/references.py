@@ -157,10 +157,13 @@ def _torch_flat_grad(output, params, **kwargs):
 
 def _torch_hessian(model, loss_fn):
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     def hessian(x, y):
         params = [v.value for v in model.trainable_variables]
-        loss = _torch_loss(model, loss_fn, x, y)
+        # The fused CPU attention kernel has no double backward.
+        with sdpa_kernel([SDPBackend.MATH]):
+            loss = _torch_loss(model, loss_fn, x, y)
         grad = _torch_flat_grad(loss, params, create_graph=True)
         rows = [
             _torch_flat_grad(grad[j], params, retain_graph=True)
