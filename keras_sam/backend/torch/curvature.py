@@ -26,8 +26,9 @@ seeded alike in every product). ``model.losses``
   layers (Dense, batch norm, Embedding, LSTM/GRU, attention) but not all:
   DepthwiseConv2D / SeparableConv2D clone with a memory format vmap
   refuses, Keras's L1L2 regularizer (ActivityRegularization) adds in place,
-  and random ops (dropout in training mode) are refused under vmap. So, as on TensorFlow, the first chunk decides (``vectorize=None``):
-  the vectorized path is used if it runs and agrees with the looped one.
+  and random ops (dropout in training mode) are refused under vmap. So,
+  as on TensorFlow, the first chunk decides (``vectorize=None``): the
+  vectorized path is used if it runs and agrees with the looped one.
 """
 
 from __future__ import annotations
