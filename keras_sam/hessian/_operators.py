@@ -51,7 +51,8 @@ def _backend_functions():
     return importlib.import_module(f"keras_sam.backend.{name}.curvature").Functions
 
 
-def _is_dataset(data) -> bool:
+def is_dataset(data) -> bool:
+    """Whether ``data`` is a `tf.data.Dataset`."""
     # tf.data is only looked for when TensorFlow is already imported.
     if "tensorflow" not in sys.modules:
         return False
@@ -103,7 +104,7 @@ def as_batches(data: Any, batch_size: int | None = None) -> list[tuple]:
     """Materializes ``data`` as a list of ``(x, y, sample_weight, n)``
     batches of NumPy arrays."""
     batch_size = positive_int(batch_size, "batch_size", allow_none=True)
-    if _is_dataset(data):
+    if is_dataset(data):
         if batch_size is not None:
             raise ValueError(
                 "`batch_size` must be None when `data` is a tf.data.Dataset "

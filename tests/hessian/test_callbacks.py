@@ -193,3 +193,38 @@ def test_smoothness_reused_on_another_model_measures_it(training_data):
     assert len(cb.records) == 1
     for name in ("beta_hat", "alpha_hat"):
         assert cb.records[0][name] == pytest.approx(fresh.records[0][name])
+
+
+def test_smoothness_measures_the_step_taken_mid_epoch(training_data):
+    """The third of three steps, measured by its hooks mid-epoch (on JAX the
+    trainer holds the weights then), equals the estimate on that step
+    replayed on a replica: two steps, then one."""
+    x, y = training_data
+
+    def mlp():
+        keras.utils.set_random_seed(5)
+        model = keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(6, activation="tanh"),
+                keras.layers.Dense(3),
+            ]
+        )
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(keras.optimizers.SGD(0.5), loss)
+        return model
+
+    model = mlp()
+    cb = SmoothnessEstimates((x, y), num_examples=None, unit="step", every=3)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    replica = mlp()
+    replica.fit(x[:32], y[:32], batch_size=16, shuffle=False, verbose=0)
+    op = CurvatureOperator(replica, (x, y))
+    x0 = np.concatenate([v.numpy().ravel() for v in replica.trainable_variables])
+    _, g0 = op.gradient()
+    replica.fit(x[32:], y[32:], batch_size=16, shuffle=False, verbose=0)
+    x1 = np.concatenate([v.numpy().ravel() for v in replica.trainable_variables])
+    expected = estimates(op, x0, x1, g0=g0)
+    assert [r["step"] for r in cb.records] == [3]
+    for name in ("beta_hat", "alpha_hat"):
+        assert cb.records[0][name] == pytest.approx(expected[name], rel=1e-4)
