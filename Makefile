@@ -9,7 +9,8 @@ BACKENDS_STAMP := $(VENV)/.keras-sam-backends-installed
 # suite runs on TensorFlow). Each backend is its own process: Keras picks its
 # backend at import.
 BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.py \
-	tests/test_perturbations.py tests/sparsity tests/variants/test_step_backends.py
+	tests/test_perturbations.py tests/sparsity tests/variants/test_step_backends.py \
+	tests/hessian
 
 .PHONY: demo test lint format bench
 
