@@ -195,11 +195,11 @@ class CurvatureOperator:
             (default: all at once).
         chunk_size: examples vectorized together for per-example products.
         vectorize: per-example products: None (default) vectorizes where
-            the backend can (TensorFlow: `tf.vectorized_map` where the
-            model allows it and the first chunk's result equals the looped
-            one; JAX: `jax.vmap`, always; PyTorch: never, see
-            docs/curvature.md), else loops over the examples; False always
-            loops; True vectorizes without the check (refused on PyTorch).
+            that is right for the model (TensorFlow: `tf.vectorized_map`,
+            PyTorch: `torch.func.vmap`, where the layers allow it and the
+            first chunk's result equals the looped one; JAX: `jax.vmap`,
+            always; see docs/curvature.md), else loops over the examples;
+            False always loops; True vectorizes without the check.
         jit_compile: TensorFlow: XLA-compile the products (off by default:
             XLA's second derivative of max pooling is wrong). JAX always
             jit-compiles; PyTorch runs eagerly.

@@ -143,15 +143,17 @@ def _torch_loss(model, loss_fn, x, y):
     return torch.mean(loss_fn(y, pred))
 
 
-def _torch_flat_grad(output, params, **kwargs):
+def _torch_flat_grad(output, params, batched=False, **kwargs):
     import torch
 
     grads = torch.autograd.grad(output, params, allow_unused=True, **kwargs)
+    lead = (output.shape[0],) if batched else ()
     return torch.cat(
         [
-            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            (torch.zeros(lead + p.shape) if g is None else g).reshape(*lead, -1)
             for g, p in zip(grads, params)
-        ]
+        ],
+        dim=-1,
     )
 
 
@@ -165,13 +167,12 @@ def _torch_hessian(model, loss_fn):
         with sdpa_kernel([SDPBackend.MATH]):
             loss = _torch_loss(model, loss_fn, x, y)
         grad = _torch_flat_grad(loss, params, create_graph=True)
-        rows = [
-            _torch_flat_grad(grad[j], params, retain_graph=True)
-            if grad[j].requires_grad
-            else torch.zeros_like(grad)  # a coordinate whose gradient is constant
-            for j in range(grad.shape[0])
-        ]
-        return np.stack([r.detach().cpu().numpy() for r in rows])
+        # All rows in one batched backward (vmap over the cotangents).
+        eye = torch.eye(grad.shape[0], dtype=grad.dtype)
+        rows = _torch_flat_grad(
+            grad, params, grad_outputs=eye, is_grads_batched=True, batched=True
+        )
+        return rows.detach().cpu().numpy()
 
     return hessian
 

@@ -7,6 +7,7 @@ import pytest
 import keras_sam
 from keras_sam import hessian
 from keras_sam.hessian import CurvatureOperator
+from tests.hessian.references import BACKEND
 
 
 def test_sharpness_matches_dense_top_eigenvalue(case):
@@ -27,7 +28,9 @@ def test_sharpness_matches_dense_top_eigenvalue(case):
 def test_trace_within_reported_error(case):
     exact = np.trace(case.h)
     data = (case.x, case.y)
-    for method in ("hutchinson", "hutchpp"):
+    # The estimators are NumPy over the products: their statistics once.
+    methods = ("hutchinson", "hutchpp") if BACKEND == "tensorflow" else ()
+    for method in methods:
         result = hessian.trace_estimate(case.model, data, method=method, num_samples=30)
         assert result.stderr > 0
         assert abs(result.estimate - exact) <= 3 * result.stderr
@@ -70,6 +73,7 @@ def test_stability_ratios_hand_computed():
     assert hessian.stability_ratios(0.1, 0.05, a, s2)["s2"] <= 0
 
 
+@pytest.mark.backends("tensorflow")  # NumPy over sharpness / non_uniformity
 def test_stability_margins_use_optimizer_lr_and_model_rho(classifier):
     c = classifier
     data = (c.x, c.y)

@@ -165,8 +165,9 @@ NOT_VECTORIZED = {
 }[BACKEND]
 
 
-# On JAX every looped path is one more compilation: checked on two members.
-LOOPED_CHECKS = {"bce_vector_labels", "embedding"}
+# On JAX every looped path is one more compilation: checked on one member
+# (and in test_operators).
+LOOPED_CHECKS = {"embedding"}
 
 
 @functools.cache
@@ -199,10 +200,12 @@ def test_zoo_against_dense_hessians(member):
         assert rel_err(looped, hessians @ v) < 1e-4
     top = np.linalg.eigvalsh(h)[-1]
     assert hessian.sharpness(op, tol=1e-6) == pytest.approx(top, rel=1e-4)
-    if name == "recurrent":
+    if name == "recurrent" and BACKEND == "tensorflow":
         return  # tracing M_k through the recurrent loop alone takes ~25 s
     m2 = np.mean([hi @ hi for hi in hessians], axis=0)
     assert rel_err(op.moment(v, 2), m2 @ v) < 1e-4
+    if BACKEND == "torch" and not op.vectorized:
+        return  # Lanczos on looped eager per-example products: ~15 s
     s2 = np.sqrt(np.linalg.eigvalsh(m2 - h @ h)[-1])
     got = hessian.non_uniformity(op, order=2, tol=1e-6, max_iter=op.dim)
     assert got == pytest.approx(s2, rel=1e-3)

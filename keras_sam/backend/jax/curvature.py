@@ -21,7 +21,7 @@ are the scope's collected losses.
 - every product is `jax.jit`-compiled (``jit_compile`` has no effect),
   once per input shape: the operator pads chunks to one size
   (``pad_chunks``), but a last partial batch (``batch_size``) compiles
-  once more; ``loss()`` reuses the gradient's program.
+  once more; ``loss()`` reuses the product's program.
 """
 
 from __future__ import annotations
@@ -171,8 +171,9 @@ class Functions:
         return self._grad(self._values(), x, y, sw)
 
     def loss(self, x, y, sw):
-        # From the gradient's program: one compilation less than its own.
-        return self.grad(x, y, sw)[1]
+        # From the product's program (every instrument compiles it): one
+        # compilation less than a program of its own.
+        return self.hvp(x, y, sw, jnp.zeros([self.dim], jnp.float32))[1]
 
     def _powers(self, k, path, x, y, v):
         values = self._values()
