@@ -10,20 +10,20 @@ BACKENDS_STAMP := $(VENV)/.keras-sam-backends-installed
 # backend at import.
 BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.py \
 	tests/test_perturbations.py tests/sparsity tests/variants/test_step_backends.py \
-	tests/hessian
+	tests/variants/test_micro_batches.py tests/hessian
 
 .PHONY: demo test lint format bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[study,test]"
+	$(PY) -m pip install --quiet -e ".[tensorflow,study,test]"
 	touch $(STAMP)
 
 # JAX (CPU) and the CPU build of PyTorch 2.13.0 (pinned in the extras: an
 # open range would pull a multi-GB CUDA build).
 $(BACKENDS_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[study,test,jax,torch]"
+	$(PY) -m pip install --quiet -e ".[tensorflow,study,test,jax,torch]"
 	touch $(BACKENDS_STAMP)
 
 demo: $(STAMP)

@@ -54,11 +54,15 @@ def test_core_dependencies_are_what_the_sam_step_needs():
     def names(requirements):
         return {re.split(r"[<>=\[ ]", r, maxsplit=1)[0] for r in requirements}
 
-    assert names(project["dependencies"]) == {"keras", "tensorflow", "numpy"}
+    # No backend in the core: a JAX or PyTorch user does not install TensorFlow.
+    assert names(project["dependencies"]) == {"keras", "numpy"}
     extras = project["optional-dependencies"]
+    assert names(extras["tensorflow"]) == {"tensorflow"}
+    assert names(extras["jax"]) == {"jax"}
+    assert names(extras["torch"]) == {"torch"}
     assert names(extras["study"]) >= {
         "tensorflow-datasets",
         "matplotlib",
         "tensorflow-model-optimization",
     }
-    assert names(extras["tfmot"]) == {"tensorflow-model-optimization"}
+    assert names(extras["tfmot"]) == {"tensorflow", "tensorflow-model-optimization"}

@@ -9,12 +9,14 @@ from keras_sam import _compat
 
 
 def refuse_variant_micro_batches(model) -> None:
-    """Variants with `micro_batch_size` run in the TensorFlow step only."""
+    """Variants with `micro_batch_size` run in the TensorFlow and PyTorch
+    steps only."""
     if getattr(model, "variant", None) is not None and model.micro_batch_size:
         raise NotImplementedError(
             f"variant={type(model.variant).__name__} with micro_batch_size="
-            f"{model.micro_batch_size} runs on the TensorFlow backend only so "
-            f"far; on {keras.backend.backend()!r} use micro_batch_size=None "
+            f"{model.micro_batch_size} runs on the TensorFlow and PyTorch "
+            f"backends so far; on {keras.backend.backend()!r} use "
+            "micro_batch_size=None "
             "with a variant, or variant=None with micro-batches."
         )
 

@@ -30,7 +30,6 @@ from keras_sam.backend._common import (
     forward,
     is_loss_scaled,
     output_spec,
-    refuse_variant_micro_batches,
     update_trackers,
     variant_selection,
 )
@@ -41,26 +40,23 @@ from keras_sam.variants import schedules
 def train_step(model, data):
     """`SAMModel.train_step` for PyTorch: returns the logs dict."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    refuse_variant_micro_batches(model)
     if not model.built:
         output_spec(model, x)
     if model.variant is not None and model.variant_state is None:
         # A subclassed model builds its layers on its first call.
         output_spec(model, x)
         model._build_variant_state()
-    second = 1.0
-    if model.variant is not None:
+    if model.micro_batch_size is None:
         grads, clean, ran, y_pred, loss, perturbed_loss = _variant_gradients(
             model, x, y, sample_weight
         )
-        grads = _combine(model, clean, grads, ran)
         second = float(ran)
-    elif model.micro_batch_size is None:
-        grads, y_pred, loss, perturbed_loss = _sam_gradients(model, x, y, sample_weight)
     else:
-        grads, y_pred, loss, perturbed_loss = _micro_batch_sam_gradients(
+        grads, clean, second, y_pred, loss, perturbed_loss = _micro_batch_sam_gradients(
             model, x, y, sample_weight
         )
+    if model.variant is not None:
+        grads = _combine(model, clean, grads, second > 0)
     # The loss-scale optimizer skips the step where a gradient is
     # non-finite (a non-finite clean gradient poisoned the perturbed one).
     applied = all_finite(grads) if is_loss_scaled(model.optimizer) else True
@@ -75,15 +71,6 @@ def train_step(model, data):
     logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
     return logs
-
-
-def _sam_gradients(model, x, y, sample_weight):
-    """(perturbed grads, clean y_pred, clean loss, perturbed loss); applies
-    the clean pass's state updates."""
-    grads, _, _, y_pred, loss, perturbed_loss = _variant_gradients(
-        model, x, y, sample_weight
-    )
-    return grads, y_pred, loss, perturbed_loss
 
 
 def _variant_gradients(model, x, y, sample_weight):
@@ -194,10 +181,17 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     """m-sharpness: each micro-batch gets its own eps; the perturbed
     gradients are averaged, each weighted by its micro-batch's size (a
     partial last micro-batch of n mod m counts less). Each clean pass
-    updates the state in order."""
+    updates the state in order. A variant decides and perturbs per
+    micro-batch; its `combine` runs once, on the batch means of g and gs.
+
+    Returns (mean perturbed grads, mean clean grads, the share of the batch
+    that ran the second pass, clean y_pred, mean clean loss, mean perturbed
+    loss over the micro-batches that ran the pass)."""
     m = model.micro_batch_size
     n = first_tensor(x).shape[0]
-    grad_sums, preds = None, []
+    grad_sums = clean_sums = None
+    preds = []
+    second = 0.0
     loss_sum = perturbed_sum = 0.0
     for start in range(0, n, m):
         piece = tree.map_structure(
@@ -205,16 +199,24 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
             (x, y, sample_weight),
         )
         fraction = (min(start + m, n) - start) / n
-        grads, y_pred, loss, perturbed_loss = _sam_gradients(model, *piece)
-        grads = [g * fraction for g in grads]
-        grad_sums = (
-            grads if grad_sums is None else [a + b for a, b in zip(grad_sums, grads)]
+        grads, clean, ran, y_pred, loss, perturbed_loss = _variant_gradients(
+            model, *piece
         )
+        grad_sums = _accumulate(grad_sums, grads, fraction)
+        clean_sums = _accumulate(clean_sums, clean, fraction)
         preds.append(y_pred)
         loss_sum = loss_sum + fraction * loss.float()
-        perturbed_sum = perturbed_sum + fraction * perturbed_loss.float()
+        if ran:
+            second += fraction
+            perturbed_sum = perturbed_sum + fraction * perturbed_loss.float()
     y_pred = tree.map_structure(lambda *parts: torch.cat(parts), *preds)
-    return grad_sums, y_pred, loss_sum, perturbed_sum
+    perturbed_loss = perturbed_sum / second if second > 0 else loss_sum
+    return grad_sums, clean_sums, second, y_pred, loss_sum, perturbed_loss
+
+
+def _accumulate(sums, tensors, fraction):
+    terms = [t * fraction for t in tensors]
+    return terms if sums is None else [a + b for a, b in zip(sums, terms)]
 
 
 def _rho(model):
