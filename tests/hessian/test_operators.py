@@ -188,3 +188,26 @@ def test_curvature_off_tensorflow_imports_no_tensorflow():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.backends("torch")
+def test_forced_vectorization_that_vmap_refuses_names_the_option():
+    model = keras.Sequential(
+        [
+            keras.Input((3, 3, 1)),
+            keras.layers.Conv2D(2, 1),
+            keras.layers.DepthwiseConv2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+    x = np.ones((2, 3, 3, 1), "float32")
+    op = CurvatureOperator(model, (x, np.ones((2, 1), "float32")), loss="mse")
+    assert op.per_example_hvp(np.ones(op.dim)).shape == (2, op.dim)
+    # Decided: vmap refuses DepthwiseConv2D after a convolution.
+    assert op.vectorized is False
+    forced = CurvatureOperator(
+        model, (x, np.ones((2, 1), "float32")), loss="mse", vectorize=True
+    )
+    with pytest.raises(ValueError, match="vectorize=False"):
+        forced.per_example_hvp(np.ones(op.dim))

@@ -156,8 +156,8 @@ ZOO = {
 }
 # Members whose per-example products loop: TensorFlow's pfor is refused or
 # fails the check on them; JAX's vmap takes every member; torch.func.vmap
-# refuses DepthwiseConv2D's clone and the in-place add of Keras's L1L2
-# regularizer (ActivityRegularization).
+# refuses DepthwiseConv2D's clone (after a convolution) and the in-place
+# add of Keras's L1L2 regularizer (ActivityRegularization).
 NOT_VECTORIZED = {
     "tensorflow": {"attention", "recurrent", "convolutions"},
     "jax": set(),

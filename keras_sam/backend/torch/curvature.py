@@ -24,9 +24,10 @@ seeded alike in every product). ``model.losses``
   one-example batches (``"vectorized"``), or a Python loop of the double
   backward over them (``"looped"``). vmap goes through most Keras torch
   layers (Dense, batch norm, Embedding, LSTM/GRU, attention) but not all:
-  DepthwiseConv2D / SeparableConv2D clone with a memory format vmap
-  refuses, Keras's L1L2 regularizer (ActivityRegularization) adds in place,
-  and random ops (dropout in training mode) are refused under vmap. So,
+  DepthwiseConv2D / SeparableConv2D after a convolution clone their
+  input with a memory format vmap refuses, Keras's L1L2 regularizer
+  (ActivityRegularization) adds in place, and random ops (dropout in
+  training mode) are refused under vmap. So,
   as on TensorFlow, the first chunk decides (``vectorize=None``): the
   vectorized path is used if it runs and agrees with the looped one.
 """
@@ -222,7 +223,14 @@ class Functions:
             )
             return self._flat(self._project(list(hv)), params)
 
-        return vmap(example)(x, y, vs)
+        try:
+            return vmap(example)(x, y, vs)
+        except (RuntimeError, NotImplementedError) as error:
+            raise ValueError(
+                "Per-example products cannot be vectorized with torch.func.vmap "
+                f"for this model ({type(error).__name__}: {str(error)[:200]}); "
+                "use vectorize=None (decides per model) or vectorize=False."
+            ) from error
 
     def _powers(self, k, path, x, y, v):
         rows = self._vectorized_rows if path == "vectorized" else self._looped_rows
