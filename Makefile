@@ -10,7 +10,7 @@ BACKENDS_STAMP := $(VENV)/.keras-sam-backends-installed
 # backend at import.
 BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.py \
 	tests/test_perturbations.py tests/sparsity tests/variants/test_step_backends.py \
-	tests/variants/test_micro_batches.py tests/test_micro_batches_jax.py
+	tests/variants/test_micro_batches.py tests/test_micro_batches_jax.py tests/hessian
 
 .PHONY: demo test lint format bench
 

@@ -96,6 +96,18 @@ class CurvatureCallback(keras.callbacks.Callback):
             "batch_size": self.batch_size,
         }
 
+    def _sync_weights(self) -> None:
+        """Keras's JAX trainer carries the model state between steps and
+        writes it back to the variables only at the end of an epoch (it
+        even drops the variables' values meanwhile): a step-level hook
+        writes it back (`jax_state_sync`) before it reads or sets weights;
+        the trainer then picks the state up from the variables. (Keras's
+        ``Callback.model`` syncs too, but the operator reads the variables
+        without it.) Other backends train the variables in place."""
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+
     def _op(self) -> CurvatureOperator:
         if self._operator is None:
             self._operator = CurvatureOperator(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import tree
 
 from keras_sam._validation import one_of, positive_int
+from keras_sam.hessian._operators import is_dataset
 
 UNITS = ("epoch", "step")
 
@@ -21,27 +23,29 @@ def subset(data: Any, num_examples: Any, seed: int | None) -> Any:
     replacement with ``seed`` from arrays (all if None or more than there
     are), or the first ``num_examples`` of a `tf.data.Dataset` of batches."""
     num_examples = positive_int(num_examples, "num_examples", allow_none=True)
-    if isinstance(data, tf.data.Dataset):
+    if is_dataset(data):
         if num_examples is None:
             return data
         batches, count = [], 0
         for batch in data:
-            n = int(tf.shape(tf.nest.flatten(batch)[0])[0])
+            batch = tree.map_structure(keras.ops.convert_to_numpy, tuple(batch))
+            n = len(tree.flatten(batch)[0])
             take = min(n, num_examples - count)
-            batches.append(tf.nest.map_structure(lambda t, k=take: t[:k], batch))
+            batches.append(tree.map_structure(lambda t, k=take: t[:k], batch))
             count += take
             if count >= num_examples:
                 break
-        parts = [tf.nest.map_structure(lambda *t: tf.concat(t, 0), *batches)]
-        return tuple(parts[0])
+        return tree.map_structure(lambda *t: np.concatenate(t, 0), *batches)
     if not isinstance(data, tuple | list) or len(data) not in (2, 3):
         raise ValueError(
             "`data` must be a tuple (x, y) or (x, y, sample_weight) of arrays, or a "
             f"tf.data.Dataset of such batches; got {type(data).__name__}."
         )
-    n = len(tf.nest.flatten(data[0])[0])
+    n = len(tree.flatten(data[0])[0])
     if num_examples is None or num_examples >= n:
         return tuple(data)
     rng = np.random.default_rng(seed)
     index = np.sort(rng.choice(n, size=num_examples, replace=False))
-    return tuple(tf.nest.map_structure(lambda t: np.asarray(t)[index], tuple(data)))
+    return tuple(
+        tree.map_structure(lambda t: keras.ops.convert_to_numpy(t)[index], tuple(data))
+    )

@@ -181,4 +181,5 @@ class HessianMetrics(CurvatureCallback):
     def _on_step_end(self, batch, logs=None):
         self._step += 1
         if self._step % self.every == 0:
+            self._sync_weights()
             self._publish(self._measure(), logs, step=self._step)

@@ -141,6 +141,7 @@ class SmoothnessEstimates(CurvatureCallback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._due(batch):
+            self._sync_weights()
             _, g0 = self._op().gradient()
             self._start = (_flat_weights(self.model), g0)
 
@@ -150,6 +151,7 @@ class SmoothnessEstimates(CurvatureCallback):
             return
         x0, g0 = self._start
         self._start = None
+        self._sync_weights()
         values = estimates(
             self._op(), x0, _flat_weights(self.model), self.gammas, self.f_star, g0
         )

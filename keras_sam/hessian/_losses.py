@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_sam._compat import LossFunctionWrapper, compile_arguments
 
@@ -39,7 +39,7 @@ def _loss_object(identifier: Any, y_true, y_pred) -> keras.losses.Loss:
         # compile's shortcut: binary, sparse or categorical by the shapes.
         if y_pred.shape[-1] == 1:
             identifier = "binary_crossentropy"
-        elif y_true.shape.rank == y_pred.shape.rank - 1 or y_true.shape[-1] == 1:
+        elif len(y_true.shape) == len(y_pred.shape) - 1 or y_true.shape[-1] == 1:
             identifier = "sparse_categorical_crossentropy"
         else:
             identifier = "categorical_crossentropy"
@@ -134,12 +134,12 @@ class BatchLoss:
             f"a loss, got {len(flat)}."
         )
 
-    def __call__(self, y, y_pred, sample_weight=None) -> tf.Tensor:
+    def __call__(self, y, y_pred, sample_weight=None) -> Any:
         preds, names = self._outputs(y_pred)
         losses = _per_output(self.loss, names, "loss")
         weights = _per_output(self.loss_weights, names, "loss_weights")
         targets = self._targets(y, names, losses)
-        total = tf.zeros([], tf.float32)
+        total = ops.zeros([], "float32")
         for i, (pred, loss, weight, target) in enumerate(
             zip(preds, losses, weights, targets)
         ):
@@ -147,9 +147,10 @@ class BatchLoss:
                 continue
             if i not in self._objects:
                 self._objects[i] = _loss_object(loss, target, pred)
-            value = tf.cast(self._objects[i](target, pred, sample_weight), tf.float32)
-            total += value if weight is None else value * float(weight)
+            value = ops.cast(self._objects[i](target, pred, sample_weight), "float32")
+            # Out of place: an in-place add fails under torch.func.vmap.
+            total = total + (value if weight is None else value * float(weight))
         if self.regularization:
             for value in self._model.losses:
-                total += tf.reduce_sum(tf.cast(value, tf.float32))
+                total = total + ops.sum(ops.cast(value, "float32"))
         return total

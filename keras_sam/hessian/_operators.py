@@ -3,29 +3,31 @@
 ``CurvatureOperator(model, data)`` maps flat float64 NumPy vectors to
 ``H v`` (H the Hessian of the mean loss w.r.t. the trainable weights),
 ``M_k v = mean_i H_i^k v`` (per-example Hessians, vectorized across examples)
-and ``H^k v``. Products are computed in float32 by reverse-over-reverse
-differentiation in `tf.function`s traced once per model / loss / input
-signature (None batch dimension) and reused; sums over batches are float64.
+and ``H^k v``. This module is backend-neutral: it holds the data (NumPy),
+the chunking, the float64 sums, class weights and the checks. The products
+themselves are computed in float32 by the active backend's
+``keras_sam.backend.<name>.curvature.Functions`` (see that module's
+docstring for the interface), built once per model / loss / input signature
+and reused.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import importlib
+import sys
 import weakref
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import tree
 
-from keras_sam._compat import flatten_layers
 from keras_sam._validation import boolean, one_of, positive_int
 from keras_sam.hessian._losses import BatchLoss
 from keras_sam.sparsity._masks import kernel_masks
 
-# model -> {key: traced functions}. The functions hold the model only through
-# a weak reference, so the cache does not keep models alive.
+# model -> {key: backend functions}. The functions hold the model only
+# through a weak reference, so the cache does not keep models alive.
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 _DATA_HELP = (
@@ -33,33 +35,60 @@ _DATA_HELP = (
     "tf.data.Dataset yielding such tuples as batches"
 )
 
+#: Keras backends with curvature products.
+BACKENDS = ("tensorflow", "jax", "torch")
 
-def _to_tensor(value):
-    return tf.nest.map_structure(tf.convert_to_tensor, value)
+
+def _backend_functions():
+    """The active backend's ``Functions`` class (imported on first use, so
+    that importing `keras_sam.hessian` imports no other backend)."""
+    name = keras.backend.backend()
+    if name not in BACKENDS:
+        raise NotImplementedError(
+            f"keras_sam.hessian supports the Keras backends {list(BACKENDS)}; the "
+            f"active one is {name!r}. Set KERAS_BACKEND to one of them."
+        )
+    return importlib.import_module(f"keras_sam.backend.{name}.curvature").Functions
 
 
-def _split(batch, name="data"):
+def is_dataset(data) -> bool:
+    """Whether ``data`` is a `tf.data.Dataset`."""
+    # tf.data is only looked for when TensorFlow is already imported.
+    if "tensorflow" not in sys.modules:
+        return False
+    return isinstance(data, sys.modules["tensorflow"].data.Dataset)
+
+
+def _to_numpy(value):
+    return tree.map_structure(keras.ops.convert_to_numpy, value)
+
+
+def _split(batch):
     if not isinstance(batch, tuple | list) or len(batch) not in (2, 3):
         raise ValueError(f"{_DATA_HELP}; got an element of type {type(batch)}.")
     x, y = batch[0], batch[1]
     sw = batch[2] if len(batch) == 3 else None
     try:
-        x, y = _to_tensor(x), _to_tensor(y)
+        x, y = _to_numpy(x), _to_numpy(y)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{_DATA_HELP}; could not convert it: {error}") from None
-    leaves = tf.nest.flatten(x) + tf.nest.flatten(y)
-    if any(t.shape.rank is None or t.shape.rank < 1 for t in leaves):
-        raise ValueError(f"{_DATA_HELP}; x and y need a batch dimension.")
-    n = int(tf.shape(leaves[0])[0])
-    if any(int(tf.shape(t)[0]) != n for t in leaves):
+    leaves = tree.flatten(x) + tree.flatten(y)
+    if any(
+        not isinstance(t, np.ndarray) or t.dtype == object or t.ndim < 1 for t in leaves
+    ):
+        raise ValueError(
+            f"{_DATA_HELP}; x and y need numeric arrays with a batch dimension."
+        )
+    n = leaves[0].shape[0]
+    if any(t.shape[0] != n for t in leaves):
         raise ValueError(
             f"{_DATA_HELP}; x and y must have the same number of examples."
         )
     if sw is None:
-        sw = tf.ones([n], tf.float32)
+        sw = np.ones([n], np.float32)
     else:
-        sw = tf.reshape(tf.cast(tf.convert_to_tensor(sw), tf.float32), [-1])
-        if int(sw.shape[0]) != n:
+        sw = np.asarray(keras.ops.convert_to_numpy(sw), np.float32).reshape(-1)
+        if sw.shape[0] != n:
             raise ValueError(
                 f"`sample_weight` must have one entry per example ({n}), got "
                 f"shape {tuple(sw.shape)}."
@@ -67,23 +96,28 @@ def _split(batch, name="data"):
     return x, y, sw, n
 
 
+def _slice(structure, start: int, stop: int):
+    return tree.map_structure(lambda t: t[start:stop], structure)
+
+
 def as_batches(data: Any, batch_size: int | None = None) -> list[tuple]:
-    """Materializes ``data`` as a list of ``(x, y, sample_weight, n)`` batches."""
+    """Materializes ``data`` as a list of ``(x, y, sample_weight, n)``
+    batches of NumPy arrays."""
     batch_size = positive_int(batch_size, "batch_size", allow_none=True)
-    if isinstance(data, tf.data.Dataset):
-        batches = [_split(tuple(b) if isinstance(b, list) else b) for b in data]
+    if is_dataset(data):
         if batch_size is not None:
             raise ValueError(
                 "`batch_size` must be None when `data` is a tf.data.Dataset "
                 "(batch the dataset instead)."
             )
+        batches = [_split(tuple(b) if isinstance(b, list) else b) for b in data]
     elif isinstance(data, tuple | list):
         x, y, sw, n = _split(tuple(data))
         size = n if batch_size is None else batch_size
         batches = []
         for start in range(0, n, size):
-            part = tf.nest.map_structure(lambda t, s=start: t[s : s + size], (x, y, sw))
-            batches.append((*part, int(tf.shape(part[2])[0])))
+            part = _slice((x, y, sw), start, start + size)
+            batches.append((*part, part[2].shape[0]))
     else:
         raise ValueError(f"{_DATA_HELP}; got {type(data).__name__}.")
     batches = [b for b in batches if b[3] > 0]
@@ -92,273 +126,18 @@ def as_batches(data: Any, batch_size: int | None = None) -> list[tuple]:
     return batches
 
 
-def _spec(t):
-    return tf.TensorSpec([None, *t.shape[1:]], t.dtype)
+def _signature(array: np.ndarray) -> tuple:
+    return (array.shape[1:], array.dtype.str)
 
 
-# Layers whose per-example products `tf.vectorized_map` gets wrong or dies
-# on: keras.ops.einsum's reshaping fast path (EinsumDense, attention) and
-# the recurrent while-loops. They take the looped path without a try.
-_NOT_VECTORIZABLE = (
-    keras.layers.EinsumDense,
-    keras.layers.MultiHeadAttention,
-    keras.layers.RNN,
-    keras.layers.Bidirectional,
-)
-
-
-@contextlib.contextmanager
-def _quiet_tensorflow_logger():
-    # pfor logs the whole graph of an op it cannot convert at ERROR level
-    # before raising; the failure only means "use the looped path".
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _dense(t):
-    # Embedding gradients come as IndexedSlices.
-    return tf.convert_to_tensor(t)
-
-
-def _one(structure, i=None):
-    """Example i of a batch (``i=None``: the leading axis added back)."""
-    if i is None:
-        return tf.nest.map_structure(lambda t: t[None], structure)
-    return tf.nest.map_structure(lambda t: t[i : i + 1], structure)
-
-
-class _Functions:
-    """The traced functions of one model / loss / signature."""
-
-    def __init__(
-        self,
-        model,
-        batch_loss,
-        training,
-        x_spec,
-        y_spec,
-        jit,
-        masked,
-        weighted,
-        forward,
-    ):
-        model_ref = weakref.ref(model)
-        variables = list(model.trainable_variables)
-        self.dim = int(sum(np.prod(v.shape) for v in variables))
-        dim = self.dim
-        zero = tf.UnconnectedGradients.ZERO
-        masks = kernel_masks(variables) if masked else [None] * len(variables)
-        collect = batch_loss.regularization
-
-        def flat(tensors):
-            return tf.concat(
-                [tf.reshape(tf.cast(_dense(t), tf.float32), [-1]) for t in tensors], 0
-            )
-
-        def unflat(vector):
-            parts, start = [], 0
-            for v in variables:
-                size = int(np.prod(v.shape))
-                parts.append(tf.reshape(vector[start : start + size], v.shape))
-                start += size
-            return parts
-
-        def loss_sum(x, y, sw, params=None):
-            # sum_i sw_i f_i = n * (Keras' batch loss), as a function of
-            # ``params`` (tensors standing for the trainable weights; their
-            # reads when None). Every product runs in a StatelessScope on the
-            # model state read at its start: batch-norm statistics and the
-            # seed states of stochastic layers (dropout, sampling) are
-            # neither updated nor advanced, so each product sees the same
-            # function (the same noise).
-            model = model_ref()
-            if params is None:
-                params = [v.value for v in variables]
-            trainable = {id(v) for v in variables}
-            state = list(zip(variables, params)) + [
-                (v, v.value) for v in model.variables if id(v) not in trainable
-            ]
-            with keras.StatelessScope(state_mapping=state, collect_losses=collect):
-                y_pred = model(x, training=training)
-                value = batch_loss(y, y_pred, sw if weighted else None)
-            n = tf.shape(tf.nest.flatten(y_pred)[0])[0]
-            if weighted:
-                return value * tf.cast(n, tf.float32)
-            # Unweighted data: the same sum, sample weights applied here.
-            return value * tf.reduce_sum(sw)
-
-        def project(tensors):
-            # P t: pruned coordinates (KernelMask zeros) set to zero.
-            return [
-                t if m is None else tf.cast(t, tf.float32) * tf.cast(m, tf.float32)
-                for t, m in zip(tensors, masks)
-            ]
-
-        def weights():
-            return [v.value for v in variables]
-
-        def hvp_sum(x, y, sw, v):
-            # Reverse over reverse: works through every layer and under pfor.
-            params = weights()
-            with tf.GradientTape() as outer:
-                outer.watch(params)
-                with tf.GradientTape() as inner:
-                    inner.watch(params)
-                    loss = loss_sum(x, y, sw, params)
-                grads = inner.gradient(loss, params, unconnected_gradients=zero)
-                gv = tf.add_n(
-                    [
-                        tf.reduce_sum(tf.cast(_dense(g), tf.float32) * p)
-                        for g, p in zip(grads, project(unflat(v)))
-                    ]
-                )
-            hv = outer.gradient(gv, params, unconnected_gradients=zero)
-            return flat(project(hv)), loss
-
-        def forward_hvp_sum(x, y, sw, v):
-            # Forward over reverse (the directional derivative of the
-            # gradient): about 30% faster per product than reverse over
-            # reverse, but its first trace takes several times longer.
-            params = weights()
-            tangents = [tf.cast(t, p.dtype) for t, p in zip(project(unflat(v)), params)]
-            with tf.autodiff.ForwardAccumulator(params, tangents) as accumulator:
-                with tf.GradientTape() as tape:
-                    tape.watch(params)
-                    loss = loss_sum(x, y, sw, params)
-                grads = [
-                    _dense(g)
-                    for g in tape.gradient(loss, params, unconnected_gradients=zero)
-                ]
-            hv = accumulator.jvp(grads, unconnected_gradients=zero)
-            return flat(project(hv)), loss
-
-        def grad_sum(x, y, sw):
-            params = weights()
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                loss = loss_sum(x, y, sw, params)
-            grads = tape.gradient(loss, params, unconnected_gradients=zero)
-            return flat(project(grads)), loss
-
-        one_weight = tf.ones([1], tf.float32)
-
-        def example_power(xi, yi, v, k):
-            # H_i^k v for one example (batch of one).
-            for _ in range(k):
-                v, _ = hvp_sum(xi, yi, one_weight, v)
-            return v
-
-        def vectorized_rows(x, y, v, k):
-            # H_i^k v for every example of the chunk, by pfor. No while-loop
-            # fallback: an op pfor cannot convert raises, and the looped path
-            # is used instead.
-            n = tf.shape(tf.nest.flatten(x)[0])[0]
-            return tf.vectorized_map(
-                lambda a: example_power(_one(a[0]), _one(a[1]), a[2], k),
-                (x, y, tf.tile(v[None], [n, 1])),
-                fallback_to_while_loop=False,
-            )
-
-        def looped_rows(x, y, v, k):
-            n = tf.shape(tf.nest.flatten(x)[0])[0]
-            return tf.map_fn(
-                lambda i: example_power(_one(x, i), _one(y, i), v, k),
-                tf.range(n),
-                fn_output_signature=tf.TensorSpec([dim], tf.float32),
-            )
-
-        sw_spec = tf.TensorSpec([None], tf.float32)
-        v_spec = tf.TensorSpec([dim], tf.float32)
-        # No autograph: the traced code has no data-dependent Python control
-        # flow, and converting the model call cost most of the trace time.
-        kw = {"jit_compile": True, "autograph": False} if jit else {"autograph": False}
-        hvp_signature = [x_spec, y_spec, sw_spec, v_spec]
-        self._hvps = [tf.function(hvp_sum, input_signature=hvp_signature, **kw)]
-        if forward:
-            self._hvps.insert(
-                0, tf.function(forward_hvp_sum, input_signature=hvp_signature, **kw)
-            )
-        self.grad = tf.function(
-            grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw
-        )
-        self.loss = tf.function(
-            loss_sum, input_signature=[x_spec, y_spec, sw_spec], **kw
-        )
-        self._rows = {"vectorized": vectorized_rows, "looped": looped_rows}
-        self._signature = [x_spec, y_spec, sw_spec, v_spec]
-        self._powers: dict[tuple[str, int], Any] = {}
-        self._row_fns: dict[str, Any] = {}
-        self._kw = kw
-        # None: not yet decided (checked on the first per-example product).
-        self.vectorized: bool | None = None
-        if any(isinstance(layer, _NOT_VECTORIZABLE) for layer in flatten_layers(model)):
-            self.vectorized = False
-
-    def hvp(self, x, y, sw, v):
-        """``(sum_i sw_i H_i v, sum_i sw_i f_i)``: forward over reverse, or
-        reverse over reverse where a layer has no forward-mode rule."""
-        while True:
-            try:
-                return self._hvps[0](x, y, sw, v)
-            except (ValueError, TypeError, NotImplementedError, LookupError):
-                if len(self._hvps) == 1:
-                    raise
-                self._hvps.pop(0)
-
-    def power(self, k: int, path: str):
-        """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
-        if (path, k) not in self._powers:
-            rows = self._rows[path]
-            self._powers[path, k] = tf.function(
-                lambda x, y, sw, v: tf.reduce_sum(
-                    rows(x, y, v, k) * sw[:, None], axis=0
-                ),
-                input_signature=self._signature,
-                **self._kw,
-            )
-        return self._powers[path, k]
-
-    def rows(self, path: str):
-        """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
-        if path not in self._row_fns:
-            rows = self._rows[path]
-            self._row_fns[path] = tf.function(
-                lambda x, y, sw, v: rows(x, y, v, 1),
-                input_signature=self._signature,
-                **self._kw,
-            )
-        return self._row_fns[path]
-
-    def decide(self, x, y, sw, v) -> bool:
-        """Whether the vectorized path may be used: it must trace and agree
-        with the looped one on this chunk (one product each)."""
-        if self.vectorized is None:
-            expected = self.power(1, "looped")(x, y, sw, v).numpy()
-            try:
-                with _quiet_tensorflow_logger():
-                    got = self.power(1, "vectorized")(x, y, sw, v).numpy()
-            except (ValueError, TypeError, NotImplementedError, tf.errors.OpError):
-                self.vectorized = False
-            else:
-                scale = max(np.abs(expected).max(), np.finfo(np.float32).tiny)
-                error = np.abs(got - expected).max() / scale
-                self.vectorized = bool(np.isfinite(error) and error <= 1e-4)
-        return self.vectorized
-
-
-def _functions(
-    model, batch_loss, training, batch, jit, masked, weighted, forward
-) -> _Functions:
+def _functions(model, batch_loss, training, batch, jit, masked, weighted, forward):
     x, y = batch[0], batch[1]
-    x_spec = tf.nest.map_structure(_spec, x)
-    y_spec = tf.nest.map_structure(_spec, y)
     variables = model.trainable_variables
+    if keras.backend.backend() != "tensorflow":
+        # Options only TensorFlow's products read: one set of functions.
+        jit = forward = False
     key = (
+        keras.backend.backend(),
         id(batch_loss.loss),
         repr(batch_loss.loss_weights),
         batch_loss.regularization,
@@ -368,13 +147,13 @@ def _functions(
         forward,
         tuple(id(v) for v in variables),
         tuple(id(m) for m in kernel_masks(variables)) if masked else None,
-        repr(x_spec),
-        repr(y_spec),
+        repr(tree.map_structure(_signature, x)),
+        repr(tree.map_structure(_signature, y)),
     )
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
-        functions = _Functions(
-            model, batch_loss, training, x_spec, y_spec, jit, masked, weighted, forward
+        functions = _backend_functions()(
+            model, batch_loss, training, x, y, jit, masked, weighted, forward
         )
         # Keep the loss alive so that its id stays unique.
         per_model[key] = (functions, batch_loss.loss)
@@ -415,24 +194,28 @@ class CurvatureOperator:
         batch_size: examples per product call when ``data`` are arrays
             (default: all at once).
         chunk_size: examples vectorized together for per-example products.
-        vectorize: per-example products: None (default) vectorizes with
-            `tf.vectorized_map` where the model allows it and the first
-            chunk's result equals the looped one, else loops over the
-            examples in a `tf.while_loop`; False always loops; True
-            vectorizes without the check.
-        jit_compile: XLA-compile the products (off by default: XLA's second
-            derivative of max pooling is wrong).
+        vectorize: per-example products: None (default) vectorizes where
+            that is right for the model (TensorFlow: `tf.vectorized_map`,
+            PyTorch: `torch.func.vmap`, where the layers allow it and the
+            first chunk's result equals the looped one; JAX: `jax.vmap`,
+            always; see docs/curvature.md), else loops over the examples;
+            False always loops; True vectorizes without the check.
+        jit_compile: TensorFlow: XLA-compile the products (off by default:
+            XLA's second derivative of max pooling is wrong). JAX always
+            jit-compiles; PyTorch runs eagerly.
         masked: on a pruned model (`keras_sam.sparsity`), restrict the
             curvature to the unpruned weights, the ones training moves:
             products are ``P H P v`` and ``mean_i (P H_i P)^k v`` with P
             zeroing the pruned coordinates (default True; no effect on a
             dense model).
-        forward_over_reverse: compute ``H v`` forward over reverse
-            (``tf.autodiff.ForwardAccumulator`` on the gradient): about 30%
-            faster per product on an MLP, but the first call traces for
-            several seconds instead of about one (default False: reverse
-            over reverse). Per-example products are always reverse over
-            reverse.
+        forward_over_reverse: TensorFlow: compute ``H v`` forward over
+            reverse (``tf.autodiff.ForwardAccumulator`` on the gradient):
+            about 30% faster per product on an MLP, but the first call
+            traces for several seconds instead of about one (default False:
+            reverse over reverse; per-example products are always reverse
+            over reverse). JAX always differentiates forward over reverse
+            (`jax.jvp` of `jax.grad`), PyTorch reverse over reverse (double
+            backward); both accept the option and ignore it.
     """
 
     def __init__(
@@ -472,7 +255,7 @@ class CurvatureOperator:
         self.model = model
         self.num_examples = sum(b[3] for b in self.batches)
         batch_loss = BatchLoss(model, loss, loss_weights, regularization)
-        weighted = any(bool(tf.reduce_any(b[2] != 1.0)) for b in self.batches)
+        weighted = any(bool(np.any(b[2] != 1.0)) for b in self.batches)
         self._fn = _functions(
             model,
             batch_loss,
@@ -483,45 +266,63 @@ class CurvatureOperator:
             weighted,
             forward,
         )
+        if vectorize and "vectorized" not in self._fn.paths:
+            raise ValueError(_no_vectorized_path())
         self._vectorize = vectorize
         self.dim = self._fn.dim
+        self._tensors = [self._fn.tensors(b[:3]) for b in self.batches]
+        self._chunk_tensors: list | None = None
         self.num_products = 0  # H v products (per-example products counted per k)
 
-    def _vector(self, v) -> tf.Tensor:
+    def _vector(self, v):
         v = np.asarray(v, dtype=np.float64).reshape(-1)
         if v.shape != (self.dim,):
             raise ValueError(f"`v` must have shape ({self.dim},), got {v.shape}.")
-        return tf.constant(v.astype(np.float32))
+        return self._fn.tensors(v.astype(np.float32))
 
     def hvp(self, v: np.ndarray) -> np.ndarray:
         """``H v`` with H the Hessian of the mean loss."""
         tv = self._vector(v)
         total = np.zeros(self.dim)
-        for x, y, sw, _ in self.batches:
-            total += self._fn.hvp(x, y, sw, tv)[0].numpy()
+        for x, y, sw in self._tensors:
+            total += _numpy(self._fn.hvp(x, y, sw, tv)[0])
         self.num_products += 1
         return total / self.num_examples
 
     def gradient(self) -> tuple[float, np.ndarray]:
         """``(mean loss, gradient of the mean loss)``."""
         loss, total = 0.0, np.zeros(self.dim)
-        for x, y, sw, _ in self.batches:
+        for x, y, sw in self._tensors:
             g, value = self._fn.grad(x, y, sw)
-            total += g.numpy()
-            loss += float(value)
+            total += _numpy(g)
+            loss += float(_numpy(value))
         return loss / self.num_examples, total / self.num_examples
 
     def loss(self) -> float:
         """Mean loss over the data."""
-        return sum(float(self._fn.loss(x, y, sw)) for x, y, sw, _ in self.batches) / (
-            self.num_examples
+        total = sum(
+            float(_numpy(self._fn.loss(x, y, sw))) for x, y, sw in self._tensors
         )
+        return total / self.num_examples
 
-    def _chunks(self):
-        c = self.chunk_size
-        for x, y, sw, n in self.batches:
-            for start in range(0, n, c):
-                yield tf.nest.map_structure(lambda t, s=start: t[s : s + c], (x, y, sw))
+    def _chunks(self) -> list:
+        """The per-example chunks as ``((x, y, sw), n)``, n the real
+        examples. Where the backend compiles per shape (``pad_chunks``),
+        every chunk is padded to one size with copies of its first example
+        at weight 0, whose rows are dropped."""
+        if self._chunk_tensors is None:
+            c = self.chunk_size
+            size = min(c, max(b[3] for b in self.batches))
+            chunks = []
+            for x, y, sw, n in self.batches:
+                for start in range(0, n, c):
+                    chunk = _slice((x, y, sw), start, start + c)
+                    real = chunk[2].shape[0]
+                    if self._fn.pad_chunks and real < size:
+                        chunk = _pad(chunk, size - real)
+                    chunks.append((self._fn.tensors(chunk), real))
+            self._chunk_tensors = chunks
+        return self._chunk_tensors
 
     @property
     def vectorized(self) -> bool | None:
@@ -538,9 +339,9 @@ class CurvatureOperator:
 
     def _moment_sum(self, tv, k: int, path: str | None = None) -> np.ndarray:
         total = np.zeros(self.dim)
-        for chunk in self._chunks():
+        for chunk, _ in self._chunks():
             chosen = path or self._path(chunk, tv)
-            total += self._fn.power(k, chosen)(*chunk, tv).numpy()
+            total += _numpy(self._fn.power(k, chosen)(*chunk, tv))
         return total
 
     def moment(self, v: np.ndarray, k: int) -> np.ndarray:
@@ -567,16 +368,41 @@ class CurvatureOperator:
         ``path``: ``"vectorized"`` or ``"looped"`` to force one (default:
         the operator's choice)."""
         path = one_of(path, "path", (None, "vectorized", "looped"))
+        if path is not None and path not in self._fn.paths:
+            raise ValueError(_no_vectorized_path())
         tv = self._vector(v)
         rows = []
-        for chunk in self._chunks():
+        for chunk, real in self._chunks():
             chosen = path or self._path(chunk, tv)
-            rows.append(self._fn.rows(chosen)(*chunk, tv).numpy())
+            rows.append(_numpy(self._fn.rows(chosen)(*chunk, tv))[:real])
         return np.concatenate(rows).astype(np.float64)
 
     def per_example_hvp_looped(self, v: np.ndarray) -> np.ndarray:
         """`per_example_hvp` on the looped path (for comparison)."""
         return self.per_example_hvp(v, path="looped")
+
+
+def _pad(chunk, count: int):
+    """``count`` copies of the chunk's first example appended, weight 0."""
+    x, y, sw = chunk
+
+    def pad(t):
+        return np.concatenate([t, np.repeat(t[:1], count, axis=0)])
+
+    x, y = tree.map_structure(pad, (x, y))
+    return x, y, np.concatenate([sw, np.zeros([count], sw.dtype)])
+
+
+def _no_vectorized_path() -> str:
+    return (
+        f"Per-example products are not vectorized on the "
+        f"{keras.backend.backend()!r} backend (see docs/curvature.md): use "
+        "vectorize=None or False, and path=None or 'looped'."
+    )
+
+
+def _numpy(tensor) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(tensor), np.float64)
 
 
 def _apply_class_weight(batches: list[tuple], class_weight: Any) -> list[tuple]:
@@ -588,9 +414,9 @@ def _apply_class_weight(batches: list[tuple], class_weight: Any) -> list[tuple]:
         )
     out = []
     for x, y, sw, n in batches:
-        if tf.nest.is_nested(y):
+        if not isinstance(y, np.ndarray):
             raise ValueError("`class_weight` needs a single-output `y`.")
-        labels = y.numpy()
+        labels = y
         if labels.ndim > 1:
             labels = labels.argmax(-1) if labels.shape[-1] != 1 else labels[..., 0]
         labels = np.round(labels).astype(int)

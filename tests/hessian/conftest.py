@@ -1,34 +1,19 @@
 """Tiny models and dense Hessian references shared by the curvature tests.
 
-The dense references differentiate the per-example loss twice with
-`tf.GradientTape.jacobian` (independent of the library's HVP code path)."""
+The dense references (`tests.hessian.references`, one code path per
+backend) differentiate the per-example loss twice, independent of the
+library's HVP code path."""
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+
+from tests.hessian.references import per_example_hessians
 
 
 def dense_per_example_hessians(model, loss_fn, x, y):
     """(n, P, P) float64 array of per-example Hessians of loss_fn."""
-    variables = model.trainable_variables
-    out = []
-    for i in range(len(x)):
-        with tf.GradientTape(persistent=True) as outer:
-            with tf.GradientTape() as inner:
-                pred = model(x[i : i + 1], training=False)
-                loss = tf.reduce_mean(loss_fn(y[i : i + 1], pred))
-            grad = tf.concat(
-                [tf.reshape(g, [-1]) for g in inner.gradient(loss, variables)], 0
-            )
-        blocks = outer.jacobian(grad, variables, experimental_use_pfor=False)
-        out.append(
-            np.concatenate(
-                [tf.reshape(b, [grad.shape[0], -1]).numpy() for b in blocks], axis=1
-            )
-        )
-    hessians = np.asarray(out, dtype=np.float64)
-    return 0.5 * (hessians + np.transpose(hessians, (0, 2, 1)))
+    return per_example_hessians(model, x, y, loss_fn)
 
 
 class Case:

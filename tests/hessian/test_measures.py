@@ -7,13 +7,16 @@ import pytest
 import keras_sam
 from keras_sam import hessian
 from keras_sam.hessian import CurvatureOperator
+from tests.hessian.references import BACKEND
 
 
 def test_sharpness_matches_dense_top_eigenvalue(case):
     exact = np.linalg.eigvalsh(case.h)[-1]
-    a = hessian.sharpness(case.model, (case.x, case.y), batch_size=5)
+    a = hessian.sharpness(case.model, (case.x, case.y), batch_size=5, tol=1e-6)
     assert abs(a - exact) <= 1e-4 * abs(exact)
-    result = hessian.top_eigenvalues(case.model, (case.x, case.y), k=2)
+    # The second eigenvalue to 1e-4 needs a tighter stopping rule than the
+    # default (1e-3 relative to the top one).
+    result = hessian.top_eigenvalues(case.model, (case.x, case.y), k=2, tol=1e-6)
     np.testing.assert_allclose(
         result.eigenvalues, np.linalg.eigvalsh(case.h)[::-1][:2], rtol=1e-4
     )
@@ -25,7 +28,9 @@ def test_sharpness_matches_dense_top_eigenvalue(case):
 def test_trace_within_reported_error(case):
     exact = np.trace(case.h)
     data = (case.x, case.y)
-    for method in ("hutchinson", "hutchpp"):
+    # The estimators are NumPy over the products: their statistics once.
+    methods = ("hutchinson", "hutchpp") if BACKEND == "tensorflow" else ()
+    for method in methods:
         result = hessian.trace_estimate(case.model, data, method=method, num_samples=30)
         assert result.stderr > 0
         assert abs(result.estimate - exact) <= 3 * result.stderr
@@ -49,9 +54,8 @@ def test_non_uniformity_regressor_s2(regressor):
     c = regressor
     gap = np.mean([h @ h for h in c.hessians], axis=0) - c.h @ c.h
     expected = np.sqrt(np.linalg.eigvalsh(gap)[-1])
-    assert hessian.non_uniformity(c.model, (c.x, c.y)) == pytest.approx(
-        expected, rel=1e-4
-    )
+    s2 = hessian.non_uniformity(c.model, (c.x, c.y), tol=1e-6)
+    assert s2 == pytest.approx(expected, rel=1e-4)
 
 
 def test_stability_ratios_hand_computed():
@@ -69,6 +73,7 @@ def test_stability_ratios_hand_computed():
     assert hessian.stability_ratios(0.1, 0.05, a, s2)["s2"] <= 0
 
 
+@pytest.mark.backends("tensorflow")  # NumPy over sharpness / non_uniformity
 def test_stability_margins_use_optimizer_lr_and_model_rho(classifier):
     c = classifier
     data = (c.x, c.y)
@@ -129,7 +134,8 @@ def test_spectral_density_nodes_are_eigenvalues(regressor):
 def test_operator_can_be_shared(regressor):
     c = regressor
     op = CurvatureOperator(c.model, (c.x, c.y))
-    assert hessian.sharpness(op) == pytest.approx(np.linalg.eigvalsh(c.h)[-1], rel=1e-4)
+    top = np.linalg.eigvalsh(c.h)[-1]
+    assert hessian.sharpness(op, tol=1e-6) == pytest.approx(top, rel=1e-4)
     with pytest.raises(ValueError, match="`data`"):
         hessian.sharpness(op, (c.x, c.y))
 

@@ -1,12 +1,16 @@
 """Hessian-vector products against dense Hessians of tiny models."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_sam
 from keras_sam.hessian import CurvatureOperator
+from tests.hessian import references
 
 
 def rel_err(a, b):
@@ -23,7 +27,10 @@ def test_hvp_equals_dense_hessian_times_v(case):
         assert rel_err(forward.hvp(v), case.h @ v) < 1e-5
 
 
+@pytest.mark.backends("tensorflow")  # tf.data input
 def test_dataset_and_arrays_agree_with_batch_weighting(classifier):
+    import tensorflow as tf
+
     c = classifier
     v = np.random.default_rng(1).normal(size=c.h.shape[0])
     ds = tf.data.Dataset.from_tensor_slices((c.x, c.y)).batch(7)  # 7 + 5
@@ -41,6 +48,7 @@ def test_sample_weights_follow_keras_weighting(regressor):
     assert rel_err(op.hvp(v), expected) < 1e-5
 
 
+@pytest.mark.backends("tensorflow")  # tf.function tracing counts
 def test_traced_once_across_batch_sizes(regressor):
     c = regressor
     op = CurvatureOperator(c.model, (c.x, c.y), batch_size=5, chunk_size=5)
@@ -96,11 +104,7 @@ def test_gradient_and_loss(regressor):
     expected = float(keras.losses.MeanSquaredError()(c.y, c.model(c.x)))
     assert loss == pytest.approx(expected, rel=1e-5)
     assert op.loss() == pytest.approx(expected, rel=1e-5)
-    with tf.GradientTape() as tape:
-        value = keras.losses.MeanSquaredError()(c.y, c.model(c.x))
-    dense = np.concatenate(
-        [g.numpy().ravel() for g in tape.gradient(value, c.model.trainable_variables)]
-    )
+    dense = references.gradient(c.model, c.x, c.y, c.loss_fn)
     assert rel_err(grad, dense) < 1e-5
 
 
@@ -141,7 +145,7 @@ def test_pruned_model_curvature_is_restricted_to_unpruned_weights():
     keras_sam.sparsity.prune_at_init(model, 0.5, method="random", seed=0)
     keep = np.concatenate(
         [
-            np.ravel(v.constraint.mask.numpy())
+            np.ravel(keras.ops.convert_to_numpy(v.constraint.mask))
             if v.path.endswith("kernel")
             else np.ones(int(np.prod(v.shape)))
             for v in model.trainable_variables
@@ -167,3 +171,43 @@ def test_pruned_model_curvature_is_restricted_to_unpruned_weights():
     assert rel_err(full.hvp(v), h_p @ v) > 1e-2  # the restriction matters
     top = np.linalg.eigvalsh(h_p)[-1]
     assert abs(keras_sam.hessian.sharpness(op) - top) < 1e-3 * abs(top)
+
+
+@pytest.mark.backends("jax", "torch")
+def test_curvature_off_tensorflow_imports_no_tensorflow():
+    code = (
+        "import sys, keras, numpy as np\n"
+        "import keras_sam.hessian as hessian, keras_sam.callbacks\n"
+        "m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])\n"
+        "x = np.ones((4, 2), 'float32')\n"
+        "hessian.sharpness(m, (x, x[:, :1]), loss='mse')\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.backends("torch")
+def test_forced_vectorization_that_vmap_refuses_names_the_option():
+    model = keras.Sequential(
+        [
+            keras.Input((3, 3, 1)),
+            keras.layers.Conv2D(2, 1),
+            keras.layers.DepthwiseConv2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+    x = np.ones((2, 3, 3, 1), "float32")
+    op = CurvatureOperator(model, (x, np.ones((2, 1), "float32")), loss="mse")
+    assert op.per_example_hvp(np.ones(op.dim)).shape == (2, op.dim)
+    # Decided: vmap refuses DepthwiseConv2D after a convolution.
+    assert op.vectorized is False
+    forced = CurvatureOperator(
+        model, (x, np.ones((2, 1), "float32")), loss="mse", vectorize=True
+    )
+    with pytest.raises(ValueError, match="vectorize=False"):
+        forced.per_example_hvp(np.ones(op.dim))

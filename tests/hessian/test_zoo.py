@@ -1,9 +1,9 @@
 """The curvature instruments on a zoo of tiny Keras models, each against
 dense per-example Hessians of Keras' own `model.compute_loss`.
 
-The reference differentiates ``compute_loss`` of each one-example batch
-twice with `tf.GradientTape.jacobian` (no pfor), independent of the
-library's loss resolution, HVP code and per-example paths.
+The reference (`tests.hessian.references`) differentiates Keras's compiled
+loss of each one-example batch twice on the active backend, independent of
+the library's loss resolution, HVP code and per-example paths.
 """
 
 import functools
@@ -11,41 +11,17 @@ import functools
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_sam import hessian
 from keras_sam.hessian import CurvatureOperator
+from tests.hessian.references import BACKEND, per_example_hessians
 
 N = 4  # examples per model
 
 
-def _flat(tensors):
-    return tf.concat([tf.reshape(tf.convert_to_tensor(t), [-1]) for t in tensors], 0)
-
-
-def _one(structure, i):
-    return tf.nest.map_structure(lambda t: t[i : i + 1], structure)
-
-
 def dense_hessians(model, x, y):
     """(N, P, P) per-example Hessians of Keras' compiled loss (+ model.losses)."""
-    variables = model.trainable_variables
-
-    @tf.function
-    def one(xi, yi):
-        with tf.GradientTape(persistent=True) as outer:
-            with tf.GradientTape() as inner:
-                pred = model(xi, training=False)
-                loss = model.compute_loss(xi, yi, pred, training=False)
-            grad = _flat(inner.gradient(loss, variables))
-        blocks = outer.jacobian(grad, variables, experimental_use_pfor=False)
-        return tf.concat([tf.reshape(b, [grad.shape[0], -1]) for b in blocks], 1)
-
-    xs = tf.nest.map_structure(tf.convert_to_tensor, x)
-    ys = tf.nest.map_structure(tf.convert_to_tensor, y)
-    out = np.stack([one(_one(xs, i), _one(ys, i)).numpy() for i in range(N)])
-    out = out.astype(np.float64)
-    return 0.5 * (out + np.transpose(out, (0, 2, 1)))
+    return per_example_hessians(model, x, y)
 
 
 def rel_err(a, b):
@@ -178,7 +154,20 @@ ZOO = {
     "convolutions": convolutions,
     "nested_with_penalties": nested_with_penalties,
 }
-NOT_VECTORIZED = {"attention", "recurrent", "convolutions"}
+# Members whose per-example products loop: TensorFlow's pfor is refused or
+# fails the check on them; JAX's vmap takes every member; torch.func.vmap
+# refuses DepthwiseConv2D's clone (after a convolution) and the in-place
+# add of Keras's L1L2 regularizer (ActivityRegularization).
+NOT_VECTORIZED = {
+    "tensorflow": {"attention", "recurrent", "convolutions"},
+    "jax": set(),
+    "torch": {"convolutions", "nested_with_penalties"},
+}[BACKEND]
+
+
+# On JAX every looped path is one more compilation: checked on one member
+# (and in test_operators).
+LOOPED_CHECKS = {"embedding"}
 
 
 @functools.cache
@@ -206,15 +195,17 @@ def test_zoo_against_dense_hessians(member):
     # Per-example products: the chosen path, and both paths where allowed.
     assert rel_err(op.per_example_hvp(v), hessians @ v) < 1e-4
     assert op.vectorized is (name not in NOT_VECTORIZED)
-    if op.vectorized:
+    if op.vectorized and (BACKEND != "jax" or name in LOOPED_CHECKS):
         looped = op.per_example_hvp(v, path="looped")
         assert rel_err(looped, hessians @ v) < 1e-4
     top = np.linalg.eigvalsh(h)[-1]
     assert hessian.sharpness(op, tol=1e-6) == pytest.approx(top, rel=1e-4)
-    if name == "recurrent":
+    if name == "recurrent" and BACKEND == "tensorflow":
         return  # tracing M_k through the recurrent loop alone takes ~25 s
     m2 = np.mean([hi @ hi for hi in hessians], axis=0)
     assert rel_err(op.moment(v, 2), m2 @ v) < 1e-4
+    if BACKEND == "torch" and not op.vectorized:
+        return  # Lanczos on looped eager per-example products: ~15 s
     s2 = np.sqrt(np.linalg.eigvalsh(m2 - h @ h)[-1])
     got = hessian.non_uniformity(op, order=2, tol=1e-6, max_iter=op.dim)
     assert got == pytest.approx(s2, rel=1e-3)

@@ -1,0 +1,197 @@
+"""Curvature products on the JAX backend (for
+`keras_sam.hessian.CurvatureOperator`; the interface is described in
+`keras_sam.backend.tensorflow.curvature`).
+
+The loss is a pure function of the trainable values: the model is called in
+a `keras.StatelessScope` that maps the trainable variables to those values
+and every other variable (batch-norm statistics, seed generators, masks) to
+its value read when the product starts; the scope's updates are dropped, so
+no statistic is updated and no seed advanced (every product sees the same
+dropout noise, as on TensorFlow). ``model.losses`` (``regularization=True``)
+are the scope's collected losses.
+
+- ``H v``: forward over reverse, `jax.jvp` of `jax.value_and_grad`, always
+  (``forward_over_reverse`` is accepted and has no effect);
+- per-example products ``H_i^k v``: one compiled ``[H_i v_i]`` applied k
+  times, by `jax.vmap` over one-example batches
+  (the ``"vectorized"`` path, the default: vmap batches every primitive
+  the zoo of the tests uses, recurrent scans and einsum included, so no
+  model needs a fallback), or `jax.lax.map` (``"looped"``, ``vectorize=
+  False``);
+- every product is `jax.jit`-compiled (``jit_compile`` has no effect),
+  once per input shape: the operator pads chunks to one size
+  (``pad_chunks``), but a last partial batch (``batch_size``) compiles
+  once more; ``loss()`` reuses the product's program.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from keras import tree
+
+from keras_sam.sparsity._masks import kernel_masks
+
+
+def _first(structure):
+    return tree.flatten(structure)[0]
+
+
+def _one(structure):
+    """One example with its batch axis added back."""
+    return tree.map_structure(lambda t: t[None], structure)
+
+
+class Functions:
+    """The jitted products of one model / loss."""
+
+    paths = ("vectorized", "looped")
+    #: Whether the operator pads per-example chunks to one size (a new
+    #: batch size costs a compilation).
+    pad_chunks = True
+
+    def __init__(
+        self,
+        model,
+        batch_loss,
+        training,
+        x_example,
+        y_example,
+        jit,
+        masked,
+        weighted,
+        forward,
+    ):
+        model_ref = weakref.ref(model)
+        variables = list(model.trainable_variables)
+        trainable = {id(v) for v in variables}
+        others = [v for v in model.variables if id(v) not in trainable]
+        masks = kernel_masks(variables) if masked else [None] * len(variables)
+        self._variables = variables
+        self._others = others
+        self._masks = [m for m in masks if m is not None]
+        shapes = [tuple(v.shape) for v in variables]
+        sizes = [int(np.prod(s)) for s in shapes]
+        self.dim = int(sum(sizes))
+        collect = batch_loss.regularization
+
+        def flat(tensors):
+            return jnp.concatenate(
+                [jnp.reshape(t.astype(jnp.float32), [-1]) for t in tensors]
+            )
+
+        def unflat(vector):
+            parts, start = [], 0
+            for shape, size in zip(shapes, sizes):
+                parts.append(jnp.reshape(vector[start : start + size], shape))
+                start += size
+            return parts
+
+        def project(tensors, mask_values):
+            # P t: pruned coordinates (KernelMask zeros) set to zero.
+            values = iter(mask_values)
+            return [
+                t if m is None else t * next(values).astype(t.dtype)
+                for t, m in zip(tensors, masks)
+            ]
+
+        def loss_sum(params, state, x, y, sw):
+            # sum_i sw_i f_i = n * (Keras' batch loss).
+            mapping = list(zip(variables, params)) + list(zip(others, state))
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=collect):
+                y_pred = model_ref()(x, training=training)
+                value = batch_loss(y, y_pred, sw if weighted else None)
+            if weighted:
+                return value * _first(y_pred).shape[0]
+            # Unweighted data: the same sum, sample weights applied here.
+            return value * jnp.sum(sw)
+
+        def hvp_sum(values, x, y, sw, v):
+            params, state, mask_values = values
+            tangents = [
+                t.astype(p.dtype)
+                for t, p in zip(project(unflat(v), mask_values), params)
+            ]
+            gradient = jax.value_and_grad(lambda p: loss_sum(p, state, x, y, sw))
+            (loss, _), (_, hv) = jax.jvp(gradient, (params,), (tangents,))
+            return flat(project(hv, mask_values)), loss
+
+        def grad_sum(values, x, y, sw):
+            params, state, mask_values = values
+            loss, grads = jax.value_and_grad(lambda p: loss_sum(p, state, x, y, sw))(
+                params
+            )
+            return flat(project(grads, mask_values)), loss
+
+        one_weight = jnp.ones([1], jnp.float32)
+
+        def example_hvp(values, xi, yi, vi):
+            # H_i v_i for one example (xi, yi without their batch axis).
+            return hvp_sum(values, _one(xi), _one(yi), one_weight, vi)[0]
+
+        def vectorized_rows(values, x, y, vs):
+            return jax.vmap(lambda *a: example_hvp(values, *a))(x, y, vs)
+
+        def looped_rows(values, x, y, vs):
+            return jax.lax.map(lambda a: example_hvp(values, *a), (x, y, vs))
+
+        self._hvp = jax.jit(hvp_sum)
+        self._grad = jax.jit(grad_sum)
+        # One compiled per-example product per path, ``[H_i v_i]`` for a
+        # matrix of vectors; ``H_i^k v`` applies it k times.
+        self._rows = {
+            "vectorized": jax.jit(vectorized_rows),
+            "looped": jax.jit(looped_rows),
+        }
+        self.vectorized = True
+
+    def _values(self):
+        # The variables' values now (the products see the state as it is
+        # when they start).
+        return (
+            [v.value for v in self._variables],
+            [v.value for v in self._others],
+            [m.value for m in self._masks],
+        )
+
+    @staticmethod
+    def tensors(structure):
+        """NumPy arrays (any nesting) as JAX arrays."""
+        return tree.map_structure(jnp.asarray, structure)
+
+    def hvp(self, x, y, sw, v):
+        """``(sum_i sw_i H_i v, sum_i sw_i f_i)``."""
+        return self._hvp(self._values(), x, y, sw, v)
+
+    def grad(self, x, y, sw):
+        return self._grad(self._values(), x, y, sw)
+
+    def loss(self, x, y, sw):
+        # From the product's program (every instrument compiles it): one
+        # compilation less than a program of its own.
+        return self.hvp(x, y, sw, jnp.zeros([self.dim], jnp.float32))[1]
+
+    def _powers(self, k, path, x, y, v):
+        values = self._values()
+        vs = jnp.broadcast_to(v, (_first(x).shape[0], v.shape[0]))
+        for _ in range(k):
+            vs = self._rows[path](values, x, y, vs)
+        return vs
+
+    def power(self, k: int, path: str):
+        """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
+        return lambda x, y, sw, v: jnp.sum(
+            self._powers(k, path, x, y, v) * sw[:, None], axis=0
+        )
+
+    def rows(self, path: str):
+        """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
+        return lambda x, y, sw, v: self._powers(1, path, x, y, v)
+
+    def decide(self, x, y, sw, v) -> bool:
+        """`jax.vmap` needs no check: always vectorized."""
+        return True

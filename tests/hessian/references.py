@@ -1,0 +1,190 @@
+"""Dense Hessian and gradient references, one code path per backend, each
+independent of the library's products (no StatelessScope, no HVP code):
+
+- TensorFlow: `tf.GradientTape.jacobian` of the tape gradient (no pfor);
+- JAX: `jax.jacrev(jax.grad(...))` (reverse over reverse; the library
+  differentiates forward over reverse) of Keras's own
+  `model.stateless_call` / `model.compute_loss_and_updates`;
+- PyTorch: one `torch.autograd.grad` per gradient coordinate of the
+  gradient of an ordinary model call (Keras torch variables are
+  parameters that require grad).
+
+``loss_fn=None``: Keras's compiled loss, ``model.compute_loss`` (with
+``model.losses``); else ``mean(loss_fn(y, model(x)))``.
+"""
+
+import keras
+import numpy as np
+from keras import tree
+
+BACKEND = keras.backend.backend()
+
+
+def _one(structure, i):
+    return tree.map_structure(lambda t: t[i : i + 1], structure)
+
+
+def _symmetric(hessians):
+    hessians = np.asarray(hessians, dtype=np.float64)
+    return 0.5 * (hessians + np.transpose(hessians, (0, 2, 1)))
+
+
+def per_example_hessians(model, x, y, loss_fn=None):
+    """(n, P, P) float64 per-example Hessians."""
+    n = len(tree.flatten(x)[0])
+    one = {"tensorflow": _tf_hessian, "jax": _jax_hessian, "torch": _torch_hessian}
+    hessian = one[BACKEND](model, loss_fn)
+    return _symmetric([hessian(_one(x, i), _one(y, i)) for i in range(n)])
+
+
+def gradient(model, x, y, loss_fn):
+    """Flat float64 gradient of ``mean(loss_fn(y, model(x)))``."""
+    return np.asarray(_GRADIENTS[BACKEND](model, loss_fn, x, y), np.float64)
+
+
+# -- TensorFlow -------------------------------------------------------------
+
+
+def _tf_loss(model, loss_fn, x, y):
+    import tensorflow as tf
+
+    pred = model(x, training=False)
+    if loss_fn is None:
+        return model.compute_loss(x, y, pred, training=False)
+    return tf.reduce_mean(loss_fn(y, pred))
+
+
+def _tf_flat(tensors):
+    import tensorflow as tf
+
+    return tf.concat([tf.reshape(tf.convert_to_tensor(t), [-1]) for t in tensors], 0)
+
+
+def _tf_hessian(model, loss_fn):
+    import tensorflow as tf
+
+    variables = model.trainable_variables
+
+    @tf.function
+    def hessian(x, y):
+        with tf.GradientTape(persistent=True) as outer:
+            with tf.GradientTape() as inner:
+                loss = _tf_loss(model, loss_fn, x, y)
+            grad = _tf_flat(inner.gradient(loss, variables))
+        blocks = outer.jacobian(grad, variables, experimental_use_pfor=False)
+        return tf.concat([tf.reshape(b, [grad.shape[0], -1]) for b in blocks], 1)
+
+    def numpy_hessian(x, y):
+        x = tf.nest.map_structure(tf.convert_to_tensor, x)
+        y = tf.nest.map_structure(tf.convert_to_tensor, y)
+        return hessian(x, y).numpy()
+
+    return numpy_hessian
+
+
+def _tf_gradient(model, loss_fn, x, y):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = _tf_loss(model, loss_fn, x, y)
+    return _tf_flat(tape.gradient(loss, model.trainable_variables)).numpy()
+
+
+# -- JAX ----------------------------------------------------------------------
+
+
+def _jax_loss(model, loss_fn):
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    metrics = [v.value for v in model.metrics_variables]
+    flat, unravel = ravel_pytree(trainable)
+
+    def loss(w, x, y):
+        if loss_fn is None:
+            value, _ = model.compute_loss_and_updates(
+                unravel(w), non_trainable, metrics, x, y, None, training=False
+            )
+            return value
+        pred, _ = model.stateless_call(unravel(w), non_trainable, x, training=False)
+        return jnp.mean(loss_fn(y, pred))
+
+    return flat, loss
+
+
+def _jax_hessian(model, loss_fn):
+    import jax
+
+    flat, loss = _jax_loss(model, loss_fn)
+    hessian = jax.jit(jax.jacrev(jax.grad(loss)))
+    return lambda x, y: np.asarray(hessian(flat, x, y))
+
+
+def _jax_gradient(model, loss_fn, x, y):
+    import jax
+
+    flat, loss = _jax_loss(model, loss_fn)
+    return np.asarray(jax.grad(loss)(flat, x, y))
+
+
+# -- PyTorch ------------------------------------------------------------------
+
+
+def _torch_loss(model, loss_fn, x, y):
+    import torch
+
+    x = tree.map_structure(torch.as_tensor, x)
+    y = tree.map_structure(torch.as_tensor, y)
+    pred = model(x, training=False)
+    if loss_fn is None:
+        return model.compute_loss(x, y, pred, training=False)
+    return torch.mean(loss_fn(y, pred))
+
+
+def _torch_flat_grad(output, params, batched=False, **kwargs):
+    import torch
+
+    grads = torch.autograd.grad(output, params, allow_unused=True, **kwargs)
+    lead = (output.shape[0],) if batched else ()
+    return torch.cat(
+        [
+            (torch.zeros(lead + p.shape) if g is None else g).reshape(*lead, -1)
+            for g, p in zip(grads, params)
+        ],
+        dim=-1,
+    )
+
+
+def _torch_hessian(model, loss_fn):
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def hessian(x, y):
+        params = [v.value for v in model.trainable_variables]
+        # The fused CPU attention kernel has no double backward.
+        with sdpa_kernel([SDPBackend.MATH]):
+            loss = _torch_loss(model, loss_fn, x, y)
+        grad = _torch_flat_grad(loss, params, create_graph=True)
+        # All rows in one batched backward (vmap over the cotangents).
+        eye = torch.eye(grad.shape[0], dtype=grad.dtype)
+        rows = _torch_flat_grad(
+            grad, params, grad_outputs=eye, is_grads_batched=True, batched=True
+        )
+        return rows.detach().cpu().numpy()
+
+    return hessian
+
+
+def _torch_gradient(model, loss_fn, x, y):
+    params = [v.value for v in model.trainable_variables]
+    grad = _torch_flat_grad(_torch_loss(model, loss_fn, x, y), params)
+    return grad.detach().cpu().numpy()
+
+
+_GRADIENTS = {
+    "tensorflow": _tf_gradient,
+    "jax": _jax_gradient,
+    "torch": _torch_gradient,
+}
