@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -275,3 +276,55 @@ def test_rho_schedule_reads_the_step_against_numpy():
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     for got, want in zip(weights_of(model), params):
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+# Off TensorFlow, with TensorFlow made unimportable (as where it is not
+# installed): the library imports, a SAM model (a variant, masks, micro-batches,
+# HessianMetrics) trains and round-trips through .keras, and sharpness runs.
+OFF_TENSORFLOW = """
+import os, sys, tempfile
+sys.modules["tensorflow"] = None
+import keras
+import numpy as np
+import keras_sam
+from keras_sam import callbacks, hessian, sparsity
+
+def model():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, activation="relu")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dropout(0.1)(h)))
+
+x, y = np.random.rand(16, 4).astype("float32"), np.random.rand(16, 1).astype("float32")
+base = model()
+sparsity.prune_at_init(base, 0.5, seed=0)
+sam = keras_sam.sam(base, variant="looksam", rho=0.05)
+sam.compile(optimizer="sgd", loss="mse")
+sam.fit(x, y, batch_size=8, epochs=2, verbose=0,
+        callbacks=[callbacks.HessianMetrics((x, y), orders=(2,))])
+path = os.path.join(tempfile.mkdtemp(), "m.keras")
+sam.save(path)
+keras.saving.load_model(path).fit(x, y, batch_size=8, verbose=0)
+micro = keras_sam.sam(model(), micro_batch_size=4)
+micro.compile(optimizer="sgd", loss="mse")
+micro.fit(x, y, batch_size=8, verbose=0)
+assert np.isfinite(hessian.sharpness(sam, (x, y)))
+loaded = [m for m, v in sys.modules.items() if m.startswith("tensorflow") and v]
+print(keras.backend.backend(), sorted(loaded))
+"""
+
+
+@pytest.mark.backends("jax", "torch")
+def test_the_library_runs_without_tensorflow_off_tensorflow():
+    backend = keras.backend.backend()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(root))
+    result = subprocess.run(
+        [sys.executable, "-c", OFF_TENSORFLOW],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == f"{backend} []"

@@ -54,9 +54,8 @@ def _backend_functions():
 def is_dataset(data) -> bool:
     """Whether ``data`` is a `tf.data.Dataset`."""
     # tf.data is only looked for when TensorFlow is already imported.
-    if "tensorflow" not in sys.modules:
-        return False
-    return isinstance(data, sys.modules["tensorflow"].data.Dataset)
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
 
 
 def _to_numpy(value):
