@@ -12,7 +12,7 @@ BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.
 	tests/test_perturbations.py tests/sparsity tests/variants/test_step_backends.py \
 	tests/variants/test_micro_batches.py tests/test_micro_batches_jax.py tests/hessian
 
-.PHONY: demo test lint format bench
+.PHONY: demo test test-tensorflow test-jax-torch lint format bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ $(BACKENDS_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(PY) -m keras_sam sweep synthetic --preset quick --out results/synthetic-quick
 
+# The TensorFlow suite and the JAX + PyTorch suites run side by side (one
+# process each uses little more than one core); each one's output is printed
+# whole when it ends.
 test: $(BACKENDS_STAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-tensorflow test-jax-torch
+
+test-tensorflow: $(BACKENDS_STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q
+
+test-jax-torch: $(BACKENDS_STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q $(BACKEND_SUITE)
 	KERAS_BACKEND=torch $(PY) -m pytest -q $(BACKEND_SUITE)
 
