@@ -23,7 +23,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_sam import _registry, _validation
+from keras_sam import _gradient_math, _registry, _validation
 
 #: Added to norms in denominators so that a zero gradient gives eps = 0.
 TINY = 1e-12
@@ -39,8 +39,9 @@ def register(name: str) -> Callable[[type[Perturbation]], type[Perturbation]]:
 
 
 def global_norm(tensors: Sequence[Any]) -> Any:
-    """L2 norm of all `tensors` taken together, as a scalar tensor."""
-    return ops.sqrt(sum(ops.sum(ops.square(t)) for t in tensors))
+    """L2 norm of all `tensors` taken together, as a float32 scalar tensor
+    (inside a SAM step on TensorFlow: one `tf.nn.l2_loss` kernel per tensor)."""
+    return _gradient_math.norm(list(tensors))
 
 
 class Perturbation(_registry.Configurable):

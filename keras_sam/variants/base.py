@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +9,11 @@ import keras
 from keras import ops
 
 from keras_sam import _registry
+
+# The rules' global dot products and norms (shared with the perturbation rules).
+from keras_sam._gradient_math import dot as dot
+from keras_sam._gradient_math import dot_kernel as dot_kernel
+from keras_sam._gradient_math import norm as norm
 
 
 def register(*names: str) -> Callable[[type[Variant]], type[Variant]]:
@@ -79,49 +82,6 @@ def serialize(variant: Variant | None) -> dict[str, Any] | None:
 def names() -> list[str]:
     """Registered variant names."""
     return _VARIANTS.names()
-
-
-class _Kernels(threading.local):
-    """The global-dot implementation a backend's step put in place (per
-    thread: `tf.distribute` traces each replica's step in its own)."""
-
-    dot: Callable[[Sequence[Any], Sequence[Any]], Any] | None = None
-
-
-_KERNELS = _Kernels()
-
-
-@contextlib.contextmanager
-def dot_kernel(implementation: Callable[[Sequence[Any], Sequence[Any]], Any]):
-    """Within, `dot` and `norm` call `implementation(a, b)` instead of their
-    `keras.ops` form: a backend's step supplies one with the same formula and
-    fewer passes over memory (TensorFlow: `keras_sam.backend.tensorflow.
-    gradient_math.dot`). The rules stay backend-neutral.
-
-    ```python
-    with dot_kernel(fast_dot):
-        d, state = variant.combine(g, gs, state, step, run)
-    ```
-    """
-    previous, _KERNELS.dot = _KERNELS.dot, implementation
-    try:
-        yield
-    finally:
-        _KERNELS.dot = previous
-
-
-def dot(a: Sequence[Any], b: Sequence[Any]) -> Any:
-    """Global dot product of two gradient lists (float32 scalar)."""
-    if _KERNELS.dot is not None:
-        return _KERNELS.dot(a, b)
-    return sum(
-        ops.sum(ops.cast(x, "float32") * ops.cast(y, "float32")) for x, y in zip(a, b)
-    )
-
-
-def norm(a: Sequence[Any]) -> Any:
-    """Global L2 norm of a gradient list (float32 scalar)."""
-    return ops.sqrt(dot(a, a))
 
 
 def safe_ratio(numerator: Any, denominator: Any) -> Any:

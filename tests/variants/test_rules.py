@@ -235,9 +235,10 @@ def test_bad_options_name_the_argument(make, argument):
 def test_global_dot_and_norm_match_numpy():
     """The `keras.ops` form, and on TensorFlow the step's own kernels
     (squares as `l2_loss`): the same list twice, two lists, a mix of shared
-    and distinct tensors, float16 included."""
+    and distinct tensors, float16 included; the perturbation rules' norm."""
     import contextlib
 
+    from keras_sam import _gradient_math, perturbations
     from keras_sam.variants import base
 
     kernels = [contextlib.nullcontext()]
@@ -258,4 +259,7 @@ def test_global_dot_and_norm_match_numpy():
                 np.testing.assert_allclose(float(base.dot(a, b)), expected, rtol=1e-6)
             norm = np.sqrt(sum(np.sum(x * x) for x in G))
             np.testing.assert_allclose(float(base.norm(G)), norm, rtol=1e-6)
-    assert base._KERNELS.dot is None  # restored on leaving
+            # SAM's and ASAM's eps scale: the same norm.
+            got = float(perturbations.global_norm(G))
+            np.testing.assert_allclose(got, norm, rtol=1e-6)
+    assert _gradient_math._KERNELS.dot is None  # restored on leaving

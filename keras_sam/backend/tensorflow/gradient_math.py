@@ -1,9 +1,9 @@
-"""The variants' global dot product on TensorFlow, with fewer passes over
-memory than its `keras.ops` version in `keras_sam.variants.base`.
+"""The rules' global dot product on TensorFlow, with fewer passes over
+memory than its `keras.ops` version in `keras_sam._gradient_math`.
 
-The TensorFlow step runs the variant's methods inside
-`keras_sam.variants.base.dot_kernel(dot)`, so that the rules' `dot` (and
-`norm`) use this one. A squared norm x.x is one `tf.nn.l2_loss` kernel per
+The TensorFlow step runs inside `keras_sam._gradient_math.dot_kernel(dot)`,
+so that the perturbation rules' `global_norm` and the variants' `dot` and
+`norm` use this one. A squared norm x.x is one `tf.nn.l2_loss` kernel per
 tensor (x read once) instead of a product (written in full) and a sum (read
 back): about a third of the time on CPU. Results differ only by float
 rounding.

@@ -38,18 +38,17 @@ import keras
 import tensorflow as tf
 from keras import tree
 
-from keras_sam import _compat
+from keras_sam import _compat, _gradient_math
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
 from keras_sam.backend.tensorflow import gradient_math, replicas
 from keras_sam.sparsity._masks import kernel_masks
-from keras_sam.variants import base as variant_base
 from keras_sam.variants import schedules
 
 
 def train_step(model, data):
     """`SAMModel.train_step` for TensorFlow: returns the logs dict."""
-    # The variants' global dot products as TensorFlow's own kernels.
-    with variant_base.dot_kernel(gradient_math.dot):
+    # The rules' global norms and dot products as TensorFlow's own kernels.
+    with _gradient_math.dot_kernel(gradient_math.dot):
         return _train_step(model, data)
 
 
