@@ -51,3 +51,8 @@ def medians(samples: dict[str, list[Sample]]) -> dict[str, Sample]:
         )
         for name, values in samples.items()
     }
+
+
+def fit_steps(model, data, steps: int) -> Callable[[], object]:
+    """A run of `steps` steps of ``model.fit`` on a repeated dataset."""
+    return lambda: model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)

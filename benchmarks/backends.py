@@ -37,25 +37,9 @@ def _child(backend: str, steps: int, rounds: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import numpy as np
+    from _models import cnn, mlp
 
     import keras_sam
-
-    def mlp():
-        inputs = keras.Input((784,))
-        h = keras.layers.Dense(512, activation="relu")(inputs)
-        h = keras.layers.Dense(512, activation="relu")(h)
-        return inputs, keras.layers.Dense(10)(h)
-
-    def cnn():
-        inputs = keras.Input((32, 32, 3))
-        h = inputs
-        for filters in (32, 64):
-            h = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
-            h = keras.layers.BatchNormalization()(h)
-            h = keras.layers.Activation("relu")(h)
-            h = keras.layers.MaxPooling2D()(h)
-        h = keras.layers.GlobalAveragePooling2D()(h)
-        return inputs, keras.layers.Dense(10)(h)
 
     variants = {
         "sgd": lambda i, o: keras.Model(i, o),

@@ -28,7 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _timing import interleave, medians  # noqa: E402
+from _models import cnn, mlp  # noqa: E402
+from _timing import fit_steps, interleave, medians  # noqa: E402
 
 import keras_sam  # noqa: E402
 
@@ -62,25 +63,6 @@ class NaiveSAM(keras.Model):
         return self.compute_metrics(x, y, y_pred)
 
 
-def mlp():
-    inputs = keras.Input((784,))
-    h = keras.layers.Dense(512, activation="relu")(inputs)
-    h = keras.layers.Dense(512, activation="relu")(h)
-    return inputs, keras.layers.Dense(10)(h)
-
-
-def cnn():
-    inputs = keras.Input((32, 32, 3))
-    h = inputs
-    for filters in (32, 64):
-        h = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
-        h = keras.layers.BatchNormalization()(h)
-        h = keras.layers.Activation("relu")(h)
-        h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    return inputs, keras.layers.Dense(10)(h)
-
-
 VARIANTS = {
     "sgd": lambda i, o: keras.Model(i, o),
     "sam": lambda i, o: keras_sam.SAMModel(i, o, rho=0.05),
@@ -108,10 +90,6 @@ def dataset(shape):
     x = rng.normal(size=(BATCH * 4, *shape)).astype("float32")
     y = rng.integers(0, 10, size=(BATCH * 4,))
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).cache().repeat()
-
-
-def fit_steps(model, data, steps):
-    return lambda: model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
 
 
 def main():

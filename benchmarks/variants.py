@@ -37,7 +37,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _timing import interleave, medians  # noqa: E402
+from _models import mlp  # noqa: E402
+from _timing import fit_steps, interleave, medians  # noqa: E402
 
 import keras_sam  # noqa: E402
 from keras_sam import variants  # noqa: E402
@@ -80,13 +81,6 @@ BREAKDOWN = {
 }
 
 
-def mlp():
-    inputs = keras.Input((784,))
-    h = keras.layers.Dense(512, activation="relu")(inputs)
-    h = keras.layers.Dense(512, activation="relu")(h)
-    return inputs, keras.layers.Dense(10)(h)
-
-
 def make_model(name, jit, student):
     keras.utils.set_random_seed(0)
     if student:
@@ -123,10 +117,6 @@ def dataset(batch, student):
     else:
         y = rng.integers(0, 10, size=(batch * 4,))
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().repeat()
-
-
-def fit_steps(model, data, steps):
-    return lambda: model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
 
 
 def main():
