@@ -1,4 +1,5 @@
-"""The benchmarks' models, as ``(inputs, outputs)`` of a functional model.
+"""The benchmarks' models (``(inputs, outputs)`` of a functional model, or a
+compiled model) and their generated data.
 
 Import after `KERAS_BACKEND` is set (Keras picks its backend at import).
 """
@@ -6,6 +7,7 @@ Import after `KERAS_BACKEND` is set (Keras picks its backend at import).
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 
 def mlp():
@@ -32,3 +34,29 @@ def cnn(batch_norm: bool = True):
         h = keras.layers.MaxPooling2D()(h)
     h = keras.layers.GlobalAveragePooling2D()(h)
     return inputs, keras.layers.Dense(10)(h)
+
+
+def lenet():
+    """LeNet-300-100 compiled with SGD(0.1) and sparse cross-entropy on
+    logits (the curvature benchmarks' model)."""
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(300, activation="relu"),
+            keras.layers.Dense(100, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def teacher_classes(n: int, seed: int):
+    """n uniform 784-pixel inputs labelled by a random linear teacher."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, 784)).astype("float32")
+    teacher = rng.normal(size=(784, 10))
+    return x, np.argmax((x - 0.5) @ teacher, axis=1)

@@ -29,6 +29,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import _models  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -39,27 +40,10 @@ from keras_sam.hessian._operators import CurvatureOperator  # noqa: E402
 
 def lenet(seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(300, activation="relu"),
-            keras.layers.Dense(100, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile(
-        keras.optimizers.SGD(0.1),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
+    return _models.lenet()
 
 
-def data(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(n, 784)).astype("float32")
-    teacher = rng.normal(size=(784, 10))
-    y = np.argmax((x - 0.5) @ teacher, axis=1)
-    return x, y
+data = _models.teacher_classes
 
 
 def timed(fn, repeats: int) -> float:

@@ -29,33 +29,14 @@ import tempfile
 import time
 
 
-def _lenet():
-    import keras
-
-    model = keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(300, activation="relu"),
-            keras.layers.Dense(100, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile(
-        keras.optimizers.SGD(0.1),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
-
-
 def _prepare(path: str, examples: int) -> None:
     import keras
     import numpy as np
+    from _models import lenet, teacher_classes
 
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(size=(5000, 784)).astype("float32")
-    y = np.argmax((x - 0.5) @ rng.normal(size=(784, 10)), axis=1)
-    model = _lenet()
+    x, y = teacher_classes(5000, 0)
+    model = lenet()
     model.fit(x, y, batch_size=128, epochs=1, verbose=0)
     weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
     np.savez(path, x=x[:examples], y=y[:examples], **weights)
@@ -64,11 +45,12 @@ def _prepare(path: str, examples: int) -> None:
 def _child(path: str, repeats: int) -> None:
     import keras
     import numpy as np
+    from _models import lenet
 
     from keras_sam.hessian import CurvatureOperator, solvers
 
     arrays = np.load(path)
-    model = _lenet()
+    model = lenet()
     model.set_weights([arrays[f"w{i}"] for i in range(len(model.weights))])
     data = (arrays["x"], arrays["y"])
 
