@@ -40,6 +40,13 @@ from keras import tree
 
 from keras_sam import _compat, _gradient_math
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
+from keras_sam.backend._common import (
+    first_tensor,
+    forward,
+    is_loss_scaled,
+    output_spec,
+    variant_selection,
+)
 from keras_sam.backend.tensorflow import gradient_math, replicas
 from keras_sam.sparsity._masks import kernel_masks
 from keras_sam.variants import schedules
@@ -57,10 +64,10 @@ def _train_step(model, data):
     if not model.built:
         # Create the variables before snapshotting state (Keras' own step
         # builds lazily inside its first forward pass).
-        _output_spec(model, x)
+        output_spec(model, x)
     if model.variant is not None and model.variant_state is None:
         # A subclassed model builds its layers on its first call.
-        _output_spec(model, x)
+        output_spec(model, x)
         model._build_variant_state()
     if model.micro_batch_size is None:
         grads, clean_grads, second, y_pred, loss, perturbed_loss = _sam_gradients(
@@ -73,12 +80,12 @@ def _train_step(model, data):
     grads = _combine(model, clean_grads, grads, second)
     second = tf.cast(second, tf.float32)  # share of the batch with 2 passes
     applied = tf.constant(True)
-    if _is_loss_scaled(model.optimizer):
+    if is_loss_scaled(model.optimizer):
         # Skip the step on every replica when any replica's gradient is
         # non-finite: the optimizer checks only the first replica's.
         applied = replicas.all_replicas_finite([g for g in grads if g is not None])
         grads = _poison_unless(applied, grads)
-    batch_size = tf.shape(_first_tensor(x))[0]
+    batch_size = tf.shape(first_tensor(x))[0]
     loss = replicas.unscale_for_replicas(loss)
     perturbed_loss = replicas.unscale_for_replicas(perturbed_loss)
     _update_mean(
@@ -138,7 +145,7 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
         grads, perturbed_loss = _second_pass_if(
             run, second_pass, model, clean_grads, loss
         )
-    if _is_loss_scaled(model.optimizer):
+    if is_loss_scaled(model.optimizer):
         # A non-finite first gradient must skip the step even where the
         # perturbed pass happens to come out finite: poison the second one.
         finite = tf.reduce_all(
@@ -151,7 +158,7 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
 def _clean_pass(model, x, y, sample_weight):
     """Loss, prediction and (unscaled) gradient at w, with state updates."""
     with tf.GradientTape() as tape:
-        y_pred = _forward(model, x)
+        y_pred = forward(model, x)
         loss = _loss(model, x, y, y_pred, sample_weight)
         scaled_loss = model.optimizer.scale_loss(loss)
     grads = tape.gradient(
@@ -171,7 +178,7 @@ def _perturbed_pass(model, x, y, sample_weight, perturbed_weights, state):
         mapping = list(zip(model.trainable_variables, perturbed_weights))
         mapping += list(zip(model.non_trainable_variables, state))
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-            y_pred = _forward(model, x)
+            y_pred = forward(model, x)
             loss = _loss(model, x, y, y_pred, sample_weight)
             scaled_loss = model.optimizer.scale_loss(loss)
     return tape.gradient(scaled_loss, perturbed_weights), loss
@@ -212,7 +219,7 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     """
     m = model.micro_batch_size
     _warn_if_xla_on_cpu(model)
-    first = _first_tensor(x)
+    first = first_tensor(x)
     static_size = first.shape[0]
     batch_size = tf.shape(first)[0]
     num_full = batch_size // m
@@ -220,7 +227,7 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
     data = (x, y, sample_weight)
     tail = tree.map_structure(lambda t: None if t is None else t[full_size:], data)
 
-    pred_spec = _output_spec(model, _take_rows(x, m))
+    pred_spec = output_spec(model, _take_rows(x, m))
     flat_spec = tree.flatten(pred_spec)
     # Where the batch size is known when traced (eager, `train_on_batch`,
     # `drop_remainder`) only the passes that run are traced; else both, and
@@ -437,35 +444,12 @@ def _warn_if_xla_on_cpu(model):
         )
 
 
-def _forward(model, x):
-    if _compat.call_has_training_arg(model):
-        return model(x, training=True)
-    return model(x)
-
-
 def _loss(model, x, y, y_pred, sample_weight):
     return _compat.compute_loss(model, x, y, y_pred, sample_weight, training=True)
 
 
-def _output_spec(model, x):
-    symbolic = tree.map_structure(
-        lambda t: None if t is None else keras.KerasTensor(t.shape, t.dtype), x
-    )
-    if _compat.call_has_training_arg(model):
-        return model.compute_output_spec(symbolic, training=True)
-    return model.compute_output_spec(symbolic)
-
-
-def _first_tensor(structure):
-    return next(t for t in tree.flatten(structure) if t is not None)
-
-
-def _is_loss_scaled(optimizer):
-    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-
 def _unscale(optimizer, grads):
-    if not _is_loss_scaled(optimizer):
+    if not is_loss_scaled(optimizer):
         return grads
     scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
     inverse = 1.0 / tf.cast(tf.convert_to_tensor(scale), tf.float32)
@@ -513,7 +497,7 @@ def _epsilon(model, eps_grads, weights, masks):
     variant = model.variant
     if variant is None:
         return model.perturbation(eps_grads, weights, rho)
-    selection = _selection(model)
+    selection = variant_selection(model)
     eps_grads = _apply_masks(eps_grads, selection)
     eps = variant.perturbation(
         model.perturbation,
@@ -527,13 +511,6 @@ def _epsilon(model, eps_grads, weights, masks):
     return _apply_masks(eps, selection)
 
 
-def _selection(model):
-    selection = model.variant.weight_selection(model)
-    if selection is None:
-        return [None] * len(model.trainable_variables)
-    return [None if chosen else 0.0 for chosen in selection]
-
-
 def _second_pass_if(run, second_pass, model, clean_grads, loss):
     """`second_pass()` where `run`, else the clean gradient scaled like a
     perturbed pass's: only the branch taken is computed."""
@@ -543,7 +520,7 @@ def _second_pass_if(run, second_pass, model, clean_grads, loss):
         return _dense(grads, clean_grads), perturbed_loss
 
     def clean():
-        if not _is_loss_scaled(model.optimizer):
+        if not is_loss_scaled(model.optimizer):
             return list(clean_grads), tf.identity(loss)
         scale = _loss_scale(model.optimizer)
         return [g * tf.cast(scale, g.dtype) for g in clean_grads], tf.identity(loss)
@@ -557,7 +534,7 @@ def _combine(model, clean_grads, grads, second):
     variant = model.variant
     if variant is None or not variant.combines:
         return grads
-    loss_scaled = _is_loss_scaled(model.optimizer)
+    loss_scaled = is_loss_scaled(model.optimizer)
     count = replicas.num_replicas()
     scale = tf.cast(_loss_scale(model.optimizer), tf.float32)
     perturbed = _dense(grads, clean_grads)
@@ -618,7 +595,7 @@ def _write_state(model, old, new, finite):
 
 
 def _loss_scale(optimizer):
-    if not _is_loss_scaled(optimizer):
+    if not is_loss_scaled(optimizer):
         return tf.constant(1.0)
     scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
     return tf.convert_to_tensor(scale)
