@@ -48,6 +48,18 @@ def output_spec(model, x):
     return model.compute_output_spec(symbolic)
 
 
+def build_before_step(model, x) -> None:
+    """Creates the model's variables, and the variant's state, before a
+    stateful step snapshots the state (Keras's own step builds lazily inside
+    its first forward pass; a subclassed model builds its layers on its
+    first call)."""
+    if not model.built:
+        output_spec(model, x)
+    if model.variant is not None and model.variant_state is None:
+        output_spec(model, x)
+        model._build_variant_state()
+
+
 def forward(model, x):
     if _compat.call_has_training_arg(model):
         return model(x, training=True)

@@ -41,6 +41,7 @@ from keras import tree
 from keras_sam import _compat, _gradient_math
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
 from keras_sam.backend._common import (
+    build_before_step,
     first_tensor,
     forward,
     is_loss_scaled,
@@ -61,14 +62,7 @@ def train_step(model, data):
 
 def _train_step(model, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if not model.built:
-        # Create the variables before snapshotting state (Keras' own step
-        # builds lazily inside its first forward pass).
-        output_spec(model, x)
-    if model.variant is not None and model.variant_state is None:
-        # A subclassed model builds its layers on its first call.
-        output_spec(model, x)
-        model._build_variant_state()
+    build_before_step(model, x)
     if model.micro_batch_size is None:
         grads, clean_grads, second, y_pred, loss, perturbed_loss = _sam_gradients(
             model, x, y, sample_weight, model.replica_eps

@@ -26,10 +26,10 @@ from keras import tree
 from keras_sam import _compat
 from keras_sam.backend._common import (
     all_finite,
+    build_before_step,
     first_tensor,
     forward,
     is_loss_scaled,
-    output_spec,
     update_trackers,
     variant_selection,
 )
@@ -40,12 +40,7 @@ from keras_sam.variants import schedules
 def train_step(model, data):
     """`SAMModel.train_step` for PyTorch: returns the logs dict."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if not model.built:
-        output_spec(model, x)
-    if model.variant is not None and model.variant_state is None:
-        # A subclassed model builds its layers on its first call.
-        output_spec(model, x)
-        model._build_variant_state()
+    build_before_step(model, x)
     if model.micro_batch_size is None:
         grads, clean, ran, y_pred, loss, perturbed_loss = _variant_gradients(
             model, x, y, sample_weight
