@@ -85,7 +85,7 @@ def make_model(name, jit, student):
     keras.utils.set_random_seed(0)
     if student:
         # The quick synthetic sweep's student (regression, squared loss).
-        from keras_sam.workloads import get_workload
+        from keras_sam.study.workloads import get_workload
 
         built = get_workload("synthetic").build(student, seed=0)
         inputs, outputs = built.inputs, built.outputs

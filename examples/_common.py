@@ -62,8 +62,8 @@ def train(args: argparse.Namespace, workload_name: str, **build_options) -> dict
     import keras
 
     import keras_sam
-    from keras_sam.sweep.train import make_optimizer
-    from keras_sam.workloads import get_preset, get_workload
+    from keras_sam.study.sweep.train import make_optimizer
+    from keras_sam.study.workloads import get_preset, get_workload
 
     workload = get_workload(workload_name)
     preset = get_preset(workload_name, "paper")

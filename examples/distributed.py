@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     import keras
 
     import keras_sam
-    from keras_sam.workloads import student, teacher_student
+    from keras_sam.study.workloads import student, teacher_student
 
     (x, y), (x_test, y_test) = teacher_student(num_train=args.num_train, num_test=1024)
     with strategy.scope():

@@ -1,5 +1,5 @@
 import sys
 
-from keras_sam.cli import main
+from keras_sam.study.cli import main
 
 sys.exit(main())

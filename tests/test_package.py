@@ -25,7 +25,7 @@ before = set(sys.modules)
 import keras_sam
 from keras_sam import callbacks, hessian, perturbations, sparsity
 keras_sam.sam(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
-study = ("keras_sam.workloads", "keras_sam.sweep", "keras_sam.cli")
+study = ("keras_sam.study.workloads", "keras_sam.study.sweep", "keras_sam.study.cli")
 print(sorted(m for m in set(sys.modules) - before if m.startswith(study)))
 print(sorted(m for m in sys.modules if m.split(".")[0] in {EXTRAS!r}))
 """

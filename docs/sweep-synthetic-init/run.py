@@ -8,8 +8,8 @@ seed, under each candidate student / training configuration.
 import os
 import sys
 
-from keras_sam.sweep import run_sweep
-from keras_sam.workloads import get_preset
+from keras_sam.study.sweep import run_sweep
+from keras_sam.study.workloads import get_preset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE = get_preset("synthetic", "paper").replace(

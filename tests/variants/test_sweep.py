@@ -3,9 +3,9 @@ and the cost-versus-gain table on hand-made records."""
 
 import pytest
 
-from keras_sam import cli
-from keras_sam.sweep import cost_gain, plan_runs, read_results, run_sweep
-from keras_sam.workloads import get_preset
+from keras_sam.study import cli
+from keras_sam.study.sweep import cost_gain, plan_runs, read_results, run_sweep
+from keras_sam.study.workloads import get_preset
 
 TINY = dict(
     sizes=(4,),

@@ -1,0 +1,173 @@
+"""The library never imports the study harness (`keras_sam.study`).
+
+Read from the import graph of the source: every `import` and `from ... import`
+statement (module level or inside a function, relative ones resolved), followed
+transitively from each library module. The deprecated aliases of the study's old
+paths (the modules that import `keras_sam._moved`) and `python -m keras_sam` belong
+to the study side.
+"""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "keras_sam"
+STUDY = "keras_sam.study"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_names(path: Path, name: str) -> set[str]:
+    """Every module (and `from` target) the file's import statements name."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module
+            found.add(source)
+            # `from keras_sam import study` imports the submodule `study`.
+            found.update(f"{source}.{alias.name}" for alias in node.names)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for imported in imported_names(path, name):
+            # `import a.b.c` runs a, a.b and a.b.c.
+            parts = imported.split(".")
+            targets.update(
+                ".".join(parts[:i])
+                for i in range(1, len(parts) + 1)
+                if ".".join(parts[:i]) in files
+            )
+        graph[name] = targets - {name}
+    return graph
+
+
+def is_study(name: str) -> bool:
+    return name == STUDY or name.startswith(STUDY + ".")
+
+
+def study_side(graph: dict[str, set[str]]) -> set[str]:
+    aliases = {name for name, targets in graph.items() if "keras_sam._moved" in targets}
+    return {n for n in graph if is_study(n)} | aliases | {"keras_sam.__main__"}
+
+
+def library_modules(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(set(graph) - study_side(graph))
+
+
+def path_to_study(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """An import chain from `start` into the study, or None."""
+    parents, frontier = {start: None}, [start]
+    while frontier:
+        name = frontier.pop()
+        for target in graph.get(name, ()):
+            if target in parents:
+                continue
+            parents[target] = name
+            if target in study_side(graph):
+                chain = [target]
+                while parents[chain[-1]] is not None:
+                    chain.append(parents[chain[-1]])
+                return chain[::-1]
+            frontier.append(target)
+    return None
+
+
+def test_no_library_module_imports_the_study():
+    graph = import_graph()
+    assert "keras_sam.study.sweep.runner" in graph  # the graph sees the study
+    assert len(library_modules(graph)) > 40
+    chains = {m: path_to_study(graph, m) for m in library_modules(graph)}
+    offenders = {m: " -> ".join(c) for m, c in chains.items() if c}
+    assert not offenders, f"library modules import the study: {offenders}"
+
+
+def test_the_graph_sees_an_import_of_the_study(tmp_path):
+    # The check above must be able to fail: a library module with a function-level
+    # relative import of the study is found.
+    graph = import_graph()
+    graph["keras_sam.hessian.measures"] = graph["keras_sam.hessian.measures"] | {
+        "keras_sam.study.workloads"
+    }
+    chain = path_to_study(graph, "keras_sam.callbacks.hessian_metrics")
+    assert chain is not None and chain[-1] == "keras_sam.study.workloads"
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from ..study import sweep\n")
+    assert "keras_sam.study.sweep" in imported_names(source, "keras_sam.hessian.m")
+
+
+def test_importing_every_library_module_loads_no_study_module():
+    # What the source graph cannot see (importlib by name): import each library
+    # module in a fresh process and look at sys.modules.
+    graph = import_graph()
+    names = [
+        m
+        for m in library_modules(graph)
+        if not m.startswith(("keras_sam.backend.jax", "keras_sam.backend.torch"))
+        and not m.startswith("keras_sam.backend.tensorflow")
+    ]
+    check = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({STUDY!r})))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_old_study_paths_warn_and_alias_the_new_modules():
+    check = (
+        "import warnings\n"
+        "warnings.simplefilter('error', DeprecationWarning)\n"
+        "try:\n"
+        "    import keras_sam.workloads\n"
+        "except DeprecationWarning as w:\n"
+        "    print('warned', 'keras_sam.study.workloads' in str(w))\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "from keras_sam.workloads.presets import get_preset\n"
+        "from keras_sam.sweep import run_sweep\n"
+        "from keras_sam import cli, study\n"
+        "import keras_sam.study.workloads.presets as new\n"
+        "import keras_sam.study.sweep.runner as runner\n"
+        "print(get_preset is new.get_preset, run_sweep is runner.run_sweep,\n"
+        "      cli.main is study.cli.main)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-2:] == ["warned True", "True True True"]
