@@ -21,7 +21,11 @@ import sys
 import venv
 
 DEFAULT_VENV = "/work/venvs/curvature-peers"
-PEERS = ("pyhessian==0.1", "curvlinops-for-pytorch==3.0.1", "hessian-eigenthings==1.0.0a5")
+PEERS = (
+    "pyhessian==0.1",
+    "curvlinops-for-pytorch==3.0.1",
+    "hessian-eigenthings==1.0.0a5",
+)
 # The peers' dependencies but torch's own stack: installed without their
 # dependencies when torch is reused (backpack asks for torchvision, which
 # would pull a CUDA torch; none of the three imports it).

@@ -115,11 +115,20 @@ def keras_worker(directory: str) -> None:
 
     def task(request):
         model, data = case(request["case"])
+        if request.get("setting") == "per-product":
+            # The products one call each (the path before they shared the
+            # forward and backward pass).
+            op = hessian.CurvatureOperator(model, data)
+            if request["task"] == "sharpness":
+                r = hessian.solvers.lanczos(op.hvp, op.dim)
+                return float(r.eigenvalues[0]), r.iterations, None
+            r = hessian.solvers.hutchinson(op.hvp, op.dim, 1000, rtol=request["rtol"])
+            return r.estimate, r.matvecs, r.stderr
         if request["task"] == "sharpness":
             r = hessian.top_eigenvalues(model, data)
             return float(r.eigenvalues[0]), r.iterations, None
         if request["task"] == "trace":
-            r = hessian.trace_estimate(model, data)
+            r = hessian.trace_estimate(model, data, rtol=request["rtol"])
             return r.estimate, r.matvecs, r.stderr
         r = hessian.spectral_density(model, data, num_steps=DENSITY_STEPS)
         nodes = r.nodes[np.isfinite(r.nodes)]
@@ -170,12 +179,13 @@ def peers_worker(directory: str) -> None:
 
             h = hessian(model, criterion, data=(x, y), cuda=False)
             if what == "sharpness":
-                return _count(h, "pyhessian", lambda: h.eigenvalues()[0][0])
+                value, count = _count(h, "pyhessian", lambda: h.eigenvalues()[0][0])
+                return value, count, None
             if what == "trace":
                 values = []
-                count = _count(h, "pyhessian", lambda: values.extend(h.trace()))
+                _, count = _count(h, "pyhessian", lambda: values.extend(h.trace()))
                 v = np.asarray(values)
-                return float(v.mean()), count[1], float(v.std(ddof=1) / len(v) ** 0.5)
+                return float(v.mean()), count, float(v.std(ddof=1) / len(v) ** 0.5)
             eigen, _ = h.density(iter=DENSITY_STEPS, n_v=1)
             return float(max(eigen[0])), DENSITY_STEPS, float(min(eigen[0]))
         params = [p for p in model.parameters() if p.requires_grad]
@@ -351,6 +361,9 @@ def contenders(tasks, backends, references) -> list[tuple[str, str, dict]]:
     for task in tasks:
         for backend in backends:
             out.append((f"keras_sam[{backend}]", backend, {"task": task}))
+        if "tensorflow" in backends and task != "density":
+            request = {"task": task, "setting": "per-product"}
+            out.append(("keras_sam[tensorflow] per-product", "tensorflow", request))
         out.append(("pyhessian", "peers", {"task": task, "tool": "pyhessian"}))
         for tool in ("curvlinops", "eigenthings"):
             settings = ("defaults", "matched") if task == "sharpness" else ("matched",)
@@ -372,6 +385,9 @@ def main() -> None:
     parser.add_argument("--tasks", default="sharpness,trace,density")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument(
+        "--trace-rtol", type=float, default=0.01, help="Hutchinson's target s.e."
+    )
     parser.add_argument(
         "--threads", type=int, default=0, help="threads per worker (0: defaults)"
     )
@@ -418,6 +434,7 @@ def main() -> None:
                         request = dict(request, case=case)
                         request["steps"] = keras_counts.get("sharpness", 20)
                         request["probes"] = keras_counts.get("trace", 30)
+                        request["rtol"] = args.trace_rtol
                         answer = workers[worker].ask(**request)
                         samples[name].append(answer)
                         if name.startswith("keras_sam[") and answer["products"]:

@@ -108,9 +108,7 @@ def trace_estimate(
     method = one_of(method, "method", TRACE_METHODS)
     op = _operator(model, data, operator_options)
     if method == "hutchinson":
-        return solvers.hutchinson(
-            op.matvec, op.dim, num_samples, rtol=rtol, seed=seed
-        )
+        return solvers.hutchinson(op.matvec, op.dim, num_samples, rtol=rtol, seed=seed)
     if method == "hutchpp":
         return solvers.hutchpp(op.matvec, op.dim, num_samples, seed=seed)
     eye = np.eye(op.dim)
