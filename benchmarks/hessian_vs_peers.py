@@ -57,7 +57,7 @@ DENSITY_STEPS = 50
 # -- the cases --------------------------------------------------------------
 
 
-def _prepare(directory: str, cases: list[str], examples: int) -> dict:
+def _prepare(directory: str, cases: list[str], examples: int, traces: bool) -> dict:
     """Saves each case's weights and examples; returns the references."""
     import keras
     import numpy as np
@@ -69,6 +69,26 @@ def _prepare(directory: str, cases: list[str], examples: int) -> dict:
     references = {}
     for case in cases:
         keras.utils.set_random_seed(0)
+        if case == RESNET:
+            model, data = _resnet(), _resnet_data()
+            weights = {layer.name: layer.get_weights() for layer in model.layers}
+            flat = {
+                f"{name}/{i}": w
+                for name, ws in weights.items()
+                for i, w in enumerate(ws)
+            }
+            np.savez(
+                os.path.join(directory, f"{case}.npz"), x=data[0], y=data[1], **flat
+            )
+            op = CurvatureOperator(model, data)
+            ref = solvers.lanczos(op.matvec, op.dim, max_iter=60, tol=1e-8, seed=123)
+            references[case] = {
+                "lambda_max": float(ref.eigenvalues[0]),
+                "trace": float("nan"),
+                "trace_stderr": float("nan"),
+                "dim": op.dim,
+            }
+            continue
         model = lenet()
         if case == "trained":
             model.fit(x, y, batch_size=128, epochs=1, verbose=0)
@@ -82,8 +102,8 @@ def _prepare(directory: str, cases: list[str], examples: int) -> dict:
             os.path.join(directory, f"{case}.npz"), x=data[0], y=data[1], **weights
         )
         op = CurvatureOperator(model, data)
-        ref = solvers.lanczos(op.hvp, op.dim, max_iter=300, tol=1e-10, seed=123)
-        trace = solvers.hutchinson(op.hvp, op.dim, 400, seed=7)
+        ref = solvers.lanczos(op.matvec, op.dim, max_iter=300, tol=1e-10, seed=123)
+        trace = solvers.hutchinson(op.matvec, op.dim, 400 if traces else 2, seed=7)
         references[case] = {
             "lambda_max": float(ref.eigenvalues[0]),
             "trace": trace.estimate,
@@ -91,6 +111,103 @@ def _prepare(directory: str, cases: list[str], examples: int) -> dict:
             "dim": op.dim,
         }
     return references
+
+
+RESNET = "resnet18w16"
+
+
+def _resnet():
+    """The study's CIFAR ResNet-18 at width 16 (0.70m weights), compiled
+    with sparse cross-entropy on logits."""
+    import keras
+
+    from keras_sam.study.workloads.resnet import resnet18_cifar
+
+    model = resnet18_cifar(base_filters=16, seed=0)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _resnet_data(n: int = 256):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 32, 32, 3)).astype("float32"), rng.integers(0, 10, n)
+
+
+def _torch_resnet(arrays):
+    """The same ResNet-18 in PyTorch, weights copied by layer name; Keras's
+    "same" padding of a stride-2 3x3 convolution pads bottom / right only."""
+    import torch
+    from torch import nn
+
+    def conv(name, stride):
+        kernel = torch.from_numpy(arrays[f"{name}/0"]).permute(3, 2, 0, 1)
+        layer = nn.Conv2d(
+            kernel.shape[1], kernel.shape[0], kernel.shape[2], stride, 0, bias=False
+        )
+        layer.weight.data.copy_(kernel)
+        k = kernel.shape[2]
+        if k == 1:
+            pad = (0, 0, 0, 0)
+        elif stride == 1:
+            pad = (1, 1, 1, 1)
+        else:
+            pad = (0, 1, 0, 1)
+        return nn.Sequential(nn.ZeroPad2d(pad), layer)
+
+    def bn(name):
+        gamma, beta, mean, var = (
+            torch.from_numpy(arrays[f"{name}/{i}"]) for i in range(4)
+        )
+        layer = nn.BatchNorm2d(gamma.shape[0], eps=1e-5)
+        for target, value in zip(
+            (layer.weight, layer.bias, layer.running_mean, layer.running_var),
+            (gamma, beta, mean, var),
+        ):
+            target.data.copy_(value)
+        return layer
+
+    class Block(nn.Module):
+        def __init__(self, name, stride, project):
+            super().__init__()
+            self.body = nn.Sequential(
+                conv(f"{name}_conv1", stride),
+                bn(f"{name}_bn1"),
+                nn.ReLU(),
+                conv(f"{name}_conv2", 1),
+                bn(f"{name}_bn2"),
+            )
+            self.shortcut = (
+                nn.Sequential(conv(f"{name}_proj", stride), bn(f"{name}_proj_bn"))
+                if project
+                else nn.Identity()
+            )
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers = [conv("stem_conv", 1), bn("stem_bn"), nn.ReLU()]
+            for stage in range(4):
+                for b in range(2):
+                    stride = 2 if stage > 0 and b == 0 else 1
+                    name = f"s{stage}b{b}"
+                    layers.append(Block(name, stride, f"{name}_proj/0" in arrays))
+            self.features = nn.Sequential(*layers)
+            dense = [k for k in arrays if k.endswith("/0") and arrays[k].ndim == 2][0]
+            kernel = torch.from_numpy(arrays[dense])
+            self.head = nn.Linear(kernel.shape[0], kernel.shape[1])
+            self.head.weight.data.copy_(kernel.T)
+            self.head.bias.data.copy_(torch.from_numpy(arrays[dense[:-1] + "1"]))
+
+        def forward(self, x):
+            x = self.features(x.permute(0, 3, 1, 2))
+            return self.head(x.mean(dim=(2, 3)))
+
+    return Net().eval()
 
 
 # -- the keras_sam worker -----------------------------------------------------
@@ -108,8 +225,19 @@ def keras_worker(directory: str) -> None:
     def case(name):
         if name not in models:
             arrays = np.load(os.path.join(directory, f"{name}.npz"))
-            model = lenet()
-            model.set_weights([arrays[f"w{i}"] for i in range(len(model.weights))])
+            if name == RESNET:
+                model = _resnet()
+                for layer in model.layers:
+                    if layer.weights:
+                        layer.set_weights(
+                            [
+                                arrays[f"{layer.name}/{i}"]
+                                for i in range(len(layer.weights))
+                            ]
+                        )
+            else:
+                model = lenet()
+                model.set_weights([arrays[f"w{i}"] for i in range(len(model.weights))])
             models[name] = (model, (arrays["x"], arrays["y"]))
         return models[name]
 
@@ -150,6 +278,12 @@ def peers_worker(directory: str) -> None:
     def case(name):
         if name not in models:
             arrays = np.load(os.path.join(directory, f"{name}.npz"))
+            if name == RESNET:
+                model = _torch_resnet(dict(arrays))
+                x = torch.from_numpy(arrays["x"])
+                y = torch.from_numpy(arrays["y"]).long()
+                models[name] = (model, x, y)
+                return models[name]
             model = torch.nn.Sequential(
                 torch.nn.Linear(784, 300),
                 torch.nn.ReLU(),
@@ -355,7 +489,7 @@ def _env(backend: str | None, threads: int) -> dict:
     return env
 
 
-def contenders(tasks, backends, references) -> list[tuple[str, str, dict]]:
+def contenders(tasks, backends, resnet=False) -> list[tuple[str, str, dict]]:
     """(name, worker, request) for every contender of every task."""
     out = []
     for task in tasks:
@@ -365,6 +499,8 @@ def contenders(tasks, backends, references) -> list[tuple[str, str, dict]]:
             request = {"task": task, "setting": "per-product"}
             out.append(("keras_sam[tensorflow] per-product", "tensorflow", request))
         out.append(("pyhessian", "peers", {"task": task, "tool": "pyhessian"}))
+        if resnet:
+            continue
         for tool in ("curvlinops", "eigenthings"):
             settings = ("defaults", "matched") if task == "sharpness" else ("matched",)
             for setting in settings:
@@ -411,7 +547,7 @@ def main() -> None:
     backends = [b for b in args.backends.split(",") if b]
     me = os.path.abspath(__file__)
     with tempfile.TemporaryDirectory() as directory:
-        references = _prepare(directory, cases, args.examples)
+        references = _prepare(directory, cases, args.examples, "trace" in tasks)
         workers = {
             b: Worker(
                 [sys.executable, me, "--keras-worker", directory], _env(b, args.threads)
@@ -426,7 +562,7 @@ def main() -> None:
         for case in cases:
             ref = references[case]
             for task in tasks:
-                entries = contenders([task], backends, references)
+                entries = contenders([task], backends, case == RESNET)
                 samples = {name: [] for name, _, _ in entries}
                 keras_counts = {}
                 for _ in range(args.rounds + 1):  # the first round: cold calls
