@@ -8,8 +8,13 @@ side by side, interleaved.
 LeNet-300-100 (784-300-100-10), softmax cross-entropy on 1,000 teacher-
 labelled examples, at three sets of weights: ``init`` (Glorot, as built),
 ``trained`` (one epoch on 5,000 examples, 40 SGD steps: the weights of
-`hessian_vs_pyhessian.py`) and ``steps200`` (200 SGD steps, batch 128). The
-same weights and examples go to every tool. One long-lived worker process
+`hessian_vs_pyhessian.py`) and ``steps200`` (200 SGD steps, batch 128); and
+``resnet18w16``: the study's CIFAR ResNet-18 at width 16 (0.70m weights, He
+init, batch norm in inference mode) on 256 Gaussian CIFAR-shaped inputs,
+against PyHessian on a PyTorch port of it (weights copied by layer name). The
+same weights and examples go to every tool. ``keras_sam[tensorflow]
+per-product`` is the same Lanczos with one product per call (``op.hvp``: the
+forward and backward pass repeated for each product). One long-lived worker process
 per tool family (keras_sam on each Keras backend in this project's
 environment; the three PyTorch tools in one process of their own venv, made
 by `_peers.py`), driven over pipes: each round runs every contender once, in

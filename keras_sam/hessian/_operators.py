@@ -167,6 +167,7 @@ class CurvatureOperator:
     hv = op.hvp(v)                 # H v, v a float64 vector of length op.dim
     m2v = op.moment(v, 2)          # mean_i H_i^2 v
     gap = op.moment_gap(v, 2)      # (M_2 - H^2) v
+    solvers.lanczos(op.matvec, op.dim)   # one backend call for all products
     ```
 
     The loss is ``sum_i w_i f_i / n`` over all n examples, f_i the compiled
