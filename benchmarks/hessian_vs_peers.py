@@ -543,7 +543,8 @@ def main() -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    sys.path.insert(0, HERE)
+    # This checkout's keras_sam (not an installed one), as in the workers.
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
     import _peers
 
     peers_python = _peers.ensure(args.peers_venv or _peers.DEFAULT_VENV)

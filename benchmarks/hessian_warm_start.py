@@ -26,6 +26,11 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256)
     args = parser.parse_args()
 
+    import sys
+
+    # This checkout's keras_sam, not an installed one.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.dirname(here), here]
     import keras
     from _models import lenet, teacher_classes
 
