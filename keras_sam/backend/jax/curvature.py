@@ -11,7 +11,10 @@ dropout noise, as on TensorFlow). ``model.losses`` (``regularization=True``)
 are the scope's collected losses.
 
 - ``H v``: forward over reverse, `jax.jvp` of `jax.value_and_grad`, always
-  (``forward_over_reverse`` is accepted and has no effect);
+  (``forward_over_reverse`` is accepted and has no effect); ``drive`` runs
+  a whole solver in one jitted call: `jax.linearize` of the gradient once,
+  then a `lax.while_loop` of its tangent map, the solver called back through
+  `io_callback`;
 - per-example products ``H_i^k v``: one compiled ``[H_i v_i]`` applied k
   times, by `jax.vmap` over one-example batches
   (the ``"vectorized"`` path, the default: vmap batches every primitive

@@ -10,7 +10,10 @@ the operator: ``dim``; ``tensors(structure)`` (NumPy to this backend);
 
 Here: reverse-over-reverse (or, on request, forward-over-reverse)
 differentiation in `tf.function`s traced once per model / loss / input
-signature (None batch dimension). Per-example products are vectorized with
+signature (None batch dimension). ``drive`` runs a whole solver in one
+call: the loss and its gradient once, then a `tf.while_loop` of second
+backward passes through a persistent tape, the solver called back through
+`tf.py_function` (not under XLA). Per-example products are vectorized with
 `tf.vectorized_map` (pfor) where the layers allow it and the first chunk
 agrees with the looped path (`tf.map_fn`); pfor gets keras.ops.einsum's
 reshaping fast path wrong and dies on recurrent while-loops, so those
@@ -213,10 +216,10 @@ class Functions:
                 done.set_shape([])
                 return following, done
 
-            count = tf.while_loop(
+            final = tf.while_loop(
                 lambda v, done: tf.logical_not(done), product, [v, tf.constant(False)]
             )
-            return count[1]
+            return final[1]
 
         def grad_sum(x, y, sw):
             params = weights()

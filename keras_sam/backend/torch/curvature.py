@@ -16,7 +16,8 @@ seeded alike in every product). ``model.losses``
 - ``H v``: reverse over reverse (double backward: `torch.autograd.grad`
   with ``create_graph=True``, then the gradient of ``g . v``);
   ``forward_over_reverse`` and ``jit_compile`` are accepted and have no
-  effect (eager). Attention runs on the math kernel of
+  effect (eager); ``drive`` runs a whole solver on one ``create_graph``
+  gradient, one more backward pass per product. Attention runs on the math kernel of
   `scaled_dot_product_attention` (its fused CPU kernel has no double
   backward).
 - per-example products ``H_i^k v``: `torch.func.vmap` of a forward-over-
