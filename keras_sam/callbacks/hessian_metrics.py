@@ -151,10 +151,10 @@ class HessianMetrics(CurvatureCallback):
 
     def _measure(self) -> dict[str, float]:
         op = self._op()
-        values = {"sharpness": self._eigen("H", op.hvp, op.dim)}
+        values = {"sharpness": self._eigen("H", op.matvec, op.dim)}
         if self.trace:
             t = solvers.hutchinson(
-                op.hvp,
+                op.matvec,
                 op.dim,
                 self.trace_samples,
                 rtol=self.trace_rtol,

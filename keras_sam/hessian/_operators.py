@@ -167,6 +167,7 @@ class CurvatureOperator:
     hv = op.hvp(v)                 # H v, v a float64 vector of length op.dim
     m2v = op.moment(v, 2)          # mean_i H_i^2 v
     gap = op.moment_gap(v, 2)      # (M_2 - H^2) v
+    solvers.lanczos(op.matvec, op.dim)   # one backend call for all products
     ```
 
     The loss is ``sum_i w_i f_i / n`` over all n examples, f_i the compiled
@@ -273,11 +274,14 @@ class CurvatureOperator:
         self._chunk_tensors: list | None = None
         self.num_products = 0  # H v products (per-example products counted per k)
 
-    def _vector(self, v):
+    def _float32(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64).reshape(-1)
         if v.shape != (self.dim,):
             raise ValueError(f"`v` must have shape ({self.dim},), got {v.shape}.")
-        return self._fn.tensors(v.astype(np.float32))
+        return v.astype(np.float32)
+
+    def _vector(self, v):
+        return self._fn.tensors(self._float32(v))
 
     def hvp(self, v: np.ndarray) -> np.ndarray:
         """``H v`` with H the Hessian of the mean loss."""
@@ -287,6 +291,47 @@ class CurvatureOperator:
             total += _numpy(self._fn.hvp(x, y, sw, tv)[0])
         self.num_products += 1
         return total / self.num_examples
+
+    @property
+    def matvec(self) -> HessianProducts:
+        """``v -> H v`` for `keras_sam.hessian.solvers`: called, it is `hvp`;
+        a solver given it runs all its products in one backend call where
+        it can (see `HessianProducts`)."""
+        return HessianProducts(self)
+
+    def drive(self, steps):
+        """Runs a solver's ``steps`` (see `keras_sam.hessian.solvers.run`)
+        on ``H v`` and returns its result.
+
+        On one batch (the default for arrays), the backend computes the
+        loss and its gradient once and each product only differentiates the
+        gradient again along the vector (PyHessian's saving, about half a
+        product's cost); on several batches, or where the backend cannot,
+        one `hvp` per step.
+        """
+        try:
+            v = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        shared = getattr(self._fn, "drive", None)
+        if shared is None or len(self._tensors) != 1:
+            return _plain_drive(steps, v, self.hvp)
+        state = _DriveState(steps)
+
+        def step(hv):
+            # The backend's product (a float32 sum over the batch) in, the
+            # next vector (float32) or None out.
+            self.num_products += 1
+            state.next(np.asarray(hv, np.float64) / self.num_examples)
+            if state.done:
+                return None
+            return self._float32(state.vector)
+
+        x, y, sw = self._tensors[0]
+        ran = shared(x, y, sw, self._float32(v), step)
+        if not ran:  # the backend could not run it (no step was taken)
+            return _plain_drive(steps, v, self.hvp)
+        return state.result()
 
     def gradient(self) -> tuple[float, np.ndarray]:
         """``(mean loss, gradient of the mean loss)``."""
@@ -379,6 +424,56 @@ class CurvatureOperator:
     def per_example_hvp_looped(self, v: np.ndarray) -> np.ndarray:
         """`per_example_hvp` on the looped path (for comparison)."""
         return self.per_example_hvp(v, path="looped")
+
+
+class HessianProducts:
+    """``H v`` of a `CurvatureOperator` as a matvec solvers can drive whole
+    (``drive(steps)``, see `keras_sam.hessian.solvers.run`)."""
+
+    def __init__(self, operator: CurvatureOperator):
+        self.operator = operator
+        self.dim = operator.dim
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        return self.operator.hvp(v)
+
+    def drive(self, steps):
+        return self.operator.drive(steps)
+
+
+class _DriveState:
+    """A solver's steps fed one product at a time from inside a backend
+    call: the next vector, whether it is done, its result or its error."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.done = False
+        self.vector = None
+        self.value = None
+        self.error: BaseException | None = None
+
+    def next(self, product: np.ndarray) -> None:
+        try:
+            self.vector = self.steps.send(product)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+        except BaseException as error:  # re-raised by `result`
+            self.done, self.error = True, error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        if not self.done:
+            raise RuntimeError("The backend stopped before the solver finished.")
+        return self.value
+
+
+def _plain_drive(steps, v, matvec):
+    try:
+        while True:
+            v = steps.send(matvec(v))
+    except StopIteration as stop:
+        return stop.value
 
 
 def _pad(chunk, count: int):

@@ -68,7 +68,7 @@ def top_eigenvalues(
     residuals and iteration count (see `keras_sam.hessian.sharpness`)."""
     op = _operator(model, data, operator_options)
     return solvers.lanczos(
-        op.hvp, op.dim, k, max_iter=max_iter, tol=tol, v0=v0, seed=seed
+        op.matvec, op.dim, k, max_iter=max_iter, tol=tol, v0=v0, seed=seed
     )
 
 
@@ -108,9 +108,9 @@ def trace_estimate(
     method = one_of(method, "method", TRACE_METHODS)
     op = _operator(model, data, operator_options)
     if method == "hutchinson":
-        return solvers.hutchinson(op.hvp, op.dim, num_samples, rtol=rtol, seed=seed)
+        return solvers.hutchinson(op.matvec, op.dim, num_samples, rtol=rtol, seed=seed)
     if method == "hutchpp":
-        return solvers.hutchpp(op.hvp, op.dim, num_samples, seed=seed)
+        return solvers.hutchpp(op.matvec, op.dim, num_samples, seed=seed)
     eye = np.eye(op.dim)
     total = sum(op.hvp(eye[:, j])[j] for j in range(op.dim))
     return solvers.TraceResult(float(total), 0.0, op.dim)
@@ -204,7 +204,7 @@ def spectral_density(
     ```
     """
     op = _operator(model, data, operator_options)
-    return solvers.slq(op.hvp, op.dim, num_probes, num_steps, seed=seed)
+    return solvers.slq(op.matvec, op.dim, num_probes, num_steps, seed=seed)
 
 
 def stability_ratios(

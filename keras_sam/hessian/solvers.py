@@ -12,18 +12,26 @@ a = np.diag(np.arange(10.0))
 result = solvers.lanczos(lambda v: a @ v, dim=10)
 result.eigenvalues[0]  # 9.0
 ```
+
+Each solver is a generator of steps (``w = yield v``: it yields the vector
+it wants multiplied and is sent the product) run by `run`. A ``matvec`` with
+a ``drive(steps)`` method (`keras_sam.hessian.CurvatureOperator.matvec`)
+runs the whole generator itself: there every product of one call shares one
+forward and first backward pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import numpy as np
 
 from keras_sam._validation import int_at_least, one_of, positive_float, positive_int
 
 Matvec = Callable[[np.ndarray], np.ndarray]
+#: A solver's steps: yields a vector, is sent its product, returns the result.
+Steps = Generator[np.ndarray, np.ndarray, object]
 
 __all__ = [
     "EigenResult",
@@ -33,6 +41,7 @@ __all__ = [
     "hutchpp",
     "lanczos",
     "power_iteration",
+    "run",
     "slq",
 ]
 
@@ -139,12 +148,40 @@ def _apply(matvec: Matvec, v: np.ndarray) -> np.ndarray:
     return np.asarray(matvec(v), dtype=np.float64).reshape(-1)
 
 
+def _product(w) -> np.ndarray:
+    return np.asarray(w, dtype=np.float64).reshape(-1)
+
+
+def run(steps: Steps, matvec: Matvec):
+    """Runs a solver's ``steps`` with ``matvec`` and returns its result:
+    ``matvec.drive(steps)`` where ``matvec`` has one, else one ``matvec``
+    call per step."""
+    drive = getattr(matvec, "drive", None)
+    if drive is not None:
+        return drive(steps)
+    try:
+        v = next(steps)
+        while True:
+            v = steps.send(_apply(matvec, v))
+    except StopIteration as stop:
+        return stop.value
+
+
 def _lanczos_basis(
     matvec: Matvec,
     v: np.ndarray,
     steps: int,
     stop: Callable[[np.ndarray, np.ndarray], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """`_lanczos_basis_steps` run with ``matvec``."""
+    return run(_lanczos_basis_steps(v, steps, stop), matvec)
+
+
+def _lanczos_basis_steps(
+    v: np.ndarray,
+    steps: int,
+    stop: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+) -> Steps:
     """Lanczos with full reorthogonalization from unit vector ``v``.
 
     Returns the basis ``Q`` (m x dim, one Lanczos vector per row), the
@@ -165,7 +202,7 @@ def _lanczos_basis(
     m = 0
     for j in range(steps):
         m = j + 1
-        w = _apply(matvec, basis[j])
+        w = _product((yield basis[j]))
         alpha[j] = _dot(basis[j], w)
         w -= alpha[j] * basis[j]
         if j > 0:
@@ -253,6 +290,10 @@ def lanczos(
     if k > dim:
         raise ValueError(f"`k` must be <= dim={dim}, got k={k}.")
     v = _start_vector(dim, v0, np.random.default_rng(seed))
+    return run(_lanczos_steps(dim, k, max_iter, tol, v), matvec)
+
+
+def _lanczos_steps(dim, k, max_iter, tol, v) -> Steps:
     tiny = np.finfo(np.float64).tiny
     previous: list[np.ndarray] = []
 
@@ -269,7 +310,7 @@ def lanczos(
         previous.append(values)
         return bool(settled and np.all(bounds <= tol * scale))
 
-    basis, alpha, beta, _ = _lanczos_basis(matvec, v, max(max_iter, k), stop)
+    basis, alpha, beta, _ = yield from _lanczos_basis_steps(v, max(max_iter, k), stop)
     theta, s = _tridiag_eigh(alpha, beta)
     order = np.argsort(theta)[::-1][:k]
     vectors = np.einsum("ij,ik->jk", basis, s[:, order])
@@ -307,12 +348,16 @@ def power_iteration(
     max_iter = positive_int(max_iter, "max_iter")
     tol = positive_float(tol, "tol")
     v = _start_vector(dim, v0, np.random.default_rng(seed))
+    return run(_power_steps(v, max_iter, tol), matvec)
+
+
+def _power_steps(v, max_iter, tol) -> Steps:
     eigenvalue = None
     residual = np.inf
     converged = False
     iterations = 0
     for _ in range(max_iter):
-        w = _apply(matvec, v)
+        w = _product((yield v))
         iterations += 1
         value = _dot(v, w)
         residual = _norm(w - value * v)
@@ -374,11 +419,18 @@ def hutchinson(
     min_samples = int_at_least(min_samples, "min_samples", 2)
     if rtol is not None:
         rtol = positive_float(rtol, "rtol")
-    rng = np.random.default_rng(seed)
+    one_of(distribution, "distribution", _DISTRIBUTIONS)
+    steps = _hutchinson_steps(
+        dim, num_samples, rtol, min_samples, distribution, np.random.default_rng(seed)
+    )
+    return run(steps, matvec)
+
+
+def _hutchinson_steps(dim, num_samples, rtol, min_samples, distribution, rng) -> Steps:
     samples = []
     for j in range(num_samples):
         z = _probes(rng, dim, 1, distribution)[:, 0]
-        samples.append(_dot(z, _apply(matvec, z)))
+        samples.append(_dot(z, _product((yield z))))
         m = j + 1
         if rtol is not None and m >= min_samples:
             values = np.asarray(samples)
@@ -404,14 +456,21 @@ def hutchpp(
     the standard error is that of the Hutchinson part."""
     dim = positive_int(dim, "dim")
     num_matvecs = int_at_least(num_matvecs, "num_matvecs", 3)
-    rng = np.random.default_rng(seed)
+    one_of(distribution, "distribution", _DISTRIBUTIONS)
+    steps = _hutchpp_steps(dim, num_matvecs, distribution, np.random.default_rng(seed))
+    return run(steps, matvec)
+
+
+def _hutchpp_steps(dim, num_matvecs, distribution, rng) -> Steps:
     m = num_matvecs // 3
     sketch = _probes(rng, dim, min(m, dim), distribution)
-    a_sketch = np.stack(
-        [_apply(matvec, sketch[:, j]) for j in range(sketch.shape[1])], axis=1
-    )
+    a_sketch = np.empty_like(sketch)
+    for j in range(sketch.shape[1]):
+        a_sketch[:, j] = _product((yield sketch[:, j]))
     q, _ = np.linalg.qr(a_sketch)
-    aq = np.stack([_apply(matvec, q[:, j]) for j in range(q.shape[1])], axis=1)
+    aq = np.empty_like(q)
+    for j in range(q.shape[1]):
+        aq[:, j] = _product((yield np.ascontiguousarray(q[:, j])))
     top = float(np.trace(q.T @ aq))
     used = sketch.shape[1] + q.shape[1]
     rest = num_matvecs - used
@@ -421,7 +480,10 @@ def hutchpp(
         return TraceResult(top, float("inf"), used)
     g = _probes(rng, dim, rest, distribution)
     g -= q @ (q.T @ g)
-    samples = np.array([g[:, j] @ _apply(matvec, g[:, j]) for j in range(rest)])
+    samples = np.empty(rest)
+    for j in range(rest):
+        z = np.ascontiguousarray(g[:, j])
+        samples[j] = z @ _product((yield z))
     stderr = samples.std(ddof=1) / np.sqrt(rest) if rest > 1 else np.inf
     return TraceResult(top + float(samples.mean()), float(stderr), num_matvecs)
 
@@ -443,13 +505,18 @@ def slq(
     dim = positive_int(dim, "dim")
     num_probes = positive_int(num_probes, "num_probes")
     num_steps = positive_int(num_steps, "num_steps")
-    rng = np.random.default_rng(seed)
+    return run(
+        _slq_steps(dim, num_probes, num_steps, np.random.default_rng(seed)), matvec
+    )
+
+
+def _slq_steps(dim, num_probes, num_steps, rng) -> Steps:
     width = min(num_steps, dim)
     nodes = np.full((num_probes, width), np.nan)
     weights = np.full((num_probes, width), np.nan)
     for p in range(num_probes):
         z = _probes(rng, dim, 1, "rademacher")[:, 0]
-        _, alpha, beta, _ = _lanczos_basis(matvec, z / _norm(z), num_steps)
+        _, alpha, beta, _ = yield from _lanczos_basis_steps(z / _norm(z), num_steps)
         theta, s = _tridiag_eigh(alpha, beta)
         nodes[p, : theta.shape[0]] = theta
         weights[p, : theta.shape[0]] = s[0, :] ** 2

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_sam
+import keras_sam.hessian as hessian
 from keras_sam.hessian import CurvatureOperator
 from tests.hessian import references
 
@@ -190,3 +191,59 @@ def test_forced_vectorization_that_vmap_refuses_names_the_option():
     )
     with pytest.raises(ValueError, match="vectorize=False"):
         forced.per_example_hvp(np.ones(op.dim))
+
+
+def test_shared_products_equal_dense_products(case):
+    # `matvec.drive` (one backend call: the loss and gradient once, then one
+    # second differentiation per product) against the dense Hessian, step by
+    # step: every product a Lanczos run asked for is checked.
+    op = CurvatureOperator(case.model, (case.x, case.y))
+    asked = []
+
+    def recorder():
+        v = np.random.default_rng(3).normal(size=op.dim)
+        for _ in range(4):
+            asked.append(v)
+            product = yield v
+            asked.append(product)
+            v = product + np.random.default_rng(len(asked)).normal(size=op.dim)
+        return "done"
+
+    assert op.matvec.drive(recorder()) == "done"
+    assert op.num_products == 4
+    for v, product in zip(asked[::2], asked[1::2]):
+        assert rel_err(product, case.h @ v) < 1e-5
+    assert rel_err(op.matvec(asked[0]), case.h @ asked[0]) < 1e-5
+
+
+def test_shared_and_per_product_solvers_agree(classifier):
+    c = classifier
+    shared = CurvatureOperator(c.model, (c.x, c.y))
+    several = CurvatureOperator(c.model, (c.x, c.y), batch_size=5)  # per product
+    top = np.linalg.eigvalsh(c.h)[-1]
+    for op in (shared, several):
+        result = hessian.top_eigenvalues(op, tol=1e-8, max_iter=op.dim)
+        assert result.eigenvalues[0] == pytest.approx(top, rel=1e-5)
+        t = hessian.trace_estimate(op, rtol=None, num_samples=20, seed=4)
+        plain = hessian.solvers.hutchinson(op.hvp, op.dim, 20, seed=4)
+        assert t.estimate == pytest.approx(plain.estimate, rel=1e-5)
+        assert t.matvecs == 20
+    density = hessian.spectral_density(shared, num_steps=shared.dim)
+    assert np.nanmax(density.nodes) == pytest.approx(top, rel=1e-5)
+
+
+def test_a_solver_error_inside_shared_products_is_raised(classifier):
+    c = classifier
+    op = CurvatureOperator(c.model, (c.x, c.y))
+
+    def failing():
+        yield np.ones(op.dim)
+        raise ZeroDivisionError("from the solver")
+
+    with pytest.raises(ZeroDivisionError, match="from the solver"):
+        op.matvec.drive(failing())
+    # The operator stays usable.
+    v = np.ones(op.dim)
+    assert rel_err(op.matvec(v), c.h @ v) < 1e-5
+    with pytest.raises(ValueError, match="shape"):
+        op.matvec.drive(iter([np.ones(op.dim + 1)]))

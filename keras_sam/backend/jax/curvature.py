@@ -11,7 +11,10 @@ dropout noise, as on TensorFlow). ``model.losses`` (``regularization=True``)
 are the scope's collected losses.
 
 - ``H v``: forward over reverse, `jax.jvp` of `jax.value_and_grad`, always
-  (``forward_over_reverse`` is accepted and has no effect);
+  (``forward_over_reverse`` is accepted and has no effect); ``drive`` runs
+  a whole solver in one jitted call: `jax.linearize` of the gradient once,
+  then a `lax.while_loop` of its tangent map, the solver called back through
+  `io_callback`;
 - per-example products ``H_i^k v``: one compiled ``[H_i v_i]`` applied k
   times, by `jax.vmap` over one-example batches
   (the ``"vectorized"`` path, the default: vmap batches every primitive
@@ -32,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
+from jax.experimental import io_callback
 from keras import tree
 
 from keras_sam.sparsity._masks import kernel_masks
@@ -120,6 +124,31 @@ class Functions:
             (loss, _), (_, hv) = jax.jvp(gradient, (params,), (tangents,))
             return flat(project(hv, mask_values)), loss
 
+        def shared_products(values, x, y, sw, v):
+            # Linearized once (the loss, its gradient and the residuals the
+            # tangent map needs, computed outside the loop); then, in a
+            # loop, only the tangent map ``v -> H v``, each next ``v`` from
+            # the solver (`_step`, a host callback) until it returns none.
+            params, state, mask_values = values
+            gradient = jax.grad(lambda p: loss_sum(p, state, x, y, sw))
+            _, tangent_map = jax.linearize(gradient, params)
+            shapes = (
+                jax.ShapeDtypeStruct((self.dim,), jnp.float32),
+                jax.ShapeDtypeStruct((), jnp.bool_),
+            )
+
+            def product(carry):
+                tangents = [
+                    t.astype(p.dtype)
+                    for t, p in zip(project(unflat(carry[0]), mask_values), params)
+                ]
+                hv = flat(project(tangent_map(tangents), mask_values))
+                return io_callback(self._step, shapes, hv)
+
+            return jax.lax.while_loop(
+                lambda carry: jnp.logical_not(carry[1]), product, (v, jnp.bool_(False))
+            )[1]
+
         def grad_sum(values, x, y, sw):
             params, state, mask_values = values
             loss, grads = jax.value_and_grad(lambda p: loss_sum(p, state, x, y, sw))(
@@ -141,6 +170,8 @@ class Functions:
 
         self._hvp = jax.jit(hvp_sum)
         self._grad = jax.jit(grad_sum)
+        self._shared = jax.jit(shared_products)
+        self._callback = None
         # One compiled per-example product per path, ``[H_i v_i]`` for a
         # matrix of vectors; ``H_i^k v`` applies it k times.
         self._rows = {
@@ -166,6 +197,24 @@ class Functions:
     def hvp(self, x, y, sw, v):
         """``(sum_i sw_i H_i v, sum_i sw_i f_i)``."""
         return self._hvp(self._values(), x, y, sw, v)
+
+    def _step(self, hv):
+        following = self._callback(np.asarray(hv))
+        if following is None:
+            return np.zeros([self.dim], np.float32), np.bool_(True)
+        return following, np.bool_(False)
+
+    def drive(self, x, y, sw, v, step) -> bool:
+        """Products ``sum_i sw_i H_i v`` from one linearization:
+        ``step(product) -> next v (float32 NumPy) or None``."""
+        self._callback = step
+        try:
+            jax.block_until_ready(
+                self._shared(self._values(), x, y, sw, jnp.asarray(v))
+            )
+        finally:
+            self._callback = None
+        return True
 
     def grad(self, x, y, sw):
         return self._grad(self._values(), x, y, sw)

@@ -10,7 +10,10 @@ the operator: ``dim``; ``tensors(structure)`` (NumPy to this backend);
 
 Here: reverse-over-reverse (or, on request, forward-over-reverse)
 differentiation in `tf.function`s traced once per model / loss / input
-signature (None batch dimension). Per-example products are vectorized with
+signature (None batch dimension). ``drive`` runs a whole solver in one
+call: the loss and its gradient once, then a `tf.while_loop` of second
+backward passes through a persistent tape, the solver called back through
+`tf.py_function` (not under XLA). Per-example products are vectorized with
 `tf.vectorized_map` (pfor) where the layers allow it and the first chunk
 agrees with the looped path (`tf.map_fn`); pfor gets keras.ops.einsum's
 reshaping fast path wrong and dies on recurrent while-loops, so those
@@ -183,6 +186,41 @@ class Functions:
             hv = accumulator.jvp(grads, unconnected_gradients=zero)
             return flat(project(hv)), loss
 
+        def shared_products(x, y, sw, v):
+            # The loss and its gradient once; then, in a loop, ``H v`` as
+            # the gradient of ``g . v`` (a persistent tape: only the second
+            # backward pass is repeated), each next ``v`` from the solver
+            # (`step`, a Python callback) until it returns none.
+            params = weights()
+            with tf.GradientTape(persistent=True) as outer:
+                outer.watch(params)
+                with tf.GradientTape() as inner:
+                    inner.watch(params)
+                    loss = loss_sum(x, y, sw, params)
+                grads = [
+                    tf.cast(_dense(g), tf.float32)
+                    for g in inner.gradient(loss, params, unconnected_gradients=zero)
+                ]
+
+            def product(v, done):
+                hv = outer.gradient(
+                    grads,
+                    params,
+                    output_gradients=project(unflat(v)),
+                    unconnected_gradients=zero,
+                )
+                following, done = tf.py_function(
+                    self._step, [flat(project(hv))], [tf.float32, tf.bool]
+                )
+                following.set_shape([dim])
+                done.set_shape([])
+                return following, done
+
+            final = tf.while_loop(
+                lambda v, done: tf.logical_not(done), product, [v, tf.constant(False)]
+            )
+            return final[1]
+
         def grad_sum(x, y, sw):
             params = weights()
             with tf.GradientTape() as tape:
@@ -229,6 +267,13 @@ class Functions:
             self._hvps.insert(
                 0, tf.function(forward_hvp_sum, input_signature=hvp_signature, **kw)
             )
+        # The solver's callback goes through the graph, so no XLA for it.
+        self._shared = (
+            None
+            if jit or forward
+            else tf.function(shared_products, input_signature=hvp_signature, **kw)
+        )
+        self._callback = None
         self.grad = tf.function(
             grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw
         )
@@ -260,6 +305,37 @@ class Functions:
                 if len(self._hvps) == 1:
                     raise
                 self._hvps.pop(0)
+
+    def _step(self, hv):
+        following = self._callback(hv.numpy())
+        if following is None:
+            return tf.zeros([self.dim], tf.float32), tf.constant(True)
+        return tf.constant(following), tf.constant(False)
+
+    def drive(self, x, y, sw, v, step) -> bool:
+        """Products ``sum_i sw_i H_i v`` sharing one forward and backward
+        pass: ``step(product) -> next v (float32 NumPy) or None``, starting
+        from ``v``. False (no step taken) where the loop cannot be traced:
+        the operator then calls `hvp` per step."""
+        if self._shared is None:
+            return False
+        taken = []
+
+        def counted(hv):
+            taken.append(None)
+            return step(hv)
+
+        self._callback = counted
+        try:
+            self._shared(x, y, sw, tf.constant(v))
+        except (ValueError, TypeError, NotImplementedError, LookupError):
+            if taken:
+                raise
+            self._shared = None  # the loop does not trace for this model
+            return False
+        finally:
+            self._callback = None
+        return True
 
     def power(self, k: int, path: str):
         """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""

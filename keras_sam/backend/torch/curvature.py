@@ -16,7 +16,8 @@ seeded alike in every product). ``model.losses``
 - ``H v``: reverse over reverse (double backward: `torch.autograd.grad`
   with ``create_graph=True``, then the gradient of ``g . v``);
   ``forward_over_reverse`` and ``jit_compile`` are accepted and have no
-  effect (eager). Attention runs on the math kernel of
+  effect (eager); ``drive`` runs a whole solver on one ``create_graph``
+  gradient, one more backward pass per product. Attention runs on the math kernel of
   `scaled_dot_product_attention` (its fused CPU kernel has no double
   backward).
 - per-example products ``H_i^k v``: `torch.func.vmap` of a forward-over-
@@ -185,6 +186,33 @@ class Functions:
             else:  # the gradient is constant: H = 0
                 hv = [None] * len(params)
         return self._flat(self._project(hv), params).detach(), loss.detach()
+
+    def drive(self, x, y, sw, v, step) -> bool:
+        """Products ``sum_i sw_i H_i v`` from one graph of the gradient
+        (``create_graph`` once, ``retain_graph`` per product: PyHessian's
+        saving): ``step(product) -> next v (float32 NumPy) or None``."""
+        with torch.enable_grad():
+            params = self._leaves()
+            loss = self._loss_sum(params, x, y, sw)
+            grads = torch.autograd.grad(
+                loss, params, create_graph=True, allow_unused=True
+            )
+            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            while v is not None:
+                tangents = self._project(self._unflat(self.tensors(v)))
+                if live:
+                    hv = torch.autograd.grad(
+                        [grads[i].float() for i in live],
+                        params,
+                        grad_outputs=[tangents[i] for i in live],
+                        retain_graph=True,
+                        allow_unused=True,
+                    )
+                else:  # the gradient is constant: H = 0
+                    hv = [None] * len(params)
+                product = self._flat(self._project(hv), params).detach()
+                v = step(product.cpu().numpy())
+        return True
 
     def grad(self, x, y, sw):
         with torch.enable_grad():
