@@ -41,15 +41,8 @@ import keras
 import numpy as np
 
 import keras_sam
-from keras_sam import _validation, hessian, variants
-
-#: Variants whose switch point needs the training's step count.
-_PHASE_VARIANTS = {
-    "latesam": variants.LatePhaseSAM,
-    "late_phase_sam": variants.LatePhaseSAM,
-    "earlysam": variants.EarlyPhaseSAM,
-    "early_phase_sam": variants.EarlyPhaseSAM,
-}
+from keras_sam import _validation, hessian
+from keras_sam.study.variant_options import variant_for_training
 
 
 @dataclasses.dataclass
@@ -127,12 +120,6 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def _sam_variant(variant: Any, total_steps: int):
-    if isinstance(variant, str) and variant.lower() in _PHASE_VARIANTS:
-        return _PHASE_VARIANTS[variant.lower()](total_steps=total_steps)
-    return variants.get(variant)
-
-
 def _steps_per_epoch(x: Any, batch_size: int) -> int:
     first = keras.tree.flatten(x)[0]
     return math.ceil(len(first) / batch_size)
@@ -187,7 +174,7 @@ def compare(
             "`model` is not compiled: pass `loss` (and `optimizer`, `metrics`)."
         )
     total_steps = epochs * _steps_per_epoch(train[0], batch_size)
-    sam_variant = _sam_variant(variant, total_steps)
+    sam_variant = variant_for_training(variant, total_steps)
     settings = {
         "epochs": epochs,
         "batch_size": batch_size,
