@@ -112,11 +112,12 @@ def dataset(model_name, batch):
 
 def time_call(fn, args, calls=300):
     """Process CPU seconds of one call of the tf.function `fn` (the mean of
-    `calls`; CPU time is the steadier figure on a shared machine)."""
-    tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+    `calls`; CPU time is the steadier figure on a shared machine). The
+    results stay tensors: copying them out would add weight-sized copies."""
+    fn(*args)
     start = time.process_time()
     for _ in range(calls):
-        tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+        fn(*args)
     return (time.process_time() - start) / calls
 
 
@@ -185,7 +186,7 @@ def run_model(model_name, steps, rounds):
         )
     parts = pieces(weights)
     print(
-        "pieces (ms, wall, alone): "
+        "pieces (ms CPU, alone): "
         + ", ".join(f"{k} {1e3 * v:.3f}" for k, v in parts.items())
     )
     cheap = parts["|g|"] + parts["reuse"]

@@ -190,7 +190,6 @@ def keras_weights(arrays, name, momentum, steps):
 
 def reference_weights(arrays, name, steps):
     """The NumPy re-derivation from the papers (plain SGD only)."""
-    sys.path.insert(0, str(ROOT))
     from tests.variants import reference
 
     params = [arrays[k] for k in ("kernel0", "bias0", "kernel1", "bias1")]
@@ -227,6 +226,7 @@ def main() -> None:
 
     import numpy as np
 
+    sys.path.insert(0, str(ROOT))  # this checkout's keras_sam and tests
     python = make_venv(Path(args.venv))
     arrays = problem()
     with tempfile.TemporaryDirectory() as tmp:
