@@ -11,6 +11,7 @@ CPU) unless `--jit`. Variants, with their paper defaults except where named:
   of each five must skip the second pass);
 - gsam, wsam, fsam, rwp, aesam: two passes (target: within 3% of SAM;
   AE-SAM runs the second pass only on some steps);
+- msam: Momentum-SAM, one pass at w + eps (eps from SGD's momentum);
 - samon is left out: the MLP has no normalization layer;
 - with `--breakdown`, LookSAM with parts of its rule left out (same
   passes): look-noreuse (the cheap steps apply g, not g + s gv),
@@ -55,6 +56,7 @@ VARIANTS = {
     "fsam": variants.FriendlySAM(),
     "rwp": variants.RWP(seed=0),
     "aesam": variants.AESAM(),
+    "msam": variants.MomentumSAM(),
 }
 
 

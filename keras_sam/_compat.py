@@ -36,6 +36,7 @@ __all__ = [
     "flatten_layers",
     "in_multi_worker_mode",
     "loss_tracker",
+    "momentum_slots",
     "optimizer_variable_index",
     "own_trainable_variables",
     "unlocked_tracker",
@@ -154,3 +155,27 @@ def optimizer_variable_index(
     variable the optimizer was built with.
     """
     return optimizer._get_variable_index(variable)
+
+
+#: Where each Keras optimizer keeps its first-moment (momentum) buffers, one
+#: per variable in build order: SGD's public-looking but undocumented
+#: `momentums`, and the private lists of the Adam family, Adamax and Lion.
+#: No public API exposes an optimizer's slots by variable; Momentum-SAM
+#: perturbs along them.
+_MOMENTUM_ATTRIBUTES = (
+    (keras.optimizers.SGD, "momentums"),
+    (keras.optimizers.Adam, "_momentums"),  # and AdamW, its subclass
+    (keras.optimizers.Nadam, "_momentums"),
+    (keras.optimizers.Lion, "_momentums"),
+    (keras.optimizers.Adamax, "_m"),
+)
+
+
+def momentum_slots(optimizer: keras.optimizers.Optimizer) -> list | None:
+    """The built optimizer's momentum buffers in its build order, or None
+    where its class keeps none that `_MOMENTUM_ATTRIBUTES` knows (an empty
+    list: SGD with momentum=0)."""
+    for cls, attribute in _MOMENTUM_ATTRIBUTES:
+        if isinstance(optimizer, cls):
+            return list(getattr(optimizer, attribute))
+    return None

@@ -215,3 +215,42 @@ def test_optimizer_variable_index_finds_each_variables_slot():
     assert indices == [2, 0, 1]
     for variable, index in zip(asked, indices, strict=True):
         assert tuple(optimizer.momentums[index].shape) == tuple(variable.shape)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        lambda: keras.optimizers.Adam(0.1),
+        lambda: keras.optimizers.AdamW(0.1),
+        lambda: keras.optimizers.Nadam(0.1),
+        lambda: keras.optimizers.Adamax(0.1),
+        lambda: keras.optimizers.Lion(0.1),
+    ],
+)
+def test_momentum_slots_are_the_first_moments(make):
+    """One buffer per variable, of its shape, and the one `update_step`
+    writes with the gradient (not Adam's second moment)."""
+    variables = [keras.Variable(np.zeros(shape, "float32")) for shape in [(2,), (3, 1)]]
+    optimizer = make()
+    optimizer.build(variables)
+    slots = _compat.momentum_slots(optimizer)
+    assert slots is not None, f"momentum_slots: {type(optimizer).__name__} moved"
+    assert [tuple(s.shape) for s in slots] == [(2,), (3, 1)]
+    gradients = [keras.ops.full((2,), -1.0), keras.ops.full((3, 1), -1.0)]
+    optimizer.apply(gradients, variables)
+    for slot in slots:
+        value = keras.ops.convert_to_numpy(slot)
+        # SGD's velocity (-lr g) and the first moments ((1 - beta_1) g) of a
+        # negative gradient have opposite signs; a second moment is g^2 > 0.
+        if isinstance(optimizer, keras.optimizers.SGD):
+            assert np.all(value > 0)
+        else:
+            assert np.all(value < 0)
+
+
+def test_momentum_slots_of_others():
+    optimizer = keras.optimizers.SGD(0.1)
+    optimizer.build([keras.Variable(np.zeros(2))])
+    assert _compat.momentum_slots(optimizer) == []
+    assert _compat.momentum_slots(keras.optimizers.RMSprop(0.1)) is None

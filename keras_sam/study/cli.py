@@ -3,7 +3,9 @@
 - ``keras-sam sweep WORKLOAD [options]``: the overparameterization sweep
   (sizes x {SGD, SAM at each rho} x seeds), resumable, with a summary table
   and plots in ``--out``;
-- ``keras-sam demo``: one SGD vs SAM comparison on the synthetic workload.
+- ``keras-sam demo``: one SGD vs SAM comparison on the synthetic workload;
+- ``keras-sam compare MODEL.keras --data DATA.npz``: your model on your data,
+  base optimizer vs SAM for the same budget (``keras_sam.study.compare``).
 """
 
 from __future__ import annotations
@@ -309,9 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _sweep_parser(sub)
     _demo_parser(sub)
+    from keras_sam.study import compare_cli
+
+    compare_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "sweep":
         return run_sweep_command(args)
+    if args.command == "compare":
+        return compare_cli.run(args)
     run_demo(args)
     return 0
 

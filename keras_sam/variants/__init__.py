@@ -18,6 +18,9 @@ model.gradient_passes  # forward-backward passes taken so far
 | `RWP(sigma, mix)` | mix gs + (1 - mix) g, eps random | 2 |
 | `SAMON(layer_types, paths)` | gs, eps on normalization layers only | 2 |
 | `AESAM(threshold, momentum)` | gs when \\|g\\|^2 is high, else g | 1 to 2 |
+| `LatePhaseSAM(total_steps, start)` | g until step start * total, then gs | 1, then 2 |
+| `EarlyPhaseSAM(total_steps, stop)` | gs until step stop * total, then g | 2, then 1 |
+| `MomentumSAM()` | the gradient at w + rule(-v), v the optimizer's momentum | 1 |
 
 rho may be a number, a `keras.optimizers.schedules.LearningRateSchedule` or a
 callable of the step; `ProportionalRho` is GSAM's rho-follows-lr schedule.
@@ -33,6 +36,13 @@ step under Keras 3.15's MirroredStrategy), state = the values of
 `model.variant_state` (Keras variables made from `variant.state_shapes`,
 all starting at zero, saved with the model).
 
+0. If ``variant.single_pass`` (Momentum-SAM): ``variables, sign =
+   variant.optimizer_direction(optimizer, trainable)``; eps =
+   ``variant.perturbation(rule, [sign * value of each], ...)`` (masked and
+   selected as in 4); ONE pass at w + eps, with the model's state updates
+   (it is the step's only pass), whose loss, predictions and gradient are
+   the step's; d = that gradient; steps 2-5 do not run, and
+   `gradient_pass_counter` grows by 1.
 1. Once per trace: ``selection = variant.weight_selection(model)`` (None or
    one bool per trainable variable); multiply g by it before eps is formed
    and eps by it after.
@@ -65,6 +75,8 @@ from keras_sam.variants.friendly import FriendlySAM
 from keras_sam.variants.gsam import GSAM
 from keras_sam.variants.lazy import LazySAM
 from keras_sam.variants.looksam import LookSAM
+from keras_sam.variants.momentum import MomentumSAM
+from keras_sam.variants.phases import EarlyPhaseSAM, LatePhaseSAM
 from keras_sam.variants.plain import PlainSAM
 from keras_sam.variants.rwp import RWP
 from keras_sam.variants.sam_on import SAMON
@@ -73,13 +85,16 @@ from keras_sam.variants.wsam import WSAM
 
 __all__ = [
     "AESAM",
+    "EarlyPhaseSAM",
     "GSAM",
     "RWP",
     "SAMON",
     "WSAM",
     "FriendlySAM",
+    "LatePhaseSAM",
     "LazySAM",
     "LookSAM",
+    "MomentumSAM",
     "PlainSAM",
     "ProportionalRho",
     "Variant",

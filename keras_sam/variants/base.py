@@ -39,6 +39,10 @@ class Variant(_registry.Configurable):
     #: True when `perturbation` draws random numbers (the step passes a
     #: `keras.random.SeedGenerator`).
     random: bool = False
+    #: True when eps is formed before any gradient, from the optimizer's
+    #: state (`optimizer_direction`): the step then takes one pass, at
+    #: w + eps, with the model's state updates, and d = that gradient.
+    single_pass: bool = False
 
     def state_shapes(self, weights: Sequence[Any]) -> list[tuple[tuple, str]]:
         """(shape, dtype) of each state tensor; all start at zero."""
@@ -47,6 +51,12 @@ class Variant(_registry.Configurable):
     def weight_selection(self, model: keras.Model) -> list[bool] | None:
         """Which trainable variables eps may move (None: all of them)."""
         return None
+
+    def optimizer_direction(self, optimizer, trainable_variables):
+        """For `single_pass` variants: (optimizer variables, one per trainable
+        variable, sign) such that sign * their values point uphill, as g
+        does; `perturbation` gets those signed values as its `gradients`."""
+        raise NotImplementedError(f"{type(self).__name__} is not single-pass.")
 
     def needs_second_pass(self, step: Any, gradients: Sequence[Any], state: list):
         """Whether step `step` runs the perturbed pass: a Python bool or a

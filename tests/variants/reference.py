@@ -40,6 +40,15 @@ def train(variant, params, x, y, rho, lr, steps, rule="sam", masks=None, **optio
 
         if variant == "sam":
             d = perturbed(g)
+        elif variant in ("latesam", "earlysam"):
+            sam_now = i >= options["switch"]
+            if variant == "earlysam":
+                sam_now = not sam_now
+            if sam_now:
+                d = perturbed(g)
+                passes += 1
+            else:
+                d = g
         elif variant in ("lazysam", "looksam"):
             k = options["every"]
             if i % k == 0:
@@ -83,7 +92,38 @@ def train(variant, params, x, y, rho, lr, steps, rule="sam", masks=None, **optio
                 d = g
         else:
             raise ValueError(variant)
-        if variant not in ("lazysam", "looksam", "aesam"):
+        if variant not in ("lazysam", "looksam", "aesam", "latesam", "earlysam"):
             passes += 1
         params = [p - lr * a for p, a in zip(params, d)]
     return params, passes
+
+
+def train_msam(params, x, y, rho, lr, steps, optimizer="sgd", momentum=0.9):
+    """Momentum-SAM (Becker et al. 2024, Algorithm 1) over `steps` full-batch
+    steps: the gradient at w - rho v / |v| (v the accumulated gradient; 0 on
+    the first step), applied at w by SGD with Keras's momentum (velocity
+    m = mu m - lr g, w += m, so v = -m / lr) or by Adam (v = its first
+    moment, Keras's bias correction and epsilon). rho = 0 is the optimizer
+    alone."""
+    params = [p.astype(np.float64) for p in params]
+    m = [np.zeros_like(p) for p in params]
+    second = [np.zeros_like(p) for p in params]
+    beta_1, beta_2, epsilon = 0.9, 0.999, 1e-7
+    for t in range(1, steps + 1):
+        uphill = [-a for a in m] if optimizer == "sgd" else m
+        size = _norm(uphill)
+        scale = rho / size if size > 0 else 0.0
+        shifted = [p - scale * u for p, u in zip(params, uphill)]
+        g = reference.loss_and_grads(shifted, x, y)[1]
+        if optimizer == "sgd":
+            m = [momentum * a - lr * b for a, b in zip(m, g)]
+            params = [p + a for p, a in zip(params, m)]
+        else:
+            m = [beta_1 * a + (1 - beta_1) * b for a, b in zip(m, g)]
+            second = [beta_2 * a + (1 - beta_2) * b * b for a, b in zip(second, g)]
+            alpha = lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+            params = [
+                p - alpha * a / (np.sqrt(b) + epsilon)
+                for p, a, b in zip(params, m, second)
+            ]
+    return params

@@ -230,6 +230,9 @@ def _variant_terms(passes, trainable):
     selection = variant_selection(model)
     seed_var = model.variant_seed.state if model.variant_seed is not None else None
 
+    if variant.single_pass:
+        return _single_pass_terms(passes, trainable, selection, seed_var)
+
     def run_passes(non_trainable, metrics_vars, x, y, sample_weight):
         scaled_grads, (loss, y_pred, state, metrics_vars) = passes._gradients(
             trainable, non_trainable, metrics_vars, x, y, sample_weight
@@ -282,6 +285,52 @@ def _variant_terms(passes, trainable):
         return terms, y_pred, state, metrics_vars
 
     return run_passes
+
+
+def _single_pass_terms(passes, trainable, selection, seed_var):
+    """`_variant_terms` for a single-pass variant (Momentum-SAM): eps from the
+    optimizer's state, one pass at w + eps whose state output is kept; gs and
+    g are its gradient, and no second pass ran."""
+    model = passes.model
+    variant = model.variant
+    slots, sign = variant.optimizer_direction(
+        model.optimizer, model.trainable_variables
+    )
+    values = dict(zip(map(id, model.optimizer.variables), passes.optimizer_vars))
+    direction = _apply_masks([sign * values[id(v)] for v in slots], passes.masks)
+
+    def run_pass(non_trainable, metrics_vars, x, y, sample_weight):
+        step = _values_of(model, [model.variant_step], non_trainable)[0]
+        variant_state = _values_of(
+            model, list(model.variant_state or []), non_trainable
+        )
+        seed = _values_of(model, [seed_var], non_trainable)[0]
+        mapping = [] if seed_var is None else [(seed_var, seed)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            eps = variant.perturbation(
+                model.perturbation,
+                _select(direction, selection),
+                trainable,
+                passes.rho,
+                variant_state,
+                step,
+                model.variant_seed,
+            )
+            if seed_var is not None:
+                seed = scope.get_current_value(seed_var)
+        eps = _apply_masks(_select(eps, selection), passes.masks)
+        weights = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
+        scaled_grads, (loss, y_pred, state, metrics_vars) = passes._gradients(
+            weights, non_trainable, metrics_vars, x, y, sample_weight
+        )
+        grads = _apply_masks(passes._unscale(scaled_grads), passes.masks)
+        if seed_var is not None:
+            state = _with_values(model, state, {id(seed_var): seed})
+        zero = jnp.zeros((), "float32")
+        terms = (list(grads), grads, zero, loss.astype("float32"), zero)
+        return terms, y_pred, state, metrics_vars
+
+    return run_pass
 
 
 def _with_values(model, state, updates):

@@ -115,6 +115,8 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
     ran, clean y_pred, clean loss, perturbed loss). Applies the clean pass's
     state updates. Where the variant skips the second pass, the perturbed
     grads are the clean ones (scaled like a perturbed pass's)."""
+    if model.variant is not None and model.variant.single_pass:
+        return _single_pass_gradients(model, x, y, sample_weight)
     state = [tf.identity(v.value) for v in model.non_trainable_variables]
     clean_grads, y_pred, loss = _compiled(model, _clean_pass)(
         model, x, y, sample_weight
@@ -147,6 +149,47 @@ def _sam_gradients(model, x, y, sample_weight, replica_eps):
         )
         grads = _poison_unless(finite, grads)
     return grads, clean_grads, run, y_pred, loss, perturbed_loss
+
+
+def _single_pass_gradients(model, x, y, sample_weight):
+    """A single-pass variant (Momentum-SAM): eps from the optimizer's state,
+    one pass at w + eps that applies the state updates. Returns what
+    `_sam_gradients` does, with no second pass."""
+    trainable = model.trainable_variables
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(trainable)
+    slots, sign = model.variant.optimizer_direction(optimizer, trainable)
+    masks = kernel_masks(trainable)
+    direction = _apply_masks([sign * v.value for v in slots], masks)
+    weights = [tf.identity(v.value) for v in trainable]
+    eps = _apply_masks(_epsilon(model, direction, weights, masks), masks)
+    perturbed = [w + tf.cast(e, w.dtype) for w, e in zip(weights, eps)]
+
+    def one_pass(model, x, y, sample_weight, perturbed):
+        with tf.GradientTape() as tape:
+            tape.watch(perturbed)
+            mapping = list(zip(model.trainable_variables, perturbed))
+            with keras.StatelessScope(
+                state_mapping=mapping, collect_losses=True
+            ) as scope:
+                y_pred = forward(model, x)
+                loss = _loss(model, x, y, y_pred, sample_weight)
+                scaled_loss = model.optimizer.scale_loss(loss)
+        grads = tape.gradient(
+            scaled_loss, perturbed, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        updates = [scope.get_current_value(v) for v in model.non_trainable_variables]
+        return grads, y_pred, loss, updates
+
+    grads, y_pred, loss, updates = _compiled(model, one_pass)(
+        model, x, y, sample_weight, perturbed
+    )
+    for variable, value in zip(model.non_trainable_variables, updates):
+        if value is not None:
+            variable.assign(value)
+    grads = _apply_masks(grads, masks)
+    return grads, _unscale(model.optimizer, grads), False, y_pred, loss, loss
 
 
 def _clean_pass(model, x, y, sample_weight):

@@ -73,6 +73,8 @@ def _variant_gradients(model, x, y, sample_weight):
     pass ran, clean y_pred, clean loss, perturbed loss); applies the clean
     pass's state updates. Where the variant skips the second pass, the
     perturbed grads are the clean ones."""
+    if model.variant is not None and model.variant.single_pass:
+        return _single_pass_gradients(model, x, y, sample_weight)
     trainable = model.trainable_variables
     state = [v.value.detach().clone() for v in model.non_trainable_variables]
     weights = [v.value for v in trainable]
@@ -119,6 +121,38 @@ def _variant_gradients(model, x, y, sample_weight):
         loss.detach(),
         perturbed_loss.detach(),
     )
+
+
+def _single_pass_gradients(model, x, y, sample_weight):
+    """A single-pass variant (Momentum-SAM): eps from the optimizer's state,
+    one pass at w + eps that applies the state updates. Returns what
+    `_variant_gradients` does, with no second pass."""
+    trainable = model.trainable_variables
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(trainable)
+    slots, sign = model.variant.optimizer_direction(optimizer, trainable)
+    masks = [None if m is None else m.value for m in kernel_masks(trainable)]
+    with torch.no_grad():
+        direction = _apply_masks([sign * v.value for v in slots], masks)
+        weights = [v.value.detach() for v in trainable]
+        eps = _apply_masks(_epsilon(model, direction, weights), masks)
+        perturbed = [w + e.to(w.dtype) for w, e in zip(weights, eps)]
+    perturbed = [p.requires_grad_() for p in perturbed]
+    with keras.StatelessScope(
+        state_mapping=list(zip(trainable, perturbed)), collect_losses=True
+    ) as scope:
+        y_pred = forward(model, x)
+        loss = _compat.compute_loss(model, x, y, y_pred, sample_weight)
+        scaled = model.optimizer.scale_loss(loss)
+    for variable in model.non_trainable_variables:
+        value = scope.get_current_value(variable)
+        if value is not None:
+            variable.assign(value)
+    grads = _apply_masks(_gradients(scaled, perturbed), masks)
+    clean = _unscale(model.optimizer, grads)
+    loss = loss.detach()
+    return grads, clean, False, _detach(y_pred), loss, loss
 
 
 def _variant_state(model):

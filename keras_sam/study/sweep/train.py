@@ -15,6 +15,7 @@ import keras_sam
 from keras_sam.optimizers import L2SGD
 from keras_sam.study.sweep.distribute import replicas, resolve_strategy
 from keras_sam.study.sweep.plan import SAM, RunSpec
+from keras_sam.study.variant_options import variant_for_training
 from keras_sam.study.workloads.presets import Preset
 from keras_sam.study.workloads.registry import Data, Workload
 
@@ -179,7 +180,10 @@ def _train_run(
         prune(model, spec, workload, preset, data, build_options)
     trained = model
     if spec.rho is not None:
-        variant = None if spec.method == SAM else spec.method
+        variant = None
+        if spec.method != SAM:
+            total_steps = preset.epochs * _steps_per_epoch(data, preset.batch_size)
+            variant = variant_for_training(spec.method, total_steps)
         trained = keras_sam.sam(
             model, rho=spec.rho, perturbation=preset.perturbation, variant=variant
         )
