@@ -379,7 +379,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
         Preset(
             "mnist1d",
             "noise",
-            sizes=(16, 32, 64, 256, 512),
+            sizes=(16, 32, 64, 128, 256),
             rhos=(0.1, 0.2),
             label_noise=0.15,
             **_REAL,

@@ -254,3 +254,5 @@ def test_tiny_sweep_records_best_and_final_accuracy(tmp_path):
         scores = r["scores"]
         assert 0.0 <= scores["test_accuracy"] <= scores["best_epoch_test_accuracy"]
         assert len(r["history"]["val_accuracy"]) == 2
+    text = (tmp_path / "summary.md").read_text()
+    assert "Best epoch's test accuracy" in text and "final train accuracy" in text
