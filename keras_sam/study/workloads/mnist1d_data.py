@@ -7,9 +7,10 @@ The package's ``make_dataset`` is called, with three of its traps kept out:
 - ``import mnist1d`` imports matplotlib (``mnist1d.utils``) and requests
   (``mnist1d.data``). Here ``data.py`` and ``utils.py`` are executed from
   the package's files with those two names bound to stand-ins that raise if
-  used, and ``transform.py`` is loaded as it is (NumPy and SciPy only).
-  Nothing is added to ``sys.modules``; requests is never reachable, so the
-  generation never touches the network.
+  used, and ``transform.py`` as it is (NumPy and SciPy only). The files are
+  compiled from source (no ``.pyc`` written) and nothing is added to
+  ``sys.modules``; requests is never reachable, so the generation never
+  touches the network.
 - ``make_dataset`` reseeds Python's ``random`` and ``np.random``: both global
   states are saved and restored around it.
 - ``get_dataset`` downloads by default and pickles into the working
@@ -81,11 +82,8 @@ def _mnist1d_data_module():
     root = _package_dir()
     package = types.ModuleType("mnist1d")
     package.__path__ = [root]
-    spec = importlib.util.spec_from_file_location(
-        "mnist1d.transform", os.path.join(root, "transform.py")
-    )
-    transform = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(transform)  # numpy and scipy only
+    # numpy and scipy only; compiled from source here, so no .pyc is written
+    transform = _load_file(os.path.join(root, "transform.py"), "mnist1d.transform", {})
     matplotlib = _Unavailable("matplotlib")
     matplotlib.__dict__["pyplot"] = _Unavailable("matplotlib.pyplot")
     utils = _load_file(

@@ -48,6 +48,8 @@ def generated(tmp_path_factory):
     random.seed(11)
     np.random.seed(13)
     modules = _watched_modules()
+    package = mnist1d_data._package_dir()
+    package_files = sorted(os.walk(package))
     os.chdir(cwd)
     socket.socket = no_network
     try:
@@ -60,6 +62,7 @@ def generated(tmp_path_factory):
         "draws": (random.random(), np.random.rand()),
         "expected": expected,
         "files": os.listdir(cwd),
+        "package_unchanged": sorted(os.walk(package)) == package_files,
         "network": attempts,
         "new_modules": _watched_modules() - modules,
     }
@@ -82,6 +85,7 @@ def test_mnist1d_is_the_standard_split(generated):
 def test_mnist1d_generation_leaves_no_trace(generated):
     assert generated["draws"] == generated["expected"]  # global states restored
     assert generated["files"] == []  # nothing in the working directory
+    assert generated["package_unchanged"]  # no .pyc, no pickle next to mnist1d
     assert generated["network"] == []  # never opened a socket
     assert generated["new_modules"] == set()  # no mnist1d / matplotlib / requests
 
