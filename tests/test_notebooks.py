@@ -11,7 +11,13 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
-ALL = ["quickstart.ipynb", "sweep.ipynb", "curvature.ipynb", "sparsity.ipynb"]
+ALL = [
+    "quickstart.ipynb",
+    "sweep.ipynb",
+    "curvature.ipynb",
+    "sparsity.ipynb",
+    "mnist1d.ipynb",
+]
 
 
 def load(name):
@@ -144,3 +150,15 @@ assert all(not layer.masked for layer in sparsity.sparsity_report(loaded).layers
 """
     nb = execute("sparsity.ipynb", tmp_path, monkeypatch, env, check=check)
     assert images(nb) == 1
+
+
+def test_mnist1d_notebook_runs(monkeypatch, tmp_path):
+    out = tmp_path / "mnist1d"
+    env = {"KERAS_SAM_NB_TINY": "1", "KERAS_SAM_NB_OUT": str(out)}
+    check = """
+assert len(summaries) == 2 and x.shape == (4000, 40), summaries
+assert set(train) == set(params) and len(best) == 2
+"""
+    nb = execute("mnist1d.ipynb", tmp_path, monkeypatch, env, check=check)
+    assert (out / "summary.md").exists()
+    assert images(nb) == 2

@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-from keras_sam.study.sweep import cost_gain, plots, summary, train
+from keras_sam.study.sweep import cost_gain, plots, summary, train, views
 from keras_sam.study.sweep.distribute import resolve_strategy
 from keras_sam.study.sweep.plan import (
     RunSpec,
@@ -256,6 +256,24 @@ def run_sweep(
     return write_summary(preset, out_dir, make_plots=make_plots, stream=stream)
 
 
+def _best_epoch_parts(records, workload: Workload, keys: set[str]) -> list[str]:
+    """The best epoch's metric (as the authors' code reports it) and the
+    final training fit, for sweeps with ``eval_every_epoch``."""
+    score = f"best_epoch_{workload.metric}"
+    best = summary.summarize(
+        views.scored(records, score), workload.higher_is_better, keys
+    )
+    parts = [
+        f"Best epoch's {workload.metric.replace('_', ' ')} (the test curve's "
+        "best point):\n\n" + summary.markdown_table(best, score, workload.size_name),
+        summary.rho_table(best, score),
+    ]
+    fit = views.train_fit_table(records, keys)
+    if fit:
+        parts.append("Training fit at the last epoch:\n\n" + fit)
+    return parts
+
+
 def write_summary(
     preset: Preset,
     out_dir: str,
@@ -301,6 +319,8 @@ def write_summary(
         table,
         summary.rho_table(sizes, workload.metric),
     ]
+    if preset.eval_every_epoch:
+        parts += _best_epoch_parts(records, workload, keys)
     if preset.loss != "default":
         parts.insert(2, f"Loss: {preset.loss} (training and Hessian metrics).\n")
     variants = cost_gain.cost_gain_table(

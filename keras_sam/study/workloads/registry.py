@@ -20,9 +20,12 @@ import keras
 from keras_sam.study.workloads import (
     classification,
     datasets,
+    digits_data,
     matrix_factorization,
     mlp,
+    mnist1d_data,
     resnet,
+    signal_nets,
     synthetic,
 )
 from keras_sam.study.workloads.losses import OneHotMeanSquaredError
@@ -129,6 +132,62 @@ def _classification_load(
         teacher_hidden=teacher_hidden,
     )
     return Data(train, test, len(train[0]))
+
+
+def _offline_load(arrays_fn):
+    """A loader of an offline array data set (MNIST-1D, digits): its
+    package missing is a `DatasetUnavailableError` naming the extra."""
+
+    def load(num_train=None, num_test=None, seed=0, label_noise=0.0, **_):
+        try:
+            train, test = arrays_fn(
+                num_train=num_train,
+                num_test=num_test,
+                seed=seed,
+                label_noise=label_noise,
+            )
+        except ImportError as error:
+            raise datasets.DatasetUnavailableError(str(error)) from error
+        return Data(train, test, len(train[0]))
+
+    return load
+
+
+def _signal_workloads(name, description, arrays_fn, length):
+    """The MLP (``name``) and 1-D CNN (``name-cnn``) workloads of a signal
+    data set of ``length`` inputs."""
+    load = _offline_load(arrays_fn)
+    mlp_workload = Workload(
+        name,
+        f"{description}, 2-hidden-layer ReLU MLP of width w",
+        "width",
+        "test_accuracy",
+        lambda w, seed=None, init="he": signal_nets.signal_mlp(
+            w, input_dim=length, seed=seed, init=init
+        ),
+        lambda w: signal_nets.signal_mlp_params(w, input_dim=length),
+        load,
+        _classification_loss,
+        _accuracy,
+        OneHotMeanSquaredError,
+        inits=mlp.INITS,
+    )
+    cnn_workload = Workload(
+        f"{name}-cnn",
+        f"{description}, 3-layer 1-D CNN of c channels",
+        "channels",
+        "test_accuracy",
+        lambda c, seed=None, init="he": signal_nets.signal_cnn(
+            c, length=length, seed=seed, init=init
+        ),
+        lambda c: signal_nets.signal_cnn_params(c, length=length),
+        load,
+        _classification_loss,
+        _accuracy,
+        OneHotMeanSquaredError,
+        inits=mlp.INITS,
+    )
+    return [mlp_workload, cnn_workload]
 
 
 def _factorization_load(num_train=1000, num_test=1000, seed=0, **_):
@@ -294,6 +353,18 @@ WORKLOADS: dict[str, Workload] = {
             _accuracy,
             OneHotMeanSquaredError,
             inits=mlp.INITS,
+        ),
+        *_signal_workloads(
+            "mnist1d",
+            "MNIST-1D (4,000 / 1,000 length-40 signals, generated offline)",
+            mnist1d_data.mnist1d_arrays,
+            mnist1d_data.LENGTH,
+        ),
+        *_signal_workloads(
+            "digits",
+            "scikit-learn digits (1,347 / 450 8x8 images as 64 inputs)",
+            digits_data.digits_arrays,
+            digits_data.PIXELS,
         ),
     ]
 }
