@@ -33,6 +33,7 @@ __all__ = [
     "call_has_training_arg",
     "compile_arguments",
     "compute_loss",
+    "ddp_process_group",
     "flatten_layers",
     "in_multi_worker_mode",
     "loss_tracker",
@@ -42,7 +43,8 @@ __all__ = [
     "unlocked_tracker",
 ]
 
-#: The `keras.Model` hook, called by `fit`, `evaluate` and `predict`, that
+#: The `keras.Model` hook, called by `fit`, `evaluate` and `predict` (on
+#: TensorFlow; on JAX too from Keras 3.16), that
 #: builds the model, its metrics and optimizer from the first batch. There is
 #: no public hook for this; `SAMModel` overrides it to build from a
 #: worker-local batch under `MultiWorkerMirroredStrategy`
@@ -179,3 +181,18 @@ def momentum_slots(optimizer: keras.optimizers.Optimizer) -> list | None:
         if isinstance(optimizer, cls):
             return list(getattr(optimizer, attribute))
     return None
+def ddp_process_group(model: keras.Model) -> Any | None:
+    """The process group of the `DistributedDataParallel` wrapper that
+    Keras's torch trainer puts around `model`, or None without one.
+
+    From Keras 3.16 the torch trainer wraps the model when
+    `torch.distributed` is initialized and keeps the wrapper in the private
+    attribute ``ddp_model`` (Keras 3.15 has none). Its own step all-reduces
+    the gradients through DDP's hooks on ``loss.backward()``; the SAM step
+    takes its gradients with `torch.autograd.grad` (the perturbed pass
+    differentiates leaves that are not the model's parameters), which those
+    hooks never see, even through the wrapper. So the step all-reduces them
+    itself, over the wrapper's group.
+    """
+    wrapper = getattr(model, "ddp_model", None)
+    return None if wrapper is None else wrapper.process_group

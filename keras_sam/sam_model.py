@@ -189,6 +189,14 @@ class SAMModel(keras.Model):
     # A private Keras hook (`_compat.SYMBOLIC_BUILD_HOOK`): build from a
     # worker-local batch under multi-worker strategies.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if keras.backend.backend() != "tensorflow":
+            # Keras 3.16's JAX trainer calls this hook too (3.15's calls
+            # `_symbolic_build` directly); it has no `distribute_strategy`.
+            result = super()._maybe_symbolic_build(
+                iterator=iterator, data_batch=data_batch
+            )
+            self._build_variant_state()
+            return result
         strategy = self.distribute_strategy
         if iterator is not None and keras.backend.backend() == "tensorflow":
             from keras_sam.backend.tensorflow import replicas as tf_replicas

@@ -342,6 +342,26 @@ def test_jit_and_steps_per_execution_agree(regression_data, options):
         assert_weights_close(final[0], other, atol=1e-5)
 
 
+@pytest.mark.backends("torch")
+def test_steps_per_execution_on_torch_where_keras_has_it(regression_data):
+    """Keras 3.16 runs `steps_per_execution` batches per call on torch (the
+    SAM step once per batch); Keras 3.15 refuses anything but 1."""
+    x, y = regression_data
+    final = []
+    for steps in (1, 3):
+        model = mlp(rho=0.1, micro_batch_size=8)
+        model.compile(keras.optimizers.SGD(LR, momentum=0.9), loss="mse",
+                      steps_per_execution=steps)  # fmt: skip
+        if steps > 1 and tuple(map(int, keras.version().split(".")[:2])) < (3, 16):
+            with pytest.raises(ValueError, match="steps_per_execution"):
+                model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+            return
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        final.append(weights_of(model))
+        assert int(model.optimizer.iterations.numpy()) == 8
+    assert_weights_close(final[0], final[1], atol=1e-6)
+
+
 def test_mixed_float16_matches_float32_with_unscaled_norm(
     regression_data, mixed_precision
 ):

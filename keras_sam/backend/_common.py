@@ -71,12 +71,13 @@ def all_finite(tensors):
 
 
 def update_trackers(
-    model, loss, perturbed_loss, batch_size, applied, second=True
+    model, loss, perturbed_loss, batch_size, applied, second=True, eps_examples=None
 ) -> None:
     """The logged means and the step's own trackers, as the TF step: a step
     skipped by loss scaling (`applied` False) is counted and leaves the
     means alone (its clean loss enters only where finite); the perturbed
-    loss enters only where the second pass ran (`second`)."""
+    loss enters only where the second pass ran (`second`). `eps_examples`:
+    the examples behind eps where they are not this batch's (all replicas')."""
     loss = ops.cast(loss, "float32")
     perturbed_loss = ops.cast(perturbed_loss, "float32")
     _update_mean(
@@ -92,7 +93,9 @@ def update_trackers(
         ops.logical_and(applied, second),
     )
     model.skipped_steps_tracker.update_state(ops.logical_not(applied))
-    model.eps_batch_size_tracker.update_state(eps_batch_size(model, batch_size))
+    if eps_examples is None:
+        eps_examples = eps_batch_size(model, batch_size)
+    model.eps_batch_size_tracker.update_state(eps_examples)
 
 
 def _update_mean(tracker, value, batch_size, include):

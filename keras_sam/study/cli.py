@@ -206,6 +206,7 @@ def _sweep_parser(sub) -> None:
         help="run only shard K of N (1 <= K <= N) of the plan, into its own "
         "results file in --out; N processes may share --out (see docs/cluster.md)",
     )
+    _launcher_options(sweep)
     sweep.add_argument(
         "--summarize",
         action="store_true",
@@ -217,6 +218,105 @@ def _sweep_parser(sub) -> None:
     sweep.add_argument(
         "--verbose", type=int, default=None, help="Keras fit verbosity 0, 1 or 2"
     )
+
+
+def _launcher_options(sweep) -> None:
+    launch = sweep.add_argument_group(
+        "launching the shards from here (see docs/cluster.md)"
+    )
+    launch.add_argument(
+        "--launcher",
+        default="none",
+        choices=["none", "submitit"],
+        help="'submitit': submit --shards N array tasks (SLURM, or local "
+        "processes without SLURM), requeued on preemption and time-out; wait "
+        "for them, then write the summary",
+    )
+    launch.add_argument(
+        "--shards", type=int, default=None, help="--launcher submitit: N shards"
+    )
+    launch.add_argument(
+        "--cluster",
+        default=None,
+        choices=["slurm", "local"],
+        help="--launcher submitit: where the tasks run (default: SLURM if it "
+        "is installed, else processes on this machine)",
+    )
+    launch.add_argument("--slurm-partition", default=None)
+    launch.add_argument(
+        "--timeout-min",
+        type=int,
+        default=24 * 60,
+        help="each task's time limit in minutes (default 1440); a task that "
+        "reaches it is requeued and resumes",
+    )
+    launch.add_argument(
+        "--gpus-per-task",
+        type=int,
+        default=None,
+        help="default: 1 on SLURM, 0 on the local cluster",
+    )
+    launch.add_argument("--cpus-per-task", type=int, default=None)
+    launch.add_argument(
+        "--array-parallelism",
+        type=int,
+        default=None,
+        help="SLURM: at most this many tasks at once",
+    )
+    launch.add_argument(
+        "--submitit-folder",
+        default=None,
+        help="submitit's pickles and logs (default OUT/submitit)",
+    )
+    launch.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit and exit; run --summarize when the tasks are done",
+    )
+
+
+def _check_launcher(args: argparse.Namespace) -> None:
+    if args.launcher == "none":
+        if args.shards is not None:
+            raise ValueError(
+                "`--shards` needs `--launcher submitit` (to run one shard in "
+                f"this process use --shard K/N), got --shards={args.shards}."
+            )
+        return
+    if args.shard is not None:
+        raise ValueError(
+            "`--shard` and `--launcher submitit` exclude each other: the "
+            f"launcher gives each task its shard, got --shard={args.shard}."
+        )
+    if args.shards is None or args.shards < 1:
+        raise ValueError(
+            "`--launcher submitit` needs `--shards N` with N >= 1, got "
+            f"--shards={args.shards}."
+        )
+    for name in ("timeout_min", "cpus_per_task", "array_parallelism"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"`{option}` must be >= 1, got {option}={value}.")
+    if args.gpus_per_task is not None and args.gpus_per_task < 0:
+        raise ValueError(
+            f"`--gpus-per-task` must be >= 0, got --gpus-per-task={args.gpus_per_task}."
+        )
+
+
+def _launch_submitit(args: argparse.Namespace, out: str) -> int:
+    try:
+        from keras_sam.study.sweep import submitit_launcher
+    except ModuleNotFoundError as error:
+        if error.name != "submitit":
+            raise
+        print(
+            "keras-sam sweep: error: `--launcher submitit` needs the submitit "
+            "package: pip install 'keras-sam[study]' (or pip install submitit).",
+            file=sys.stderr,
+        )
+        return 2
+    return submitit_launcher.launch(args, out)
 
 
 def sweep_preset(args: argparse.Namespace):
@@ -265,6 +365,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     try:
         if args.shard is not None:
             shard = parse_shard(args.shard)
+        _check_launcher(args)
         if args.init is not None and args.init not in inits:
             raise ValueError(
                 f"`--init` for {args.workload!r} must be one of {list(inits)}, "
@@ -278,10 +379,16 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         runs = shard_runs(describe_plan(preset), shard)
         if shard is not None:
             print(f"shard {shard[0]}/{shard[1]}: {len(runs)} of these runs")
+        if args.launcher != "none":
+            counts = [len(shard_runs(runs, (k, args.shards))) for k in
+                      range(1, args.shards + 1)]  # fmt: skip
+            print(f"{args.shards} array tasks of {min(counts)}-{max(counts)} runs")
         return 0
     if args.summarize:
         write_summary(preset, out, make_plots=not args.no_plots)
         return 0
+    if args.launcher == "submitit":
+        return _launch_submitit(args, out)
     from keras_sam.study.workloads import DatasetUnavailableError
 
     try:

@@ -14,16 +14,23 @@ Python loop):
    restore; the gradient is taken with respect to those leaves;
 5. the optimizer applies the perturbed gradient at w.
 
-Masks, loss scaling and logs as on the other backends.
+Masks, loss scaling and logs as on the other backends. Under the
+`DistributedDataParallel` wrapper of Keras 3.16's torch trainer the step
+averages g (before eps) and the perturbed gradient over the replicas itself:
+`torch.autograd.grad` does not fire DDP's all-reduce hooks (see
+`_compat.ddp_process_group`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import torch
 from keras import tree
 
 from keras_sam import _compat
+from keras_sam.backend import SYNCHRONIZED
 from keras_sam.backend._common import (
     all_finite,
     build_before_step,
@@ -41,22 +48,43 @@ def train_step(model, data):
     """`SAMModel.train_step` for PyTorch: returns the logs dict."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     build_before_step(model, x)
+    group = _compat.ddp_process_group(model)
+    # Under DDP, eps from the all-reduced g, as on one device; micro-batches
+    # and "per_replica" form it from this replica's examples (as on TF).
+    synchronized = (
+        group is not None
+        and model.micro_batch_size is None
+        and model.replica_eps == SYNCHRONIZED
+    )
     if model.micro_batch_size is None:
         grads, clean, ran, y_pred, loss, perturbed_loss = _variant_gradients(
-            model, x, y, sample_weight
+            model, x, y, sample_weight, group if synchronized else None
         )
         second = float(ran)
     else:
         grads, clean, second, y_pred, loss, perturbed_loss = _micro_batch_sam_gradients(
             model, x, y, sample_weight
         )
+    if group is not None:
+        # Skipped second pass, synchronized: `grads` are the reduced g already.
+        if not synchronized or second > 0:
+            grads = _replica_mean(grads, group)
+        if not synchronized and model.variant is not None:
+            clean = _replica_mean(clean, group)
     if model.variant is not None:
         grads = _combine(model, clean, grads, second > 0)
     # The loss-scale optimizer skips the step where a gradient is
     # non-finite (a non-finite clean gradient poisoned the perturbed one).
     applied = all_finite(grads) if is_loss_scaled(model.optimizer) else True
+    batch_size = first_tensor(x).shape[0]
     update_trackers(
-        model, loss, perturbed_loss, first_tensor(x).shape[0], applied, second > 0
+        model,
+        loss,
+        perturbed_loss,
+        batch_size,
+        applied,
+        second > 0,
+        batch_size * _world_size(group) if synchronized else None,
     )
     model.gradient_pass_counter.update_state(1.0 + second)
     if model.variant is not None:
@@ -68,13 +96,14 @@ def train_step(model, data):
     return logs
 
 
-def _variant_gradients(model, x, y, sample_weight):
+def _variant_gradients(model, x, y, sample_weight, group=None):
     """(perturbed grads (scaled like the loss), clean grads (unscaled), second
     pass ran, clean y_pred, clean loss, perturbed loss); applies the clean
     pass's state updates. Where the variant skips the second pass, the
-    perturbed grads are the clean ones."""
+    perturbed grads are the clean ones. With a DDP process `group`, g is
+    averaged over it before eps (and the variant's decision)."""
     if model.variant is not None and model.variant.single_pass:
-        return _single_pass_gradients(model, x, y, sample_weight)
+        return _single_pass_gradients(model, x, y, sample_weight, group)
     trainable = model.trainable_variables
     state = [v.value.detach().clone() for v in model.non_trainable_variables]
     weights = [v.value for v in trainable]
@@ -83,6 +112,8 @@ def _variant_gradients(model, x, y, sample_weight):
     grads = _gradients(model.optimizer.scale_loss(loss), weights)
     masks = [None if m is None else m.value for m in kernel_masks(trainable)]
     grads = _apply_masks(_unscale(model.optimizer, grads), masks)
+    if group is not None:
+        grads = _replica_mean(grads, group)
     variant = model.variant
     if variant is not None and variant.skips_second_pass:
         with torch.no_grad():
@@ -123,10 +154,12 @@ def _variant_gradients(model, x, y, sample_weight):
     )
 
 
-def _single_pass_gradients(model, x, y, sample_weight):
+def _single_pass_gradients(model, x, y, sample_weight, group=None):
     """A single-pass variant (Momentum-SAM): eps from the optimizer's state,
     one pass at w + eps that applies the state updates. Returns what
-    `_variant_gradients` does, with no second pass."""
+    `_variant_gradients` does, with no second pass. With a DDP process
+    `group` the gradient is averaged over it (the momentum buffers, and so
+    eps, are the same on every replica)."""
     trainable = model.trainable_variables
     optimizer = model.optimizer
     if not optimizer.built:
@@ -150,6 +183,8 @@ def _single_pass_gradients(model, x, y, sample_weight):
         if value is not None:
             variable.assign(value)
     grads = _apply_masks(_gradients(scaled, perturbed), masks)
+    if group is not None:
+        grads = _replica_mean(grads, group)
     clean = _unscale(model.optimizer, grads)
     loss = loss.detach()
     return grads, clean, False, _detach(y_pred), loss, loss
@@ -246,6 +281,20 @@ def _micro_batch_sam_gradients(model, x, y, sample_weight):
 def _accumulate(sums, tensors, fraction):
     terms = [t * fraction for t in tensors]
     return terms if sums is None else [a + b for a, b in zip(sums, terms)]
+
+
+def _replica_mean(tensors, group):
+    """The mean of `tensors` over the DDP process group, in one all-reduce."""
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+    torch.distributed.all_reduce(flat, group=group)
+    flat = flat / _world_size(group)
+    parts = flat.split([t.numel() for t in tensors])
+    return [p.view_as(t).to(t.dtype) for p, t in zip(parts, tensors)]
+
+
+def _world_size(group):
+    return torch.distributed.get_world_size(group)
 
 
 def _rho(model):
