@@ -181,6 +181,8 @@ def momentum_slots(optimizer: keras.optimizers.Optimizer) -> list | None:
         if isinstance(optimizer, cls):
             return list(getattr(optimizer, attribute))
     return None
+
+
 def ddp_process_group(model: keras.Model) -> Any | None:
     """The process group of the `DistributedDataParallel` wrapper that
     Keras's torch trainer puts around `model`, or None without one.

@@ -35,6 +35,7 @@ CASES = {
     "mlp": ("mlp", {}, True),
     "mlp_gsam": ("mlp", {"variant": "gsam"}, True),
     "mlp_looksam": ("mlp", {"variant": "looksam"}, True),  # skips second passes
+    "mlp_msam": ("mlp", {"variant": "msam"}, True),  # one pass, eps from momentum
     "attention": ("_attention", {}, True),
     "recurrent": ("_recurrent", {}, True),
     "add_loss": ("_add_loss", {}, True),
