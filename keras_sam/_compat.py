@@ -36,6 +36,7 @@ __all__ = [
     "flatten_layers",
     "in_multi_worker_mode",
     "loss_tracker",
+    "multi_optimizer_index",
     "optimizer_variable_index",
     "own_trainable_variables",
     "unlocked_tracker",
@@ -154,3 +155,18 @@ def optimizer_variable_index(
     variable the optimizer was built with.
     """
     return optimizer._get_variable_index(variable)
+
+
+def multi_optimizer_index(
+    optimizer: keras.optimizers.MultiOptimizer, variable: keras.Variable
+) -> int:
+    """The position in ``optimizer.optimizers`` of the sub-optimizer that
+    updates `variable` (a built `MultiOptimizer`).
+
+    The public API lists the sub-optimizers but not which variables each
+    one was given: the map may be a callable that returns a new optimizer
+    per call, so only the assignment `build` recorded is the truth.
+    `keras_sam.SAMModel(clip_eps_gradient=True)` needs it to clip each
+    variable's gradient as its own sub-optimizer does.
+    """
+    return optimizer._var_to_optimizer_idx[optimizer._var_key(variable)]
