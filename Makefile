@@ -10,7 +10,8 @@ BACKENDS_STAMP := $(VENV)/.keras-sam-backends-installed
 # backend at import.
 BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.py \
 	tests/test_perturbations.py tests/sparsity tests/variants/test_step_backends.py \
-	tests/variants/test_micro_batches.py tests/test_micro_batches_jax.py tests/hessian
+	tests/variants/test_micro_batches.py tests/test_micro_batches_jax.py tests/hessian \
+	tests/test_sam_optimizers.py
 
 .PHONY: demo test test-tensorflow test-jax-torch lint format bench
 

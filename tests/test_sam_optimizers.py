@@ -1,0 +1,293 @@
+"""SAM with every optimizer Keras has, and its options, against NumPy.
+
+Each case trains a `SAMModel` (or `keras_sam.sam(model)`) for several steps
+and compares the weights with `tests/optimizer_reference.py`: the NumPy
+SAM step (eps from the clean gradient, the perturbed gradient applied at w)
+followed by the NumPy optimizer. The MLP's gradients are NumPy's own
+(`tests/reference.py`); the Conv + batch-norm and attention models' come from
+a plain `keras.Model` copy (`stateless_gradients`, outside any SAM step), so
+the SAM step and the optimizer are still checked independently.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sam
+from keras_sam.backend._gradients import stateless_gradients
+from keras_sam.optimizers import L2SGD
+from tests import optimizer_reference as ref
+from tests import reference
+from tests.test_sam_model import mlp, weights_of
+
+opt = keras.optimizers
+
+
+def _multi():
+    """Kernels by Adam (clipped per variable), biases by SGD with momentum."""
+    optimizer_map = opt.OptimizerMap(
+        opt.SGD(0.1, momentum=0.9, clipvalue=0.05),
+        {".*/kernel": opt.Adam(0.01, clipnorm=0.05)},
+    )
+    return opt.MultiOptimizer(optimizer_map)
+
+
+def _multi_reference(kinds):
+    kernels = [i for i, kind in enumerate(kinds) if kind == "kernel"]
+    others = [i for i, kind in enumerate(kinds) if kind != "kernel"]
+    return ref.Multi(
+        [
+            (kernels, ref.Optimizer(ref.adam(), 0.01, clipnorm=0.05)),
+            (others, ref.Optimizer(ref.sgd(0.9), 0.1, clipvalue=0.05)),
+        ]
+    )
+
+
+#: name -> (Keras optimizer, NumPy optimizer of the variable kinds, SAM options).
+CASES = {
+    "sgd": (lambda: opt.SGD(0.1), lambda k: ref.Optimizer(ref.sgd(), 0.1), {}),
+    "sgd_momentum": (
+        lambda: opt.SGD(0.1, momentum=0.9),
+        lambda k: ref.Optimizer(ref.sgd(0.9), 0.1),
+        {},
+    ),
+    "sgd_nesterov": (
+        lambda: opt.SGD(0.1, momentum=0.9, nesterov=True),
+        lambda k: ref.Optimizer(ref.sgd(0.9, nesterov=True), 0.1),
+        {},
+    ),
+    "adam": (lambda: opt.Adam(0.01), lambda k: ref.Optimizer(ref.adam(), 0.01), {}),
+    "adamw": (
+        lambda: opt.AdamW(0.01, weight_decay=0.5),
+        lambda k: ref.Optimizer(ref.adam(), 0.01, weight_decay=0.5),
+        {},
+    ),
+    "lion": (lambda: opt.Lion(0.003), lambda k: ref.Optimizer(ref.lion(), 0.003), {}),
+    "rmsprop": (
+        lambda: opt.RMSprop(0.01, momentum=0.5, centered=True),
+        lambda k: ref.Optimizer(ref.rmsprop(momentum=0.5, centered=True), 0.01),
+        {},
+    ),
+    "adafactor": (
+        lambda: opt.Adafactor(0.1),
+        lambda k: ref.Optimizer(ref.adafactor(), 0.1),
+        {},
+    ),
+    "multi_optimizer": (_multi, _multi_reference, {}),
+    "multi_optimizer_clip_eps": (_multi, _multi_reference, {"clip_eps_gradient": True}),
+    "loss_scale": (
+        lambda: opt.LossScaleOptimizer(opt.SGD(0.1, momentum=0.9), initial_scale=1024),
+        lambda k: ref.Optimizer(ref.sgd(0.9), 0.1),
+        {},
+    ),
+    "l2sgd": (
+        lambda: L2SGD(0.1, momentum=0.9, l2=0.05),
+        lambda k: ref.Optimizer(ref.l2sgd(0.9, 0.05), 0.1),
+        {},
+    ),
+    "clipnorm": (
+        lambda: opt.SGD(0.1, momentum=0.9, clipnorm=0.05),
+        lambda k: ref.Optimizer(ref.sgd(0.9), 0.1, clipnorm=0.05),
+        {},
+    ),
+    "clipnorm_clip_eps": (
+        lambda: opt.SGD(0.1, momentum=0.9, clipnorm=0.05),
+        lambda k: ref.Optimizer(ref.sgd(0.9), 0.1, clipnorm=0.05),
+        {"clip_eps_gradient": True},
+    ),
+    "clipvalue": (
+        lambda: opt.SGD(0.1, clipvalue=0.02),
+        lambda k: ref.Optimizer(ref.sgd(), 0.1, clipvalue=0.02),
+        {},
+    ),
+    "clipvalue_clip_eps_usam": (
+        lambda: opt.SGD(0.1, clipvalue=0.02),
+        lambda k: ref.Optimizer(ref.sgd(), 0.1, clipvalue=0.02),
+        {"clip_eps_gradient": True, "perturbation": "usam"},
+    ),
+    "global_clipnorm": (
+        lambda: opt.Adam(0.01, global_clipnorm=0.1),
+        lambda k: ref.Optimizer(ref.adam(), 0.01, global_clipnorm=0.1),
+        {},
+    ),
+    "global_clipnorm_clip_eps_usam": (
+        lambda: opt.LossScaleOptimizer(
+            opt.SGD(0.1, global_clipnorm=0.1), initial_scale=64
+        ),
+        lambda k: ref.Optimizer(ref.sgd(), 0.1, global_clipnorm=0.1),
+        {"clip_eps_gradient": True, "perturbation": "usam"},
+    ),
+    "ema": (
+        lambda: opt.SGD(0.1, momentum=0.9, use_ema=True, ema_momentum=0.5),
+        lambda k: ref.Optimizer(ref.sgd(0.9), 0.1, use_ema=True, ema_momentum=0.5),
+        {},
+    ),
+    "ema_overwrite": (
+        lambda: opt.Adam(
+            0.01, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=3
+        ),
+        lambda k: ref.Optimizer(
+            ref.adam(), 0.01, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=3
+        ),
+        {},
+    ),
+    "accumulation": (
+        lambda: opt.SGD(0.1, momentum=0.9, gradient_accumulation_steps=2),
+        lambda k: ref.Optimizer(ref.sgd(0.9), 0.1, accumulation_steps=2),
+        {},
+    ),
+    "adamw_accumulation_clip": (
+        lambda: opt.AdamW(
+            0.01, weight_decay=0.5, global_clipnorm=0.1, gradient_accumulation_steps=2
+        ),
+        lambda k: ref.Optimizer(
+            ref.adam(),
+            0.01,
+            weight_decay=0.5,
+            global_clipnorm=0.1,
+            accumulation_steps=2,
+        ),
+        {},
+    ),
+}
+
+RHO = 0.2
+BATCH = 16
+
+
+def _batches(x, y):
+    return [(x[k : k + BATCH], y[k : k + BATCH]) for k in range(0, len(x), BATCH)]
+
+
+def _kinds(model):
+    return [v.path.rsplit("/", 1)[-1] for v in model.trainable_variables]
+
+
+def _numpy_gradients(params, x, y):
+    return reference.loss_and_grads(params, x, y)[1]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_mlp_matches_numpy(regression_data, name):
+    x, y = regression_data
+    make, make_reference, options = CASES[name]
+    model = mlp(rho=RHO, **options)
+    params = weights_of(model)
+    model.compile(make(), loss="mse")
+    model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+    rule = options.get("perturbation", "sam")
+    clip_eps = options.get("clip_eps_gradient", False)
+    expected = ref.sam_fit(
+        params,
+        _batches(x, y),
+        _numpy_gradients,
+        make_reference(_kinds(model)),
+        RHO,
+        rule,
+        clip_eps,
+    )
+    for got, want, path in zip(weights_of(model), expected, _kinds(model)):
+        np.testing.assert_allclose(got, want, atol=2e-6, rtol=0, err_msg=path)
+    if "clip" in name:  # the clipping was active: it changed the result
+        unclipped = ref.sam_fit(
+            params,
+            _batches(x, y),
+            _numpy_gradients,
+            _without_clipping(make_reference(_kinds(model))),
+            RHO,
+            rule,
+        )
+        assert max(np.abs(a - b).max() for a, b in zip(expected, unclipped)) > 1e-4
+    if clip_eps:  # and so was clipping g for eps
+        other = ref.sam_fit(
+            params,
+            _batches(x, y),
+            _numpy_gradients,
+            make_reference(_kinds(model)),
+            RHO,
+            rule,
+        )
+        assert max(np.abs(a - b).max() for a, b in zip(expected, other)) > 1e-4
+
+
+def _without_clipping(optimizer):
+    for one in getattr(optimizer, "groups", [(None, optimizer)]):
+        one[1].clipnorm = one[1].clipvalue = one[1].global_clipnorm = None
+    return optimizer
+
+
+def conv_bn_model():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6, 3))
+    h = keras.layers.Conv1D(4, 3, activation="tanh")(inputs)
+    h = keras.layers.BatchNormalization(momentum=0.8)(h)
+    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(h))
+    return keras.Model(inputs, outputs)
+
+
+def attention_model():
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((4, 6))
+    # No biases: the key bias's gradient is 0 in exact arithmetic (softmax
+    # ignores a shift shared by all keys), and Adam, Lion and Adafactor
+    # normalize its float32 rounding noise into steps of full size.
+    attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, use_bias=False)
+    h = attention(inputs, inputs)
+    h = keras.layers.LayerNormalization()(h + inputs)
+    outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(h))
+    return keras.Model(inputs, outputs)
+
+
+ZOO = {"conv_bn": (conv_bn_model, (6, 3)), "attention": (attention_model, (4, 6))}
+ZOO_CASES = [
+    "adamw",
+    "lion",
+    "adafactor",
+    "multi_optimizer_clip_eps",
+    "clipnorm_clip_eps",
+    "adamw_accumulation_clip",
+    "ema_overwrite",
+]
+
+
+def keras_gradients(model):
+    """The loss gradient of a plain Keras model at given weights, by
+    autodiff outside any SAM step (batch-norm statistics untouched)."""
+    loss = keras.losses.MeanSquaredError()
+
+    def gradients(params, x, y):
+        for variable, value in zip(model.trainable_variables, params):
+            variable.assign(value.astype("float32"))
+        grads = stateless_gradients(
+            lambda: loss(y, model(x, training=True)), model.trainable_variables
+        )
+        return [keras.ops.convert_to_numpy(g).astype(np.float64) for g in grads]
+
+    return gradients
+
+
+@pytest.mark.parametrize("zoo", sorted(ZOO))
+@pytest.mark.parametrize("name", ZOO_CASES)
+def test_zoo_matches_numpy(zoo, name):
+    build, shape = ZOO[zoo]
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64,) + shape).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    make, make_reference, options = CASES[name]
+    model = keras_sam.sam(build(), rho=RHO, **options)
+    plain = build()
+    plain.set_weights(model.get_weights())
+    params = weights_of(model)
+    model.compile(make(), loss="mse")
+    model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+    expected = ref.sam_fit(
+        params,
+        _batches(x, y),
+        keras_gradients(plain),
+        make_reference(_kinds(model)),
+        RHO,
+        options.get("perturbation", "sam"),
+        options.get("clip_eps_gradient", False),
+    )
+    for got, want, path in zip(weights_of(model), expected, _kinds(model)):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=path)
