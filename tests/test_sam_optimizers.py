@@ -291,3 +291,159 @@ def test_zoo_matches_numpy(zoo, name):
     )
     for got, want, path in zip(weights_of(model), expected, _kinds(model)):
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=0, err_msg=path)
+
+
+#: Gradient accumulation equals m-sharpness here: (optimizer options, SAM
+#: options). A rho schedule reads `optimizer.iterations`, the update count.
+ACCUMULATION_EQUALS_MICRO_BATCHES = {
+    "sgd_momentum": (lambda **k: opt.SGD(0.1, momentum=0.9, **k), {}),
+    "adamw_global_clipnorm": (
+        lambda **k: opt.AdamW(0.01, weight_decay=0.5, global_clipnorm=0.1, **k),
+        {},
+    ),
+    "adafactor_clip_eps": (
+        lambda **k: opt.Adafactor(0.1, clipnorm=0.05, **k),
+        {"clip_eps_gradient": True},
+    ),
+    "rho_schedule": (
+        lambda **k: opt.Lion(0.003, **k),
+        {"rho": opt.schedules.ExponentialDecay(0.3, 1, 0.5)},
+    ),
+}
+
+
+def _accumulated_and_micro_batched(make, options, build=conv_bn_model, k=2, b=8):
+    """The same Conv + batch-norm model trained by SAM with
+    `gradient_accumulation_steps=k` on batches of `b`, and by SAM with
+    `micro_batch_size=b` on batches of k * b."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(loc=1.0, size=(64, 6, 3)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    options = {"rho": RHO, **options}
+    runs = []
+    for accumulate in (True, False):
+        model = keras_sam.sam(
+            build(), **options, **({} if accumulate else {"micro_batch_size": b})
+        )
+        optimizer = make(gradient_accumulation_steps=k) if accumulate else make()
+        model.compile(optimizer, loss="mse")
+        size = b if accumulate else k * b
+        history = model.fit(x, y, batch_size=size, shuffle=False, verbose=0)
+        runs.append((model, history.history))
+    return runs
+
+
+@pytest.mark.parametrize("name", sorted(ACCUMULATION_EQUALS_MICRO_BATCHES))
+def test_accumulation_equals_micro_batch_size(name):
+    """k accumulated SAM micro-steps of b examples = one SAM step with
+    micro_batch_size=b on k * b: each eps from its own b examples' gradient,
+    the perturbed gradients averaged, one update (clipped once, decayed
+    once); batch norm's moving statistics updated k times from the same
+    micro-batches; the same update count, m and logs."""
+    make, options = ACCUMULATION_EQUALS_MICRO_BATCHES[name]
+    (accumulated, logs), (micro, micro_logs) = _accumulated_and_micro_batched(
+        make, options
+    )
+    for a, b in zip(accumulated.variables, micro.variables):
+        if "gradient_accumulator" in a.path or "iteration" in a.path:
+            continue  # only accumulation has them; counts compared below
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    moving = [v for v in accumulated.non_trainable_variables if "moving" in v.path]
+    assert moving and all(np.abs(v.numpy()).max() > 0 for v in moving)
+    assert int(accumulated.optimizer.iterations) == int(micro.optimizer.iterations)
+    assert accumulated.eps_batch_size == micro.eps_batch_size == 8
+    for key in ("loss", "perturbed_loss"):
+        np.testing.assert_allclose(logs[key], micro_logs[key], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # Keras updates the EMA on every micro-step, so twice per update.
+        lambda **k: opt.SGD(0.1, momentum=0.9, use_ema=True, ema_momentum=0.5, **k),
+        # Keras evaluates a learning-rate schedule at the micro-step count.
+        lambda **k: opt.SGD(opt.schedules.ExponentialDecay(0.1, 1, 0.5), **k),
+    ],
+    ids=["use_ema", "learning_rate_schedule"],
+)
+def test_accumulation_differs_from_micro_batch_size_where_keras_counts_micro_steps(
+    make,
+):
+    (accumulated, _), (micro, _) = _accumulated_and_micro_batched(make, {})
+    gap = max(
+        np.abs(a.numpy() - b.numpy()).max()
+        for a, b in zip(accumulated.trainable_variables, micro.trainable_variables)
+    )
+    assert gap > 1e-4
+
+
+def test_mixed_float16_clipping_and_accumulation_match_numpy(
+    regression_data, mixed_precision
+):
+    """Under mixed_float16 with loss scaling: eps from the unscaled clean
+    gradient (clipped, where asked), the applied gradient unscaled,
+    accumulated and clipped by the inner optimizer."""
+    x, y = regression_data
+    mixed_precision("mixed_float16")
+    model = mlp(rho=0.5, perturbation="usam", clip_eps_gradient=True)
+    params = weights_of(model)
+    inner = opt.SGD(
+        0.1, momentum=0.9, global_clipnorm=0.1, gradient_accumulation_steps=2
+    )
+    model.compile(opt.LossScaleOptimizer(inner, initial_scale=256), loss="mse")
+    model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+    assert model.skipped_steps == 0
+    numpy_optimizer = ref.Optimizer(
+        ref.sgd(0.9), 0.1, global_clipnorm=0.1, accumulation_steps=2
+    )
+    expected = ref.sam_fit(
+        params, _batches(x, y), _numpy_gradients, numpy_optimizer, 0.5, "usam", True
+    )
+    for got, want in zip(weights_of(model), expected):
+        np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
+
+
+def test_save_load_resume_with_multi_optimizer_ema_and_accumulation(tmp_path):
+    """A `.keras` checkpoint after 3 micro-steps at k = 2 (one gradient left
+    in the accumulators) resumes to the weights, slots, accumulators and
+    EMA of the uninterrupted run. `train_on_batch`, not `fit`: every `fit`
+    ends by writing the EMA into the weights, so two `fit` calls are not
+    one, SAM or not."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(96, 6, 3)).astype("float32")
+    y = rng.normal(size=(96, 1)).astype("float32")
+    batches = _batches(x, y)
+
+    def fresh():
+        model = keras_sam.sam(conv_bn_model(), rho=RHO, clip_eps_gradient=True)
+        adam = opt.Adam(
+            0.01,
+            clipnorm=0.05,
+            use_ema=True,
+            ema_momentum=0.5,
+            gradient_accumulation_steps=2,
+        )
+        sgd = opt.SGD(0.1, momentum=0.9, gradient_accumulation_steps=2)
+        model.compile(
+            opt.MultiOptimizer(opt.OptimizerMap(sgd, {".*/kernel": adam})), loss="mse"
+        )
+        return model
+
+    straight = fresh()
+    for batch in batches:
+        straight.train_on_batch(*batch)
+    first = fresh()
+    for batch in batches[:3]:
+        first.train_on_batch(*batch)
+    first.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    assert restored.clip_eps_gradient is True
+    assert isinstance(restored.optimizer, opt.MultiOptimizer)
+    for batch in batches[3:]:
+        restored.train_on_batch(*batch)
+    for a, b in zip(straight.variables, restored.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    averages = [v for v in straight.optimizer.variables if "average" in v.path]
+    assert averages
+    for a, b in zip(straight.optimizer.variables, restored.optimizer.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
