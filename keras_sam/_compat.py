@@ -38,6 +38,7 @@ __all__ = [
     "in_multi_worker_mode",
     "loss_tracker",
     "momentum_slots",
+    "multi_optimizer_index",
     "optimizer_variable_index",
     "own_trainable_variables",
     "unlocked_tracker",
@@ -198,3 +199,18 @@ def ddp_process_group(model: keras.Model) -> Any | None:
     """
     wrapper = getattr(model, "ddp_model", None)
     return None if wrapper is None else wrapper.process_group
+
+
+def multi_optimizer_index(
+    optimizer: keras.optimizers.MultiOptimizer, variable: keras.Variable
+) -> int:
+    """The position in ``optimizer.optimizers`` of the sub-optimizer that
+    updates `variable` (a built `MultiOptimizer`).
+
+    The public API lists the sub-optimizers but not which variables each
+    one was given: the map may be a callable that returns a new optimizer
+    per call, so only the assignment `build` recorded is the truth.
+    `keras_sam.SAMModel(clip_eps_gradient=True)` needs it to clip each
+    variable's gradient as its own sub-optimizer does.
+    """
+    return optimizer._var_to_optimizer_idx[optimizer._var_key(variable)]

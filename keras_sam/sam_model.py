@@ -64,6 +64,16 @@ class SAMModel(keras.Model):
             (the paper's defaults) or a `keras_sam.variants.Variant`: how g
             and the perturbed gradient become the update, and which steps
             skip the second pass.
+        clip_eps_gradient: where the compiled optimizer clips
+            (``clipnorm``, ``clipvalue``, ``global_clipnorm``). False
+            (default): Keras clips the gradient it applies, the perturbed
+            one, and eps is formed from the unclipped clean gradient. True:
+            the clean gradient is clipped the same way before eps is formed
+            too (a `LossScaleOptimizer` clips as its inner optimizer, a
+            `MultiOptimizer` as each variable's sub-optimizer). With
+            normalized ``"sam"`` and ``global_clipnorm`` the two agree (eps
+            does not depend on g's length); ``clipnorm``, ``clipvalue`` and
+            ``"usam"`` change eps.
 
     Attributes:
         eps_batch_size: how many examples' gradient formed each eps (the m
@@ -95,6 +105,7 @@ class SAMModel(keras.Model):
         micro_batch_size: int | None = None,
         replica_eps: str = "synchronized",
         variant: str | variants.Variant | None = None,
+        clip_eps_gradient: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -105,6 +116,9 @@ class SAMModel(keras.Model):
         )
         self.replica_eps = _validation.one_of(
             replica_eps, "replica_eps", REPLICA_EPS_MODES
+        )
+        self.clip_eps_gradient = _validation.boolean(
+            clip_eps_gradient, "clip_eps_gradient"
         )
         self._jit_compile_per_replica = False
         self.perturbed_loss_tracker = keras.metrics.Mean(name="perturbed_loss")
@@ -286,6 +300,7 @@ class SAMModel(keras.Model):
             micro_batch_size=self.micro_batch_size,
             replica_eps=self.replica_eps,
             variant=variants.serialize(self.variant),
+            clip_eps_gradient=self.clip_eps_gradient,
         )
         return config
 
@@ -357,6 +372,7 @@ def sam(
     micro_batch_size: int | None = None,
     replica_eps: str = "synchronized",
     variant: str | variants.Variant | None = None,
+    clip_eps_gradient: bool = False,
     name: str | None = None,
 ) -> SAMModel:
     """Wraps a built Keras model into a `SAMModel` that shares its weights.
@@ -397,6 +413,7 @@ def sam(
         micro_batch_size=micro_batch_size,
         replica_eps=replica_eps,
         variant=variant,
+        clip_eps_gradient=clip_eps_gradient,
         name=name or f"sam_{model.name}",
     )
     if model.compiled:

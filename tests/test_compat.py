@@ -254,3 +254,22 @@ def test_momentum_slots_of_others():
     optimizer.build([keras.Variable(np.zeros(2))])
     assert _compat.momentum_slots(optimizer) == []
     assert _compat.momentum_slots(keras.optimizers.RMSprop(0.1)) is None
+
+
+def test_multi_optimizer_index_finds_each_variables_sub_optimizer():
+    variables = [keras.Variable(np.zeros((2,)), name=f"v{i}") for i in range(3)]
+    adam, sgd = keras.optimizers.Adam(), keras.optimizers.SGD()
+
+    def choose(variable):  # the map itself is not a lookup table
+        return adam if variable.name == "v1" else sgd
+
+    optimizer = keras.optimizers.MultiOptimizer(choose)
+    optimizer.build(variables)
+    _require_attribute(
+        optimizer, "_var_to_optimizer_idx", "MultiOptimizer._var_to_optimizer_idx"
+    )
+    owners = [
+        optimizer.optimizers[_compat.multi_optimizer_index(optimizer, v)]
+        for v in variables
+    ]
+    assert owners == [sgd, adam, sgd]

@@ -482,6 +482,8 @@ def test_save_load_and_resume(tmp_path, regression_data):
         ({"micro_batch_size": 2.5}, "micro_batch_size"),
         ({"micro_batch_size": True}, "micro_batch_size"),
         ({"replica_eps": "global"}, "replica_eps"),
+        ({"clip_eps_gradient": 1}, "clip_eps_gradient"),
+        ({"clip_eps_gradient": "optimizer"}, "clip_eps_gradient"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, argument):

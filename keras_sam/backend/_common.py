@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops, tree
 
-from keras_sam import _compat
+from keras_sam import _clipping, _compat
 
 
 def variant_selection(model) -> list:
@@ -14,6 +14,16 @@ def variant_selection(model) -> list:
     if selection is None:
         return [None] * len(model.trainable_variables)
     return [None if chosen else 0.0 for chosen in selection]
+
+
+def eps_gradients(model, grads) -> list:
+    """The gradient that forms eps: the clean one, clipped as the optimizer
+    clips where ``model.clip_eps_gradient``."""
+    if not model.clip_eps_gradient:
+        return list(grads)
+    return _clipping.clip_like_optimizer(
+        model.optimizer, grads, model.trainable_variables
+    )
 
 
 def first_tensor(structure):

@@ -34,6 +34,7 @@ from keras import tree
 from keras_sam.backend import PER_REPLICA
 from keras_sam.backend._common import (
     all_finite,
+    eps_gradients,
     first_tensor,
     is_loss_scaled,
     micro_batch_split,
@@ -139,7 +140,8 @@ class _Passes:
             trainable, non_trainable, metrics_vars, x, y, sample_weight
         )
         grads = _apply_masks(self._unscale(scaled_grads), self.masks)
-        eps = _apply_masks(model.perturbation(grads, trainable, self.rho), self.masks)
+        eps = model.perturbation(eps_gradients(model, grads), trainable, self.rho)
+        eps = _apply_masks(eps, self.masks)
         perturbed = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
         # The state of the perturbed pass is the clean pass's input state:
         # same seeds (dropout masks); its updates are dropped.
@@ -243,7 +245,7 @@ def _variant_terms(passes, trainable):
         seed = _values_of(model, [seed_var], state)[0]
 
         def perturbed(seed):
-            eps_grads = _select(grads, selection)
+            eps_grads = _select(eps_gradients(model, grads), selection)
             mapping = [] if seed_var is None else [(seed_var, seed)]
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 eps = variant.perturbation(

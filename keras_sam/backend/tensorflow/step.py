@@ -42,6 +42,7 @@ from keras_sam import _compat, _gradient_math
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
 from keras_sam.backend._common import (
     build_before_step,
+    eps_gradients,
     first_tensor,
     forward,
     is_loss_scaled,
@@ -531,6 +532,7 @@ def _epsilon(model, eps_grads, weights, masks):
     # Like a learning-rate schedule, a rho schedule reads the optimizer's
     # iterations (so that `ProportionalRho` follows the learning rate).
     rho = schedules.rho_at(model.rho, model.optimizer.iterations)
+    eps_grads = eps_gradients(model, eps_grads)
     variant = model.variant
     if variant is None:
         return model.perturbation(eps_grads, weights, rho)

@@ -34,6 +34,7 @@ from keras_sam.backend import SYNCHRONIZED
 from keras_sam.backend._common import (
     all_finite,
     build_before_step,
+    eps_gradients,
     first_tensor,
     forward,
     is_loss_scaled,
@@ -195,6 +196,7 @@ def _variant_state(model):
 
 
 def _epsilon(model, grads, weights):
+    grads = eps_gradients(model, grads)
     variant = model.variant
     if variant is None:
         return model.perturbation(grads, weights, _rho(model))
