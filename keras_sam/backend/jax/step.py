@@ -245,21 +245,15 @@ def _variant_terms(passes, trainable):
         seed = _values_of(model, [seed_var], state)[0]
 
         def perturbed(seed):
-            eps_grads = _select(eps_gradients(model, grads), selection)
-            mapping = [] if seed_var is None else [(seed_var, seed)]
-            with keras.StatelessScope(state_mapping=mapping) as scope:
-                eps = variant.perturbation(
-                    model.perturbation,
-                    eps_grads,
-                    trainable,
-                    passes.rho,
-                    variant_state,
-                    step,
-                    model.variant_seed,
-                )
-                if seed_var is not None:
-                    seed = scope.get_current_value(seed_var)
-            eps = _apply_masks(_select(eps, selection), passes.masks)
+            eps, seed = _variant_eps(
+                passes,
+                eps_gradients(model, grads),
+                trainable,
+                selection,
+                (variant_state, step),
+                seed_var,
+                seed,
+            )
             weights = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
             # The same input state as the clean pass (same dropout masks).
             gs, (perturbed_loss, *_) = passes._gradients(
@@ -289,6 +283,29 @@ def _variant_terms(passes, trainable):
     return run_passes
 
 
+def _variant_eps(
+    passes, eps_grads, trainable, selection, state_and_step, seed_var, seed
+):
+    """The variant's masked eps from `eps_grads` at `trainable`, and the seed
+    value after its draw (a random variant advances the seed statelessly)."""
+    model = passes.model
+    variant_state, step = state_and_step
+    mapping = [] if seed_var is None else [(seed_var, seed)]
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        eps = model.variant.perturbation(
+            model.perturbation,
+            _select(eps_grads, selection),
+            trainable,
+            passes.rho,
+            variant_state,
+            step,
+            model.variant_seed,
+        )
+        if seed_var is not None:
+            seed = scope.get_current_value(seed_var)
+    return _apply_masks(_select(eps, selection), passes.masks), seed
+
+
 def _single_pass_terms(passes, trainable, selection, seed_var):
     """`_variant_terms` for a single-pass variant (Momentum-SAM): eps from the
     optimizer's state, one pass at w + eps whose state output is kept; gs and
@@ -307,20 +324,15 @@ def _single_pass_terms(passes, trainable, selection, seed_var):
             model, list(model.variant_state or []), non_trainable
         )
         seed = _values_of(model, [seed_var], non_trainable)[0]
-        mapping = [] if seed_var is None else [(seed_var, seed)]
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            eps = variant.perturbation(
-                model.perturbation,
-                _select(direction, selection),
-                trainable,
-                passes.rho,
-                variant_state,
-                step,
-                model.variant_seed,
-            )
-            if seed_var is not None:
-                seed = scope.get_current_value(seed_var)
-        eps = _apply_masks(_select(eps, selection), passes.masks)
+        eps, seed = _variant_eps(
+            passes,
+            direction,
+            trainable,
+            selection,
+            (variant_state, step),
+            seed_var,
+            seed,
+        )
         weights = [w + e.astype(w.dtype) for w, e in zip(trainable, eps)]
         scaled_grads, (loss, y_pred, state, metrics_vars) = passes._gradients(
             weights, non_trainable, metrics_vars, x, y, sample_weight
