@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keras_sam"
 STUDY = "keras_sam.study"
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def module_name(path: Path) -> str:
@@ -77,6 +78,7 @@ def library_modules(graph: dict[str, set[str]]) -> list[str]:
 
 def path_to_study(graph: dict[str, set[str]], start: str) -> list[str] | None:
     """An import chain from `start` into the study, or None."""
+    study = study_side(graph)
     parents, frontier = {start: None}, [start]
     while frontier:
         name = frontier.pop()
@@ -84,13 +86,27 @@ def path_to_study(graph: dict[str, set[str]], start: str) -> list[str] | None:
             if target in parents:
                 continue
             parents[target] = name
-            if target in study_side(graph):
+            if target in study:
                 chain = [target]
                 while parents[chain[-1]] is not None:
                     chain.append(parents[chain[-1]])
                 return chain[::-1]
             frontier.append(target)
     return None
+
+
+def run_fresh(check: str) -> list[str]:
+    """The stdout lines of `check` run in a fresh interpreter on this tree."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()
 
 
 def test_no_library_module_imports_the_study():
@@ -123,8 +139,8 @@ def test_importing_every_library_module_loads_no_study_module():
     names = [
         m
         for m in library_modules(graph)
-        if not m.startswith(("keras_sam.backend.jax", "keras_sam.backend.torch"))
-        and not m.startswith("keras_sam.backend.tensorflow")
+        # Each backend's package imports its framework.
+        if not m.startswith(tuple(f"keras_sam.backend.{name}" for name in BACKENDS))
     ]
     check = (
         "import importlib, sys\n"
@@ -132,16 +148,7 @@ def test_importing_every_library_module_loads_no_study_module():
         "    importlib.import_module(name)\n"
         f"print(sorted(m for m in sys.modules if m.startswith({STUDY!r})))\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "-c", check],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[-1] == "[]"
+    assert run_fresh(check)[-1] == "[]"
 
 
 def test_old_study_paths_warn_and_alias_the_new_modules():
@@ -161,13 +168,4 @@ def test_old_study_paths_warn_and_alias_the_new_modules():
         "print(get_preset is new.get_preset, run_sweep is runner.run_sweep,\n"
         "      cli.main is study.cli.main)\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "-c", check],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[-2:] == ["warned True", "True True True"]
+    assert run_fresh(check)[-2:] == ["warned True", "True True True"]
