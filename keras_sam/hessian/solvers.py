@@ -23,6 +23,7 @@ forward and first backward pass.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Generator
 
 import numpy as np
@@ -139,9 +140,48 @@ def _norm(a: np.ndarray) -> float:
     return float(np.sqrt(_dot(a, a)))
 
 
-def _reorthogonalize(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``w - Q^T (Q w)`` for the rows Q of ``basis``."""
-    return w - np.einsum("i,ij->j", np.einsum("ij,j->i", basis, w), basis)
+def _reorthogonalize(basis: np.ndarray, w: np.ndarray, scratch: np.ndarray):
+    """``w -= Q^T (Q w)`` in place for the rows Q of ``basis``; returns
+    the coefficients ``Q w``."""
+    coefficients = np.einsum("ij,j->i", basis, w)
+    np.einsum("i,ij->j", coefficients, basis, out=scratch)
+    np.subtract(w, scratch, out=w)
+    return coefficients
+
+
+# Float64 buffers lent to one solver at a time and kept for the next call:
+# first touching fresh memory (page faults; on a VM, up to milliseconds per
+# megabyte, varying from process to process) cost more than the Lanczos
+# arithmetic on it, and each call of a solver needs the same buffers again.
+_SPARE_LIMIT_BYTES = 256 * 2**20
+_SPARE_COUNT = 4
+_spare: list[np.ndarray] = []
+_spare_lock = threading.Lock()
+
+
+def _borrow(size: int) -> np.ndarray:
+    """A flat float64 buffer of at least ``size`` entries (contents
+    undefined), the smallest spare one that fits, else a new one."""
+    with _spare_lock:
+        fitting = [i for i, a in enumerate(_spare) if a.size >= size]
+        if fitting:
+            return _spare.pop(min(fitting, key=lambda i: _spare[i].size))[:size]
+    return np.empty(size)
+
+
+def _give_back(buffer: np.ndarray) -> None:
+    """Returns a buffer from `_borrow` (or a view of one) to the spares; the
+    caller keeps no reference to it."""
+    while buffer.base is not None:
+        buffer = buffer.base
+    if buffer.dtype != np.float64 or buffer.nbytes > _SPARE_LIMIT_BYTES:
+        return
+    with _spare_lock:
+        if any(a is buffer for a in _spare):
+            return
+        _spare.append(buffer.reshape(-1))
+        _spare.sort(key=lambda a: a.size, reverse=True)
+        del _spare[_SPARE_COUNT:]
 
 
 def _apply(matvec: Matvec, v: np.ndarray) -> np.ndarray:
@@ -165,6 +205,17 @@ def run(steps: Steps, matvec: Matvec):
             v = steps.send(_apply(matvec, v))
     except StopIteration as stop:
         return stop.value
+
+
+_SQRT_EPS = float(np.sqrt(np.finfo(np.float64).eps))
+_INITIAL_ROWS = 16
+
+
+def _lanczos_buffers(rows: int, dim: int):
+    """Views of one borrowed buffer: ``rows`` basis rows, w, scratch."""
+    store = _borrow((rows + 2) * dim)
+    basis = store[: rows * dim].reshape(rows, dim)
+    return basis, store[rows * dim : (rows + 1) * dim], store[(rows + 1) * dim :]
 
 
 def _lanczos_basis(
@@ -193,8 +244,11 @@ def _lanczos_basis_steps(
     dim = v.shape[0]
     steps = min(steps, dim)
     # Row-major and filled as it goes: the reorthogonalization reads the
-    # first m rows as one contiguous block.
-    basis = np.empty((steps, dim))
+    # first m rows as one contiguous block. The vector arithmetic is in place
+    # on borrowed buffers (see `_borrow`): the basis rows, then w and a
+    # scratch vector, in one; grown (copied) when the rows run out.
+    rows = min(steps, _INITIAL_ROWS)
+    basis, w, scratch = _lanczos_buffers(rows, dim)
     alpha = np.zeros(steps)
     beta = np.zeros(steps)
     basis[0] = v
@@ -202,21 +256,33 @@ def _lanczos_basis_steps(
     m = 0
     for j in range(steps):
         m = j + 1
-        w = _product((yield basis[j]))
-        alpha[j] = _dot(basis[j], w)
-        w -= alpha[j] * basis[j]
-        if j > 0:
-            w -= beta[j - 1] * basis[j - 1]
-        # Full reorthogonalization, twice ("twice is enough").
-        for _ in range(2):
-            w = _reorthogonalize(basis[:m], w)
+        np.copyto(w, _product((yield basis[j])))
+        product_norm = _norm(w)
+        # The three-term recurrence and the full reorthogonalization in one:
+        # classical Gram-Schmidt against the whole basis (alpha_j = q_j . w
+        # is its coefficient). One pass leaves w orthogonal to the basis up
+        # to about eps |A q_j| / beta_j; a second pass runs only where that
+        # exceeds sqrt(eps): semi-orthogonality keeps the Ritz values
+        # accurate to eps (Simon 1984), and it is the cancellation case
+        # where "twice is enough".
+        alpha[j] = _reorthogonalize(basis[:m], w, scratch)[j]
         beta[j] = _norm(w)
+        if beta[j] < _SQRT_EPS * product_norm:
+            alpha[j] += _reorthogonalize(basis[:m], w, scratch)[j]
+            beta[j] = _norm(w)
         scale = max(scale, abs(alpha[j]), beta[j])
         if stop is not None and stop(alpha[:m], beta[:m]):
             break
         if beta[j] <= 1e-10 * max(scale, 1e-300) or j + 1 == steps:
             break
-        basis[j + 1] = w / beta[j]
+        if m == rows:
+            rows = min(2 * rows, steps)
+            grown, grown_w, scratch = _lanczos_buffers(rows, dim)
+            grown[:m] = basis[:m]
+            np.copyto(grown_w, w)
+            _give_back(basis)
+            basis, w = grown, grown_w
+        np.divide(w, beta[j], out=basis[j + 1])
     return basis[:m], alpha[:m], beta[:m], scale
 
 
@@ -283,14 +349,19 @@ def lanczos(
         v0: start vector (warm start, e.g. a previous top eigenvector).
         seed: seed of the random start vector when ``v0`` is None.
     """
+    dim, k, max_iter, tol = _lanczos_options(dim, k, max_iter, tol)
+    v = _start_vector(dim, v0, np.random.default_rng(seed))
+    return run(_lanczos_steps(dim, k, max_iter, tol, v), matvec)
+
+
+def _lanczos_options(dim, k, max_iter, tol) -> tuple[int, int, int, float]:
     dim = positive_int(dim, "dim")
     k = positive_int(k, "k")
     max_iter = positive_int(max_iter, "max_iter")
     tol = positive_float(tol, "tol")
     if k > dim:
         raise ValueError(f"`k` must be <= dim={dim}, got k={k}.")
-    v = _start_vector(dim, v0, np.random.default_rng(seed))
-    return run(_lanczos_steps(dim, k, max_iter, tol, v), matvec)
+    return dim, k, max_iter, tol
 
 
 def _lanczos_steps(dim, k, max_iter, tol, v) -> Steps:
@@ -314,6 +385,7 @@ def _lanczos_steps(dim, k, max_iter, tol, v) -> Steps:
     theta, s = _tridiag_eigh(alpha, beta)
     order = np.argsort(theta)[::-1][:k]
     vectors = np.einsum("ij,ik->jk", basis, s[:, order])
+    _give_back(basis)
     vectors /= np.sqrt(np.einsum("ij,ij->j", vectors, vectors))
     residuals, bounds = _error_bounds(theta, s, beta, k)
     scale = max(abs(theta[order[0]]), tiny)
@@ -516,7 +588,8 @@ def _slq_steps(dim, num_probes, num_steps, rng) -> Steps:
     weights = np.full((num_probes, width), np.nan)
     for p in range(num_probes):
         z = _probes(rng, dim, 1, "rademacher")[:, 0]
-        _, alpha, beta, _ = yield from _lanczos_basis_steps(z / _norm(z), num_steps)
+        basis, alpha, beta, _ = yield from _lanczos_basis_steps(z / _norm(z), num_steps)
+        _give_back(basis)
         theta, s = _tridiag_eigh(alpha, beta)
         nodes[p, : theta.shape[0]] = theta
         weights[p, : theta.shape[0]] = s[0, :] ** 2

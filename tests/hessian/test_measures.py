@@ -6,7 +6,8 @@ import pytest
 
 import keras_sam
 from keras_sam import hessian
-from keras_sam.hessian import CurvatureOperator
+from keras_sam.hessian import CurvatureOperator, measures
+from tests.hessian import references
 from tests.hessian.references import BACKEND
 
 
@@ -105,9 +106,10 @@ def test_closed_form_linear_regression():
     xb = np.concatenate([x, np.ones((40, 1))], axis=1).astype(np.float64)
     h = 2 * xb.T @ xb / 40  # weights in (kernel, bias) order
     data = (x, y)
-    assert hessian.sharpness(model, data) == pytest.approx(
-        np.linalg.eigvalsh(h)[-1], rel=1e-5
-    )
+    top = np.linalg.eigvalsh(h)[-1]
+    # The default stops at a 1e-3 error bound; a tight tol to 1e-5.
+    assert hessian.sharpness(model, data) == pytest.approx(top, rel=1e-3)
+    assert hessian.sharpness(model, data, tol=1e-8) == pytest.approx(top, rel=1e-5)
     assert hessian.trace(model, data, method="exact") == pytest.approx(
         np.trace(h), rel=1e-5
     )
@@ -131,6 +133,50 @@ def test_spectral_density_nodes_are_eigenvalues(regressor):
     assert grid.shape == density.shape
 
 
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_gradient_start_is_the_mean_loss_gradient(case, batch_size, monkeypatch):
+    """The default start is built from the gradient (on one batch the one
+    the shared products compute, on several `op.gradient()`), which is not
+    counted as a product; the result still matches the dense Hessian."""
+    sent = []
+    original = measures.gradient_start
+
+    def spy(gradient, seed=0):
+        sent.append(np.array(gradient))
+        return original(gradient, seed)
+
+    monkeypatch.setattr(measures, "gradient_start", spy)
+    op = CurvatureOperator(case.model, (case.x, case.y), batch_size=batch_size)
+    result = hessian.top_eigenvalues(op, tol=1e-6)
+    expected = references.gradient(case.model, case.x, case.y, case.loss_fn)
+    assert len(sent) == 1
+    np.testing.assert_allclose(sent[0], expected, rtol=1e-4, atol=1e-6)
+    assert op.num_products == result.iterations
+    top = np.linalg.eigvalsh(case.h)[-1]
+    assert result.eigenvalues[0] == pytest.approx(top, rel=1e-4)
+
+
+def test_gradient_start_vector():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=50)
+    v = measures.gradient_start(g, seed=3)
+    # g / |g| plus a unit Rademacher vector: entries +-1/sqrt(50) apart.
+    np.testing.assert_allclose(np.abs(v - g / np.linalg.norm(g)), 50**-0.5)
+    for degenerate in (np.zeros(50), np.full(50, np.nan)):
+        z = measures.gradient_start(degenerate, seed=3)
+        np.testing.assert_allclose(np.abs(z), 50**-0.5)
+        np.testing.assert_allclose(z, v - g / np.linalg.norm(g))
+
+
+def test_random_start_is_lanczos_with_its_seed(regressor):
+    c = regressor
+    op = CurvatureOperator(c.model, (c.x, c.y))
+    got = hessian.top_eigenvalues(op, start="random", seed=4)
+    expected = hessian.solvers.lanczos(op.matvec, op.dim, seed=4)
+    assert got.iterations == expected.iterations
+    np.testing.assert_allclose(got.eigenvalues, expected.eigenvalues, rtol=1e-12)
+
+
 def test_operator_can_be_shared(regressor):
     c = regressor
     op = CurvatureOperator(c.model, (c.x, c.y))
@@ -149,6 +195,7 @@ def test_operator_can_be_shared(regressor):
         (lambda m, d: hessian.stability_margins(m, d, lr=-1.0), "lr"),
         (lambda m, d: hessian.stability_margins(m, d, lr=0.1, rho="0"), "rho"),
         (lambda m, d: hessian.sharpness(m, d, tol=0), "tol"),
+        (lambda m, d: hessian.sharpness(m, d, start="gradients"), "start"),
         (lambda m, d: hessian.sharpness(m, d, training="no"), "training"),
         (lambda m, d: hessian.spectral_density(m, d, num_steps=0), "num_steps"),
     ],

@@ -144,3 +144,26 @@ def test_slq_full_steps_recovers_spectrum_and_moments():
 def test_bad_arguments(call, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         call()
+
+
+def test_borrowed_buffers_are_reused_and_distinct(monkeypatch):
+    monkeypatch.setattr(solvers, "_spare", [])
+    first = solvers._borrow(1000)
+    solvers._give_back(first[:10].reshape(2, 5))  # a view returns its base
+    again = solvers._borrow(800)
+    assert again.base is first
+    other = solvers._borrow(800)  # lent out: a new one
+    assert not np.shares_memory(again, other)
+    solvers._give_back(again)
+    solvers._give_back(other)
+
+
+def test_lanczos_after_a_larger_run_reuses_its_buffer_correctly():
+    # Runs of different sizes in turn (the buffer grown past its first 16
+    # rows, then lent again with stale contents) give exact results.
+    for dim in (60, 20, 60):
+        a = random_symmetric(dim, dim)
+        result = solvers.lanczos(a.__matmul__, dim, k=2, tol=1e-10, max_iter=dim)
+        np.testing.assert_allclose(
+            result.eigenvalues, np.linalg.eigvalsh(a)[::-1][:2], rtol=1e-8
+        )

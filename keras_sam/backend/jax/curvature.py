@@ -124,14 +124,16 @@ class Functions:
             (loss, _), (_, hv) = jax.jvp(gradient, (params,), (tangents,))
             return flat(project(hv, mask_values)), loss
 
-        def shared_products(values, x, y, sw, v):
+        def shared_products(values, x, y, sw, v=None):
             # Linearized once (the loss, its gradient and the residuals the
             # tangent map needs, computed outside the loop); then, in a
             # loop, only the tangent map ``v -> H v``, each next ``v`` from
             # the solver (`_step`, a host callback) until it returns none.
+            # Without ``v``, the solver is sent the gradient first and
+            # answers with the first ``v``.
             params, state, mask_values = values
             gradient = jax.grad(lambda p: loss_sum(p, state, x, y, sw))
-            _, tangent_map = jax.linearize(gradient, params)
+            grads, tangent_map = jax.linearize(gradient, params)
             shapes = (
                 jax.ShapeDtypeStruct((self.dim,), jnp.float32),
                 jax.ShapeDtypeStruct((), jnp.bool_),
@@ -145,8 +147,14 @@ class Functions:
                 hv = flat(project(tangent_map(tangents), mask_values))
                 return io_callback(self._step, shapes, hv)
 
+            if v is None:
+                start = io_callback(
+                    self._step, shapes, flat(project(grads, mask_values))
+                )
+            else:
+                start = (v, jnp.bool_(False))
             return jax.lax.while_loop(
-                lambda carry: jnp.logical_not(carry[1]), product, (v, jnp.bool_(False))
+                lambda carry: jnp.logical_not(carry[1]), product, start
             )[1]
 
         def grad_sum(values, x, y, sw):
@@ -206,12 +214,13 @@ class Functions:
 
     def drive(self, x, y, sw, v, step) -> bool:
         """Products ``sum_i sw_i H_i v`` from one linearization:
-        ``step(product) -> next v (float32 NumPy) or None``."""
+        ``step(product) -> next v (float32 NumPy) or None``, starting from
+        ``v`` (None: ``step`` is sent the gradient ``sum_i sw_i g_i`` first
+        and returns the first ``v``)."""
         self._callback = step
         try:
-            jax.block_until_ready(
-                self._shared(self._values(), x, y, sw, jnp.asarray(v))
-            )
+            start = None if v is None else jnp.asarray(v)
+            jax.block_until_ready(self._shared(self._values(), x, y, sw, start))
         finally:
             self._callback = None
         return True

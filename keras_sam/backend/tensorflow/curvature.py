@@ -186,11 +186,13 @@ class Functions:
             hv = accumulator.jvp(grads, unconnected_gradients=zero)
             return flat(project(hv)), loss
 
-        def shared_products(x, y, sw, v):
+        def shared_products(x, y, sw, v=None):
             # The loss and its gradient once; then, in a loop, ``H v`` as
             # the gradient of ``g . v`` (a persistent tape: only the second
             # backward pass is repeated), each next ``v`` from the solver
-            # (`step`, a Python callback) until it returns none.
+            # (`step`, a Python callback) until it returns none. Without
+            # ``v``, the solver is sent the gradient first and answers with
+            # the first ``v``.
             params = weights()
             with tf.GradientTape(persistent=True) as outer:
                 outer.watch(params)
@@ -202,6 +204,14 @@ class Functions:
                     for g in inner.gradient(loss, params, unconnected_gradients=zero)
                 ]
 
+            def ask(vector):
+                following, done = tf.py_function(
+                    self._step, [vector], [tf.float32, tf.bool]
+                )
+                following.set_shape([dim])
+                done.set_shape([])
+                return following, done
+
             def product(v, done):
                 hv = outer.gradient(
                     grads,
@@ -209,16 +219,13 @@ class Functions:
                     output_gradients=project(unflat(v)),
                     unconnected_gradients=zero,
                 )
-                following, done = tf.py_function(
-                    self._step, [flat(project(hv))], [tf.float32, tf.bool]
-                )
-                following.set_shape([dim])
-                done.set_shape([])
-                return following, done
+                return ask(flat(project(hv)))
 
-            final = tf.while_loop(
-                lambda v, done: tf.logical_not(done), product, [v, tf.constant(False)]
-            )
+            if v is None:
+                start = ask(flat(project(grads)))
+            else:
+                start = (v, tf.constant(False))
+            final = tf.while_loop(lambda v, done: tf.logical_not(done), product, start)
             return final[1]
 
         def grad_sum(x, y, sw):
@@ -268,11 +275,15 @@ class Functions:
                 0, tf.function(forward_hvp_sum, input_signature=hvp_signature, **kw)
             )
         # The solver's callback goes through the graph, so no XLA for it.
-        self._shared = (
-            None
-            if jit or forward
-            else tf.function(shared_products, input_signature=hvp_signature, **kw)
-        )
+        if jit or forward:
+            self._shared = self._shared_from_gradient = None
+        else:
+            self._shared = tf.function(
+                shared_products, input_signature=hvp_signature, **kw
+            )
+            self._shared_from_gradient = tf.function(
+                shared_products, input_signature=hvp_signature[:3], **kw
+            )
         self._callback = None
         self.grad = tf.function(
             grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw
@@ -315,8 +326,9 @@ class Functions:
     def drive(self, x, y, sw, v, step) -> bool:
         """Products ``sum_i sw_i H_i v`` sharing one forward and backward
         pass: ``step(product) -> next v (float32 NumPy) or None``, starting
-        from ``v``. False (no step taken) where the loop cannot be traced:
-        the operator then calls `hvp` per step."""
+        from ``v`` (None: ``step`` is sent the gradient ``sum_i sw_i g_i``
+        first and returns the first ``v``). False (no step taken) where the
+        loop cannot be traced: the operator then calls `hvp` per step."""
         if self._shared is None:
             return False
         taken = []
@@ -327,11 +339,15 @@ class Functions:
 
         self._callback = counted
         try:
-            self._shared(x, y, sw, tf.constant(v))
+            if v is None:
+                self._shared_from_gradient(x, y, sw)
+            else:
+                self._shared(x, y, sw, tf.constant(v))
         except (ValueError, TypeError, NotImplementedError, LookupError):
             if taken:
                 raise
-            self._shared = None  # the loop does not trace for this model
+            # The loop does not trace for this model.
+            self._shared = self._shared_from_gradient = None
             return False
         finally:
             self._callback = None

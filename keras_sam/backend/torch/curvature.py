@@ -190,7 +190,9 @@ class Functions:
     def drive(self, x, y, sw, v, step) -> bool:
         """Products ``sum_i sw_i H_i v`` from one graph of the gradient
         (``create_graph`` once, ``retain_graph`` per product: PyHessian's
-        saving): ``step(product) -> next v (float32 NumPy) or None``."""
+        saving): ``step(product) -> next v (float32 NumPy) or None``,
+        starting from ``v`` (None: ``step`` is sent the gradient ``sum_i
+        sw_i g_i`` first and returns the first ``v``)."""
         with torch.enable_grad():
             params = self._leaves()
             loss = self._loss_sum(params, x, y, sw)
@@ -198,6 +200,9 @@ class Functions:
                 loss, params, create_graph=True, allow_unused=True
             )
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            if v is None:
+                gradient = self._flat(self._project(grads), params).detach()
+                v = step(gradient.cpu().numpy())
             while v is not None:
                 tangents = self._project(self._unflat(self.tensors(v)))
                 if live:
