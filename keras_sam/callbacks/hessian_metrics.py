@@ -138,9 +138,17 @@ class HessianMetrics(CurvatureCallback):
             names += ["stability_sharpness"] + [f"stability_s{k}" for k in self.orders]
         return names
 
-    def _eigen(self, key, matvec, dim) -> float:
-        result = solvers.lanczos(
-            matvec, dim, max_iter=self.max_iter, tol=self.tol, v0=self._vectors.get(key)
+    def _eigen(self, key, measure, op, **options) -> float:
+        # Top eigenvalue by ``measure`` (`measures.top_eigenvalues` or
+        # `measures.non_uniformity_eigen`), warm-started from the previous
+        # call's vector for ``key``; the first call from the measure's own
+        # start (the Hessian's: the gradient).
+        result = measure(
+            op,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            v0=self._vectors.get(key),
+            **options,
         )
         self._vectors[key] = result.eigenvectors[:, 0]
         return float(result.eigenvalues[0])
@@ -151,14 +159,7 @@ class HessianMetrics(CurvatureCallback):
 
     def _measure(self) -> dict[str, float]:
         op = self._op()
-        # The first call starts from the gradient (see
-        # `keras_sam.hessian.measures.gradient_start`), later ones from the
-        # previous call's top eigenvector.
-        result = measures.top_eigenvalues(
-            op, max_iter=self.max_iter, tol=self.tol, v0=self._vectors.get("H")
-        )
-        self._vectors["H"] = result.eigenvectors[:, 0]
-        values = {"sharpness": float(result.eigenvalues[0])}
+        values = {"sharpness": self._eigen("H", measures.top_eigenvalues, op)}
         if self.trace:
             t = solvers.hutchinson(
                 op.matvec,
@@ -170,7 +171,7 @@ class HessianMetrics(CurvatureCallback):
             values["trace"], values["trace_stderr"] = t.estimate, t.stderr
         s = {}
         for k in self.orders:
-            gap = self._eigen(k, lambda v, k=k: op.moment_gap(v, k), op.dim)
+            gap = self._eigen(k, measures.non_uniformity_eigen, op, order=k)
             s[k] = measures.root(gap, k)
             values[f"s{k}"] = s[k]
         if self.stability:

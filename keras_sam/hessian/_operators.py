@@ -316,18 +316,23 @@ class CurvatureOperator:
         except StopIteration as stop:
             return stop.value
         shared = getattr(self._fn, "drive", None)
+
+        def mean_gradient():
+            return self.gradient()[1]
+
         if shared is None or len(self._tensors) != 1:
-            return _plain_drive(steps, v, self.hvp, lambda: self.gradient()[1])
+            return _plain_drive(steps, v, self.hvp, mean_gradient)
         state = _DriveState(steps)
-        wants_gradient = [v is GRADIENT]
+        wants_gradient = v is GRADIENT
         scale = 1.0 / self.num_examples
 
         def step(hv):
             # The backend's product (a float32 sum over the batch; first the
             # gradient where the solver asked for it) in, the next vector
             # (float32) or None out.
-            if wants_gradient[0]:
-                wants_gradient[0] = False
+            nonlocal wants_gradient
+            if wants_gradient:
+                wants_gradient = False
             else:
                 self.num_products += 1
             state.next(np.multiply(hv, scale, dtype=np.float64))
@@ -339,7 +344,7 @@ class CurvatureOperator:
         start = None if v is GRADIENT else self._float32(v)
         ran = shared(x, y, sw, start, step)
         if not ran:  # the backend could not run it (no step was taken)
-            return _plain_drive(steps, v, self.hvp, lambda: self.gradient()[1])
+            return _plain_drive(steps, v, self.hvp, mean_gradient)
         return state.result()
 
     def gradient(self) -> tuple[float, np.ndarray]:

@@ -90,8 +90,7 @@ def gradient_start(gradient: np.ndarray, seed: int | None = 0) -> np.ndarray:
 def _lanczos_from_gradient(dim, k, max_iter, tol, seed) -> solvers.Steps:
     # Sent the gradient the products share (`CurvatureOperator.drive`).
     gradient = yield GRADIENT
-    v = gradient_start(gradient, seed)
-    v /= np.sqrt(np.einsum("i,i->", v, v))
+    v = solvers._start_vector(dim, gradient_start(gradient, seed), None)
     return (yield from solvers._lanczos_steps(dim, k, max_iter, tol, v))
 
 

@@ -202,7 +202,9 @@ def run(steps: Steps, matvec: Matvec):
     try:
         v = next(steps)
         while True:
-            v = steps.send(_apply(matvec, v))
+            # A copy: Lanczos yields rows of a buffer the next solver call
+            # reuses, which a matvec keeping its argument must not see change.
+            v = steps.send(_apply(matvec, np.array(v)))
     except StopIteration as stop:
         return stop.value
 
