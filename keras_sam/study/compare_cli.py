@@ -1,52 +1,11 @@
-"""``keras-sam compare``: the command-line face of `keras_sam.study.compare`."""
+"""``keras-sam compare``: the command-line face of `keras_sam.study.compare`
+(`keras_sam.study.cli` parses its options)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import warnings
-
-
-def add_parser(sub) -> None:
-    parser = sub.add_parser(
-        "compare",
-        help="your model on your data: base optimizer vs SAM, same budget.",
-        description=(
-            "Trains the saved model twice from its saved weights, with its "
-            "optimizer and with SAM, for the same epochs, and prints test "
-            "metrics, sharpness and wall time side by side (compare.json and "
-            "compare.png in --out)."
-        ),
-    )
-    parser.add_argument("model", help="a saved Keras model (.keras)")
-    parser.add_argument(
-        "--data", required=True, help=".npz with x_train, y_train, x_test, y_test"
-    )
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rho", type=float, default=0.05)
-    parser.add_argument(
-        "--variant", default=None, help="a keras_sam.variants name (default: SAM)"
-    )
-    parser.add_argument(
-        "--optimizer",
-        default=None,
-        help="optimizer name (default: the saved model's, else sgd)",
-    )
-    parser.add_argument("--lr", type=float, default=None, help="with --optimizer")
-    parser.add_argument(
-        "--loss", default=None, help="loss name, for a model saved uncompiled"
-    )
-    parser.add_argument("--metrics", default=None, help="comma-separated metric names")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--sharpness-examples",
-        type=int,
-        default=512,
-        help="training examples for lambda_max (0: skip)",
-    )
-    parser.add_argument("--out", default="compare-results")
-    parser.add_argument("--no-plots", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
