@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 # What `__doc__` above lists; this module only parses. Each command lives in
@@ -272,9 +273,11 @@ def _compare_parser(sub) -> None:
         help="your model on your data: base optimizer vs SAM, same budget.",
         description=(
             "Trains the saved model twice from its saved weights, with its "
-            "optimizer and with SAM, for the same epochs, and prints test "
-            "metrics, sharpness and wall time side by side (compare.json and "
-            "compare.png in --out)."
+            "optimizer and with SAM, for the same epochs, and prints every "
+            "setting used, then test loss and metrics, sharpness and wall time "
+            "side by side (compare.json and compare.png in --out). An arm whose "
+            "training loss turns non-finite or exceeds 10x the starting loss is "
+            "flagged DIVERGED and the exit status is 1."
         ),
     )
     parser.add_argument("model", help="a saved Keras model (.keras)")
@@ -290,9 +293,16 @@ def _compare_parser(sub) -> None:
     parser.add_argument(
         "--optimizer",
         default=None,
-        help="optimizer name (default: the saved model's, else sgd)",
+        help="optimizer name (default: the saved model's, else sgd with lr 0.01 "
+        "and momentum 0.9)",
     )
-    parser.add_argument("--lr", type=float, default=None, help="with --optimizer")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate of --optimizer (default: the saved optimizer's, else "
+        "SGD's 0.01)",
+    )
     parser.add_argument(
         "--loss",
         default=None,
@@ -353,7 +363,7 @@ def missing_extra_message(command: str, error: ModuleNotFoundError) -> str | Non
     )
 
 
-def _start_library() -> None:
+def _start_library(command: str) -> None:
     """`import keras_sam`'s imports (Keras and its backend included), with
     TensorFlow's start-up notices hidden (`keras_sam._quiet`)."""
     import keras_sam
@@ -362,13 +372,18 @@ def _start_library() -> None:
     with _quiet.command_line_start():
         for name in keras_sam.__all__:
             getattr(keras_sam, name)
+        if command != "demo" and importlib.util.find_spec("tensorflow"):
+            # Where it is installed, Keras imports TensorFlow on any backend
+            # when it saves a model (compare), and the sweep's data pipelines
+            # use it: imported here, where its start-up notices are hidden.
+            import tensorflow  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module, function = _COMMANDS[args.command]
     try:
-        _start_library()
+        _start_library(args.command)
         command = getattr(importlib.import_module(module), function)
         code = command(args)
     except ModuleNotFoundError as error:

@@ -20,11 +20,8 @@ def run(args: argparse.Namespace) -> int:
             # A model saved before training has an unbuilt optimizer.
             warnings.filterwarnings("ignore", message="Skipping variable loading")
             model = keras.models.load_model(args.model)
-        optimizer = args.optimizer
-        if optimizer is not None:
-            optimizer = keras.optimizers.get(optimizer)
-            if args.lr is not None:
-                optimizer.learning_rate = args.lr
+        loss = compare.loss_from_spec(args.loss, args.from_logits)
+        optimizer = _optimizer(keras, compare, args, model)
         result = compare.compare(
             model,
             train,
@@ -34,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             rho=args.rho,
             variant=args.variant,
             optimizer=optimizer,
-            loss=args.loss,
+            loss=loss,
             metrics=args.metrics.split(",") if args.metrics else None,
             seed=args.seed,
             sharpness_examples=args.sharpness_examples,
@@ -45,4 +42,28 @@ def run(args: argparse.Namespace) -> int:
     print(result.table())
     for path in compare.write(result, args.out, plots=not args.no_plots):
         print(f"wrote {path}")
+    if result.diverged:
+        print(
+            f"keras-sam compare: {', '.join(result.diverged)} diverged (see the "
+            "table); exit status 1.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _optimizer(keras, compare, args, model):
+    """``--optimizer`` (default: the saved one, else the default SGD) with
+    ``--lr`` applied; None when neither is given."""
+    if args.optimizer is None and args.lr is None:
+        return None
+    if args.optimizer is not None:
+        optimizer = keras.optimizers.get(args.optimizer)
+    elif model.compiled:
+        optimizer = model.optimizer
+    else:
+        optimizer = compare.default_optimizer()
+    optimizer = type(optimizer).from_config(optimizer.get_config())
+    if args.lr is not None:
+        optimizer.learning_rate = args.lr
+    return optimizer
