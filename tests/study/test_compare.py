@@ -84,6 +84,19 @@ def test_uncompiled_model_needs_a_loss():
     assert result.base.name == "Adam"
 
 
+def test_a_new_optimizer_keeps_the_compiled_loss_and_metrics():
+    train, test = _data()
+    result = compare.compare(
+        _model(), train, test, epochs=1, optimizer="adam", sharpness_examples=0
+    )
+    assert result.base.name == "Adam"
+    assert result.base.test.keys() == {"loss", "accuracy"}
+    assert result.settings["loss"] == (
+        "SparseCategoricalCrossentropy(from_logits=True)"
+    )
+    assert result.settings["optimizer"].startswith("Adam (lr 0.001")
+
+
 def test_command_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
     (x, y), (x_test, y_test) = _data()
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
