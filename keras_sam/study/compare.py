@@ -148,10 +148,11 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def divergence(train_loss: list[float], start_loss: float) -> str | None:
+def divergence(train_loss: list[float], start_loss: float | None) -> str | None:
     """Why a run with these epoch losses diverged, or None: a non-finite
-    loss, or one above `DIVERGENCE_FACTOR` x ``start_loss``."""
-    limit = DIVERGENCE_FACTOR * abs(start_loss) if math.isfinite(start_loss) else None
+    loss, or one above `DIVERGENCE_FACTOR` x ``start_loss`` (when known)."""
+    known = start_loss is not None and math.isfinite(start_loss)
+    limit = DIVERGENCE_FACTOR * abs(start_loss) if known else None
     for epoch, loss in enumerate(train_loss, start=1):
         if not math.isfinite(loss):
             return f"training loss {loss} at epoch {epoch}"
@@ -447,7 +448,7 @@ def _train_arm(
     sharpness_examples,
     verbose,
     name,
-    start_loss,
+    start_loss=None,
 ) -> Arm:
     keras.utils.set_random_seed(seed)
     timer = _EpochTimer()

@@ -204,6 +204,9 @@ def test_divergence_rule_on_the_reported_run():
     assert compare.divergence([5.4, 40.0, 2.0], start_loss=5.4) is None  # < 10x
     assert "nan" in compare.divergence([5.4, float("nan")], start_loss=5.4)
     assert "inf" in compare.divergence([float("inf")], start_loss=5.4)
+    # No starting loss known: only a non-finite loss counts.
+    assert compare.divergence([1.7e12], start_loss=None) is None
+    assert "nan" in compare.divergence([float("nan")], start_loss=None)
 
 
 def test_a_diverged_run_is_flagged_in_table_json_and_exit_status(tmp_path, capsys):
