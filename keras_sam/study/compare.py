@@ -342,29 +342,35 @@ def compare(
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "start.keras")
         model.save(path)
-        arms = []
-        for use_sam in (False, True):
+
+        def fresh_copy():
             # Random layers (dropout) draw their seeds when built: the same
-            # seeds in both copies.
+            # seeds in every copy.
             keras.utils.set_random_seed(seed)
             with warnings.catch_warnings():
                 # "Skipping variable loading for optimizer": the saved
-                # optimizer is unbuilt; each arm's builds anew.
+                # optimizer is unbuilt; each copy's builds anew.
                 warnings.filterwarnings("ignore", message="Skipping variable loading")
                 copy = keras.models.load_model(path, compile=model.compiled)
             if not model.compiled or optimizer is not None or loss is not None:
                 _recompile(copy, model.compiled, optimizer, loss, metrics)
-            # In both arms alike (an evaluation before training).
-            start_loss = _start_loss(copy, train, batch_size)
-            if not use_sam:
-                settings.update(
-                    optimizer=describe_optimizer(copy.optimizer),
-                    learning_rate=float(
-                        keras.ops.convert_to_numpy(copy.optimizer.learning_rate)
-                    ),
-                    loss=describe_loss(copy.loss),
-                    start_loss=start_loss,
-                )
+            return copy
+
+        # The settings and the starting loss (the divergence yardstick) from
+        # a copy of their own: the arms' copies are only trained.
+        probe = fresh_copy()
+        settings.update(
+            optimizer=describe_optimizer(probe.optimizer),
+            learning_rate=float(
+                keras.ops.convert_to_numpy(probe.optimizer.learning_rate)
+            ),
+            loss=describe_loss(probe.loss),
+            start_loss=_start_loss(probe, train, batch_size),
+        )
+        del probe
+        arms = []
+        for use_sam in (False, True):
+            copy = fresh_copy()
             trained = copy
             if use_sam:
                 trained = keras_sam.sam(copy, rho=rho, variant=sam_variant)
@@ -381,7 +387,7 @@ def compare(
                     sharpness_examples=sharpness_examples,
                     verbose=verbose,
                     name=_arm_name(copy, use_sam, rho, sam_variant),
-                    start_loss=start_loss,
+                    start_loss=settings["start_loss"],
                 )
             )
     return Comparison(base=arms[0], sam=arms[1], settings=settings)
