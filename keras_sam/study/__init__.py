@@ -9,3 +9,5 @@ sweep.run_sweep(workloads.get_preset("synthetic", "quick"), out_dir="results/q")
 
 The study needs TensorFlow and the `[study]` extra.
 """
+
+__all__ = ["sweep", "workloads"]
