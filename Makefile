@@ -102,7 +102,7 @@ bench: $(STAMP)
 # generated from the docstrings; any warning (a broken link, a public name
 # without a docstring) fails it.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/mkdocs build --strict
 
 # The release lane: the sdist and the wheel built from it, `twine check
 # --strict`, their contents, then the wheel installed with the `jax` extra
