@@ -42,13 +42,15 @@ class Entry:
     """One exported name: where it is rendered from, or what is wrong with it."""
 
     name: str
-    target: str | None = None  # dotted path of its definition
+    target: str | None = None  # the dotted path mkdocstrings renders
     module: bool = False
     problem: str | None = None
 
 
 @dataclasses.dataclass
 class PublicModule:
+    """A public module: whether it has a docstring and `__all__`, its exports."""
+
     path: str
     docstring: bool
     has_all: bool
@@ -103,7 +105,7 @@ class Reference:
             return self.static
         try:
             return self.static[path.removeprefix(self.package + ".")]
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, griffe.AliasResolutionError):
             return None
 
     def _locate(self, module: str, entry: Entry, value: object) -> None:
@@ -126,8 +128,8 @@ class Reference:
                 if path.rsplit(".", 1)[0] == module
             ] or self._assignments(entry.name)
             if len(found) != 1:
-                where = ", ".join(found) or "nowhere"
-                entry.problem = f"its definition is ambiguous: {where}"
+                where = ", ".join(found) or "none"
+                entry.problem = f"no one definition in the package (found: {where})"
                 return
             entry.target = found[0]
         try:
