@@ -7,7 +7,8 @@ objects are read from the imported modules, so lazy exports (a module
 `__getattr__`, a computed `__all__`) appear as users see them; each object is
 rendered under its public path where the module defines or imports it, else
 from where it is defined (its `__module__` and `__qualname__`, or for a
-constant the one module of the package that assigns it), read by griffe. A
+constant the module-level assignment in the package that holds the very
+object), read by griffe. A
 public module without `__all__`, an exported name that does not resolve, or one
 without a docstring is a warning, so `mkdocs build --strict` fails on it.
 """
@@ -121,12 +122,12 @@ class Reference:
             and self._static(f"{defined_in}.{qualname}") is not None
         ):
             entry.target = f"{defined_in}.{qualname}"
-        else:  # a constant: the one module of the package that assigns it
+        else:  # a constant: the module of the package whose assignment it is
             found = [
                 path
                 for path in self._assignments(entry.name)
-                if path.rsplit(".", 1)[0] == module
-            ] or self._assignments(entry.name)
+                if _runtime_value(path) is value
+            ]
             if len(found) != 1:
                 where = ", ".join(found) or "none"
                 entry.problem = f"no one definition in the package (found: {where})"
@@ -197,6 +198,14 @@ def _export(module: ModuleType, name: str) -> object:
         if not hasattr(module, "__path__"):
             raise
         return importlib.import_module(f"{module.__name__}.{name}")
+
+
+def _runtime_value(path: str) -> object:
+    module, name = path.rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except Exception:  # noqa: BLE001 (not a candidate then)
+        return None
 
 
 def page_name(path: str) -> str:
