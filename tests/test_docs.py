@@ -62,17 +62,19 @@ def package(tmp_path, monkeypatch):
             from docs_fixture_package import sub
             from docs_fixture_package._impl import documented, undocumented
 
-            __all__ = ["documented", "undocumented", "sub", "CONST", "lazy", "gone"]
+            __all__ = [
+                "documented", "undocumented", "sub", "CONST", "lazy", "TABLE", "gone"
+            ]
 
             #: A documented constant.
             CONST = 1
 
 
             def __getattr__(name):
-                if name == "lazy":
-                    from docs_fixture_package._lazy import lazy
+                if name in ("lazy", "TABLE"):
+                    from docs_fixture_package import _lazy
 
-                    return lazy
+                    return getattr(_lazy, name)
                 raise AttributeError(name)
             ''',
         "_impl.py": '''
@@ -86,7 +88,13 @@ def package(tmp_path, monkeypatch):
         "_lazy.py": '''
             def lazy():
                 """Imported on first use."""
+
+            #: The table the package exports.
+            TABLE = {"a": 1}
             ''',
+        "_other.py": """
+            TABLE = {"b": 2}  # another object of the same name
+            """,
         "sub.py": '''
             """A public module without __all__."""
             ''',
@@ -115,6 +123,7 @@ def test_reference_finds_what_leaves_a_name_without_a_page(package):
     assert f"::: {name}.documented\n" in page
     assert f"::: {name}.CONST\n" in page  # its `#:` comment is its docstring
     assert f"::: {name}._lazy.lazy\n" in page  # lazy: from where it is defined
+    assert f"::: {name}._lazy.TABLE\n" in page  # the very object, not _other's
     assert f"[`{name}.sub`]({name}.sub.md)" in page
 
 
