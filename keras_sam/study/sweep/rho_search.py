@@ -271,7 +271,11 @@ class GroupSearch:
 
     @property
     def extensions(self) -> tuple[float, ...]:
-        return tuple(r for r in self.grid if r not in self.start)
+        """The rhos added to the start grid, in the order they were added
+        (away from the start: upward ones ascending, downward descending)."""
+        top, bottom = max(self.start), min(self.start)
+        up = sorted(r for r in self.grid if r > top)
+        return (*up, *sorted((r for r in self.grid if r < bottom), reverse=True))
 
     @property
     def done(self) -> bool:
@@ -335,7 +339,7 @@ def search_runs(preset, state: Sequence[GroupSearch]) -> list[RunSpec]:
     runs = plan_runs(preset)
     config_id = preset.config_id()
     for group in state:
-        for rho in _in_added_order(group):
+        for rho in group.extensions:
             runs += [
                 RunSpec(
                     preset.workload,
@@ -349,14 +353,6 @@ def search_runs(preset, state: Sequence[GroupSearch]) -> list[RunSpec]:
                 for s in preset.seeds
             ]
     return runs
-
-
-def _in_added_order(group: GroupSearch) -> list[float]:
-    # Upward extensions grow away from the start, downward ones too.
-    top, bottom = max(group.start), min(group.start)
-    up = sorted(r for r in group.extensions if r > top)
-    down = sorted((r for r in group.extensions if r < bottom), reverse=True)
-    return up + down
 
 
 def shard_search_runs(
@@ -524,7 +520,7 @@ def run_command(args: Any, preset, out: str, shard: tuple[int, int] | None) -> i
     if args.rhos != "auto":
         print(
             "keras-sam sweep: error: `--max-extensions` needs `--rhos auto`, got "
-            f"--rhos={','.join(f'{r:g}' for r in args.rhos)}.",
+            f"--rhos={','.join(f'{r:g}' for r in preset.rhos)}.",
             file=sys.stderr,
         )
         return 2
