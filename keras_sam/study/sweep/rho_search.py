@@ -14,11 +14,13 @@ next rho past that edge, geometrically by a factor of 2 (0.2 -> 0.4 -> 0.8,
 - a best at the top edge is extended upward at most ``max_extensions`` times
   in all (then: ``"top edge at the limit"``);
 - a best at the bottom edge is extended downward only while SAM beats the
-  baseline there (mean gap > 0), down to ``min_rho``. As rho -> 0 SAM becomes
-  the baseline optimizer, so a best at the bottom edge with a gap <= 0 means
-  that no rho tried helps: the verdict is ``"no gain"`` (the baseline is the
-  best choice; rho -> 0), not a grid artifact. A best still at the bottom at
-  ``min_rho`` with a positive gap is ``"bottom edge at the limit"``.
+  baseline there (mean gap > 0), down to ``min_rho`` (a grid of one rho
+  that loses to the baseline is extended downward once, to see the trend).
+  As rho -> 0 SAM becomes the baseline optimizer, so a best at the bottom
+  edge with a gap <= 0 means that no rho tried helps: the verdict is
+  ``"no gain"`` (the baseline is the best choice; rho -> 0), not a grid
+  artifact. A best still at the bottom at ``min_rho`` with a positive gap
+  is ``"bottom edge at the limit"``.
 
 Extension runs are ordinary runs (`RunSpec`, their own keys: ``0.2 * 2`` is
 keyed ``0.4``, so runs already recorded at that rho are reused), and the
@@ -176,6 +178,8 @@ def decide(
             return Decision(best, next_rho(highest, +1), TOP_EDGE)
         return Decision(best, None, TOP_LIMIT, f"after {used} extensions")
     if best == lowest:
+        if gap <= 0 and highest == lowest and can_go_down:
+            return Decision(best, down, BOTTOM_EDGE)  # one rho: which side?
         if gap <= 0:
             return Decision(
                 best,

@@ -241,6 +241,16 @@ def test_decide_edges_limits_and_no_gain():
                   start).next_rho == 0.025  # fmt: skip
 
 
+def test_a_single_rho_goes_up_if_it_helps_else_down():
+    assert decide(points({0.1: 0.01}), (0.1,)).next_rho == 0.2
+    assert decide(points({0.1: -0.01}), (0.1,)).next_rho == 0.05
+    # Then the two rhos decide as any grid: smaller better, still no gain.
+    two = decide(points({0.05: -0.005, 0.1: -0.01}), (0.1,))
+    assert (two.best_rho, two.next_rho, two.verdict) == (0.05, None, NO_GAIN)
+    none = SearchOptions(max_extensions=0)
+    assert decide(points({0.1: -0.01}), (0.1,), none).verdict == NO_GAIN
+
+
 def test_collapse_is_named():
     pts = {
         0.1: RhoPoint(0.1, 0.01, 0.70, 3),
