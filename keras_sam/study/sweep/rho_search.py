@@ -89,12 +89,17 @@ class SearchOptions:
     ``min_rho``: the lowest rho tried (default: the grid's lowest / 2 **
     ``max_extensions``). ``collapse``: a rho above the best whose mean metric
     falls by more than this fraction below the next lower rho's is reported
-    as a collapse (it ranks by its value like any rho).
+    as a collapse (it ranks by its value like any rho). ``tie``: an edge rho
+    whose gap is within this many standard errors of the best's (of their
+    per-seed difference, over the seeds they share; needs 2) ties with it,
+    and the grid extends past it too: an optimum counts as interior only
+    when it beats both edges by more than the noise.
     """
 
     max_extensions: int = MAX_EXTENSIONS
     min_rho: float | None = None
     collapse: float = 0.2
+    tie: float = 1.0
 
     def __post_init__(self):
         if (
@@ -108,6 +113,8 @@ class SearchOptions:
             )
         if self.min_rho is not None and not self.min_rho > 0:
             raise ValueError(f"`min_rho` must be > 0, got min_rho={self.min_rho!r}.")
+        if not (isinstance(self.tie, int | float) and 0 <= self.tie < math.inf):
+            raise ValueError(f"`tie` must be a number >= 0, got tie={self.tie!r}.")
         if not 0 < self.collapse < 1:
             raise ValueError(
                 f"`collapse` must be in (0, 1), got collapse={self.collapse!r}."
@@ -122,13 +129,15 @@ class SearchOptions:
 @dataclasses.dataclass(frozen=True)
 class RhoPoint:
     """One rho of one group: the seed-mean paired gap (SAM better > 0), the
-    seed-mean metric, the seeds, and why it counts as diverged (None if not)."""
+    seed-mean metric, the seeds, why it counts as diverged (None if not),
+    and the paired gap of each seed."""
 
     rho: float
     gap: float
     value: float
     seeds: int
     diverged: str | None = None
+    by_seed: Mapping[int, float] = dataclasses.field(default_factory=dict)
 
     @property
     def rank(self) -> float:
@@ -156,7 +165,9 @@ def decide(
     grid started as ``start``: past the edge that holds the best, or None
     with the verdict why it stops.
 
-    Ties go to the smaller rho (the milder change to the base optimizer).
+    Equal gaps go to the smaller rho (the milder change to the base
+    optimizer); an edge within ``options.tie`` standard errors of the best
+    is extended past like a best at that edge.
     """
     if not points:
         return Decision(None, None, PENDING)
@@ -177,6 +188,21 @@ def decide(
         if left:
             return Decision(best, next_rho(highest, +1), TOP_EDGE)
         return Decision(best, None, TOP_LIMIT, f"after {used} extensions")
+    tied_top = best != highest and _ties(points[best], points[highest], options)
+    tied_bottom = (
+        best != lowest
+        and points[lowest].gap > 0
+        and _ties(points[best], points[lowest], options)
+    )
+    if tied_top or tied_bottom:
+        edge = highest if tied_top else lowest
+        note = f"rho {edge:g} within {options.tie:g} s.e. of the best {best:g}"
+        if tied_top and left:
+            return Decision(best, next_rho(highest, +1), TOP_EDGE, note)
+        if tied_bottom and can_go_down:
+            return Decision(best, down, BOTTOM_EDGE, note)
+        note += "; no extension left"
+        return Decision(best, None, INTERIOR, note)
     if best == lowest:
         if gap <= 0 and highest == lowest and can_go_down:
             return Decision(best, down, BOTTOM_EDGE)  # one rho: which side?
@@ -194,6 +220,20 @@ def decide(
     return Decision(
         best, None, INTERIOR, _above_note(points, best, options, higher_is_better)
     )
+
+
+def _ties(best: RhoPoint, edge: RhoPoint, options: SearchOptions) -> bool:
+    """``edge`` is within ``options.tie`` standard errors of ``best``: of the
+    per-seed difference of their gaps (2 seeds in common at least)."""
+    if edge.diverged or not options.tie:
+        return False
+    seeds = sorted(set(best.by_seed) & set(edge.by_seed))
+    if len(seeds) < 2:
+        return False
+    diffs = [best.by_seed[s] - edge.by_seed[s] for s in seeds]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean <= options.tie * math.sqrt(var / len(diffs))
 
 
 def _above_note(points, best, options, higher_is_better) -> str:
@@ -250,14 +290,14 @@ def point_from_runs(
         kinds = sorted({reasons[s] for s in bad})
         diverged = f"{len(bad)}/{len(runs)} seeds: {', '.join(kinds)}"
     values = {s: r["value"] for s, r in runs.items() if not reasons[s]}
-    pairs = [
-        sign * (values[s] - baseline[s]["value"])
+    pairs = {
+        s: sign * (values[s] - baseline[s]["value"])
         for s in sorted(values)
         if s in baseline and run_diverged(baseline[s]) is None
-    ]
-    gap = sum(pairs) / len(pairs) if pairs else math.nan
+    }
+    gap = sum(pairs.values()) / len(pairs) if pairs else math.nan
     value = sum(values.values()) / len(values) if values else math.nan
-    return RhoPoint(rho, gap, value, len(runs), diverged)
+    return RhoPoint(rho, gap, value, len(runs), diverged, pairs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,10 +339,17 @@ def search_state(
     higher_is_better: bool,
 ) -> list[GroupSearch]:
     """Every group's search, derived from ``records`` (the folder's results)
-    alone: a grid grows while all of its runs are recorded and the decision
-    on them asks for the next rho."""
+    alone: the grid starts as the preset's rhos and every rho already
+    recorded for all seeds, and grows while all of its runs are recorded
+    and the decision on them asks for the next rho."""
     latest = latest_by_key(list(records))
     start = tuple(sorted({canonical_rho(r) for r in preset.rhos}))
+    config_id = preset.config_id()
+    found: dict[tuple[float, str, str], set[float]] = {}
+    for r in latest.values():
+        if r.get("config_id") == config_id and r.get("rho") is not None:
+            group = (float(r["size"]), r.get("variant", "dense"), r["method"])
+            found.setdefault(group, set()).add(canonical_rho(r["rho"]))
     out = []
     for size, variant in planned_variants(preset):
         baseline = {
@@ -310,7 +357,16 @@ def search_state(
             for s in preset.seeds
         }
         for method in (SAM, *preset.sam_variants):
-            grid = list(start)
+            # Rhos already finished for every seed join the grid: free data.
+            recorded = [
+                rho
+                for rho in sorted(found.get((float(size), variant, method), ()))
+                if all(
+                    _key(preset, size, variant, method, rho, s) in latest
+                    for s in preset.seeds
+                )
+            ]
+            grid = sorted({*start, *recorded})
             points: dict[float, RhoPoint] = {}
             decision = Decision(None, None, PENDING)
             while True:
@@ -482,12 +538,15 @@ def search_section(
 ) -> str:
     start = ", ".join(f"{r:g}" for r in state[0].start) if state else ""
     return (
-        f"Rho search (`--rhos auto`): from the grid {start}, each best at an "
-        f"edge extended by a factor of {FACTOR:g} past it (at most "
-        f"{options.max_extensions} extensions; + marks them, ! a diverged rho), "
+        f"Rho search (`--rhos auto`): from the grid {start} (and any rho "
+        "already recorded for every seed), a best at an edge, or within "
+        f"{options.tie:g} standard error of an edge (of their per-seed "
+        f"difference), is extended past it by a factor of {FACTOR:g} (at most "
+        f"{options.max_extensions} extensions; + marks them, ! a diverged rho); "
         "decided on the seed-mean paired gap over the baseline. 'no gain': the "
         "best is the lowest rho and it does not beat the baseline (SAM -> the "
-        "baseline as rho -> 0).\n\n" + search_table(state, size_name)
+        "baseline as rho -> 0); 'pending': runs missing.\n\n"
+        + search_table(state, size_name)
     )
 
 

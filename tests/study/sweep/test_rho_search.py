@@ -178,7 +178,12 @@ def test_search_reuses_runs_recorded_at_the_doubled_rhos(tmp_path, fake):
     run_sweep(grid, str(tmp_path), make_plots=False, stream=io.StringIO())
     assert len(calls) == 4 * 6 * 3
     calls.clear()
-    assert outcome(search(tmp_path)) == EXPECTED
+    found = outcome(search(tmp_path))
+    assert {k: v[:2] for k, v in found.items()} == {
+        k: v[:2] for k, v in EXPECTED.items()
+    }
+    # Rhos recorded for every seed join the grid (they count as extensions).
+    assert found[8][2] == (0.4, 0.8, 0.025, 0.0125) and found[32][2] == (0.4, 0.8)
     trained = {(k.split("|")[3], k.split("|")[5]) for k in calls}
     assert trained == {("4", "1.6"), ("8", "0.025"), ("8", "0.0125")}
     assert len(calls) == 3 * 3
@@ -249,6 +254,40 @@ def test_a_single_rho_goes_up_if_it_helps_else_down():
     assert (two.best_rho, two.next_rho, two.verdict) == (0.05, None, NO_GAIN)
     none = SearchOptions(max_extensions=0)
     assert decide(points({0.1: -0.01}), (0.1,), none).verdict == NO_GAIN
+
+
+def seeded(rho, by_seed):
+    gap = sum(by_seed.values()) / len(by_seed)
+    return RhoPoint(rho, gap, 0.5 + gap, len(by_seed), None, by_seed)
+
+
+def test_an_edge_within_the_noise_of_the_best_is_extended_past():
+    # MNIST-1D width 100 had 0.1 ~ 0.2 (a plateau), and 0.4 far better.
+    low = seeded(0.05, {0: 0.0, 1: 0.01, 2: 0.0})
+    best = seeded(0.1, {0: 0.02, 1: 0.03, 2: 0.01})
+    tied = seeded(0.2, {0: 0.025, 1: 0.015, 2: 0.012})
+    # per-seed best - top: -0.005, 0.015, -0.002: mean 0.00267, s.e. 0.00623
+    pts = {0.05: low, 0.1: best, 0.2: tied}
+    d = decide(pts, (0.05, 0.1, 0.2))
+    assert (d.best_rho, d.next_rho, d.verdict) == (0.1, 0.4, TOP_EDGE)
+    assert "rho 0.2 within 1 s.e. of the best 0.1" in d.note
+    # Within 0.4 s.e. it is no tie: 0.00267 > 0.4 * 0.00623 = 0.00249.
+    assert decide(pts, (0.05, 0.1, 0.2), SearchOptions(tie=0.4)).next_rho is None
+    assert decide(pts, (0.05, 0.1, 0.2), SearchOptions(tie=0.45)).next_rho == 0.4
+    # The same mean difference on every seed (s.e. 0): the best is interior.
+    clear = seeded(0.2, {0: 0.0, 1: 0.01, 2: -0.01})
+    d = decide({0.05: low, 0.1: best, 0.2: clear}, (0.05, 0.1, 0.2))
+    assert (d.best_rho, d.next_rho, d.verdict) == (0.1, None, INTERIOR)
+    # A tie at the bottom extends down only where SAM still gains there.
+    pts = {0.05: seeded(0.05, {0: 0.025, 1: 0.015, 2: 0.012}), 0.1: best,
+           0.2: clear}  # fmt: skip
+    assert decide(pts, (0.05, 0.1, 0.2)).next_rho == 0.025
+    losing = seeded(0.05, {0: 0.025, 1: -0.015, 2: -0.012})
+    assert (
+        decide({0.05: losing, 0.1: best, 0.2: clear}, (0.05, 0.1, 0.2)).next_rho is None
+    )
+    with pytest.raises(ValueError, match="tie"):
+        SearchOptions(tie=-1.0)
 
 
 def test_collapse_is_named():
