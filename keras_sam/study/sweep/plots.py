@@ -37,11 +37,11 @@ def _err(values):
 _EDGE_MARKERS = {"top": "^", "bottom": "v", "only": "s"}
 
 
-def _mark_edges(ax, rows: list[SizeSummary], y) -> None:
+def _mark_edges(ax, rows: list[SizeSummary], y, x=lambda s: s.params) -> None:
     """Red open markers on the points whose best rho is at an edge of the
     rhos tried (^ top, v bottom, s the only rho)."""
     for edge, marker in _EDGE_MARKERS.items():
-        points = [(s.params, y(s)) for s in rows if s.edge == edge]
+        points = [(x(s), y(s)) for s in rows if s.edge == edge]
         if points:
             ax.scatter(
                 [p for p, _ in points],
@@ -181,6 +181,9 @@ def plot_sparse(
             color=f"C{i}",
             label=method,
         )
+    marked = [s for rows in lines.values() for s in rows if s.best_rho is not None]
+    _mark_edges(ax, list({id(s): s for s in marked}.values()),
+                lambda s: s.gap.mean, lambda s: s.sparsity)  # fmt: skip
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set(xlabel="sparsity (fixed non-zero budget)", ylabel=f"gap in {metric}")
     ax.set_title(title)

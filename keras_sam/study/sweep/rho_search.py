@@ -316,10 +316,15 @@ class GroupSearch:
     @property
     def extensions(self) -> tuple[float, ...]:
         """The rhos added to the start grid, in the order they were added
-        (away from the start: upward ones ascending, downward descending)."""
+        (away from the start: upward ones ascending, downward descending),
+        then any recorded rho between the start's."""
         top, bottom = max(self.start), min(self.start)
         up = sorted(r for r in self.grid if r > top)
-        return (*up, *sorted((r for r in self.grid if r < bottom), reverse=True))
+        down = sorted((r for r in self.grid if r < bottom), reverse=True)
+        inside = sorted(
+            r for r in self.grid if bottom < r < top and r not in self.start
+        )
+        return (*up, *down, *inside)
 
     @property
     def done(self) -> bool:

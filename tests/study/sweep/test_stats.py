@@ -146,3 +146,31 @@ def test_cost_gain_marks_edges():
         rows.append(rec(1, "looksam", 0.2, seed, 0.5, 100))
     table = cost_gain.cost_gain_table(rows, "accuracy", "size", True)
     assert "| 1 | looksam | 0.1 |" in table and "| **bottom edge** |" in table
+
+
+def test_plots_mark_the_edges(tmp_path, monkeypatch):
+    from keras_sam.study.sweep import plots
+
+    marked = []
+    real = plots._mark_edges
+
+    def spy(ax, rows, y, x=lambda s: s.params):
+        marked.append(sorted((x(s), s.edge) for s in rows if s.edge))
+        return real(ax, rows, y, x)
+
+    monkeypatch.setattr(plots, "_mark_edges", spy)
+    rows = records()
+    rows.append(rec(1, "sam", 0.4, 0, 0.9, 100))  # size 1: top edge at 0.4
+    rows.append(rec(1, "sam", 0.4, 1, 0.9, 100))
+    rows.append(rec(2, "sam", 0.05, 0, 0.9, 1000))  # size 2: bottom edge
+    rows.append(rec(2, "sam", 0.05, 1, 0.9, 1000))
+    paths = plots.plot_summary(summarize(rows, True), "accuracy", str(tmp_path), "t")
+    assert all((tmp_path / p.rsplit("/", 1)[1]).exists() for p in paths)
+    assert marked == [[(100, "top"), (1000, "bottom"), (10000, "top")]] * 2
+    sparse = records({1: [0.01, 0.03]})
+    for seed in (0, 1):
+        sparse.append(rec(2, "baseline", None, seed, 0.5, 1000, "random@1"))
+        sparse.append(rec(2, "sam", 0.2, seed, 0.6, 1000, "random@1"))
+    marked.clear()
+    plots.plot_sparse(summarize(sparse, True), "accuracy", str(tmp_path), "t")
+    assert marked == [[(0.0, "only"), (0.0, "top")]]  # no sparsity recorded here
