@@ -188,11 +188,12 @@ def decide(
         if left:
             return Decision(best, next_rho(highest, +1), TOP_EDGE)
         return Decision(best, None, TOP_LIMIT, f"after {used} extensions")
-    tied_top = best != highest and _ties(points[best], points[highest], options)
-    tied_bottom = (
-        best != lowest
-        and points[lowest].gap > 0
-        and _ties(points[best], points[lowest], options)
+    # A tie extends only where SAM gains over the baseline at the edge.
+    tied_top, tied_bottom = (
+        edge != best
+        and points[edge].gap > 0
+        and _ties(points[best], points[edge], options)
+        for edge in (highest, lowest)
     )
     if tied_top or tied_bottom:
         edge = highest if tied_top else lowest

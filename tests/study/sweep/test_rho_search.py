@@ -286,6 +286,12 @@ def test_an_edge_within_the_noise_of_the_best_is_extended_past():
     assert (
         decide({0.05: losing, 0.1: best, 0.2: clear}, (0.05, 0.1, 0.2)).next_rho is None
     )
+    # A tie with a top edge where SAM does not gain is not extended past.
+    worse = seeded(0.2, {0: -0.01, 1: 0.0, 2: -0.02})  # ties: 0.01 <= s.e. 0.0115
+    lower = seeded(0.05, {0: -0.01, 1: -0.01, 2: -0.01})
+    d = decide({0.05: lower, 0.1: seeded(0.1, {0: -0.02, 1: 0.03, 2: -0.01}),
+                0.2: worse}, (0.05, 0.1, 0.2))  # fmt: skip
+    assert (d.best_rho, d.next_rho, d.verdict) == (0.1, None, INTERIOR)
     with pytest.raises(ValueError, match="tie"):
         SearchOptions(tie=-1.0)
 
