@@ -11,6 +11,10 @@ next rho past that edge, geometrically by a factor of 2 (0.2 -> 0.4 -> 0.8,
   SAM better > 0; a rho with any seed failed, non-finite, or whose training
   loss ended above its first epoch's (an exploding loss), is *diverged* and
   ranks last, so the search never extends past a divergence;
+- an edge rho within one standard error of the best (``tie``; of the
+  per-seed difference of their gaps) counts as holding the best too, where
+  SAM gains there: a noisy plateau is not taken for an interior optimum;
+- every rho already recorded for all seeds joins the grid (free data);
 - a best at the top edge is extended upward at most ``max_extensions`` times
   in all (then: ``"top edge at the limit"``);
 - a best at the bottom edge is extended downward only while SAM beats the
@@ -202,8 +206,8 @@ def decide(
             return Decision(best, next_rho(highest, +1), TOP_EDGE, note)
         if tied_bottom and can_go_down:
             return Decision(best, down, BOTTOM_EDGE, note)
-        note += "; no extension left"
-        return Decision(best, None, INTERIOR, note)
+        # The optimum is not established inside the grid: say which limit.
+        return Decision(best, None, TOP_LIMIT if tied_top else BOTTOM_LIMIT, note)
     if best == lowest:
         if gap <= 0 and highest == lowest and can_go_down:
             return Decision(best, down, BOTTOM_EDGE)  # one rho: which side?

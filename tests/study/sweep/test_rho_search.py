@@ -274,6 +274,9 @@ def test_an_edge_within_the_noise_of_the_best_is_extended_past():
     # Within 0.4 s.e. it is no tie: 0.00267 > 0.4 * 0.00623 = 0.00249.
     assert decide(pts, (0.05, 0.1, 0.2), SearchOptions(tie=0.4)).next_rho is None
     assert decide(pts, (0.05, 0.1, 0.2), SearchOptions(tie=0.45)).next_rho == 0.4
+    # A tie with no extension left is not an interior optimum.
+    d = decide(pts, (0.05, 0.1, 0.2), SearchOptions(max_extensions=0))
+    assert (d.best_rho, d.next_rho, d.verdict) == (0.1, None, TOP_LIMIT)
     # The same mean difference on every seed (s.e. 0): the best is interior.
     clear = seeded(0.2, {0: 0.0, 1: 0.01, 2: -0.01})
     d = decide({0.05: low, 0.1: best, 0.2: clear}, (0.05, 0.1, 0.2))
