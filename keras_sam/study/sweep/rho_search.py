@@ -354,6 +354,11 @@ def search_state(
     and the decision on them asks for the next rho."""
     latest = latest_by_key(list(records))
     start = tuple(sorted({canonical_rho(r) for r in preset.rhos}))
+    if not start or start[0] <= 0:
+        raise ValueError(
+            "The rho search starts from the preset's rhos, which must be "
+            f"non-empty and > 0, got rhos={preset.rhos!r}."
+        )
     config_id = preset.config_id()
     found: dict[tuple[float, str, str], set[float]] = {}
     for r in latest.values():
@@ -601,6 +606,7 @@ def run_command(args: Any, preset, out: str, shard: tuple[int, int] | None) -> i
         options = SearchOptions(
             MAX_EXTENSIONS if args.max_extensions is None else args.max_extensions
         )
+        search_state(preset, [], options, True)  # checks the start grid
         if args.launcher != "none":
             raise ValueError(
                 "`--rhos auto` runs in rounds that depend on the results: run "

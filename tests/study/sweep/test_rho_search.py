@@ -319,6 +319,9 @@ def test_bad_options_name_the_argument():
         SearchOptions(min_rho=0.0)
     with pytest.raises(ValueError, match="collapse"):
         SearchOptions(collapse=1.0)
+    for rhos in ((), (0.0, 0.1)):
+        with pytest.raises(ValueError, match="rhos"):
+            rho_search.search_state(preset(rhos=rhos), [], SearchOptions(), True)
 
 
 def test_run_diverged_reasons():
