@@ -14,7 +14,7 @@ print(result.table())
 The study needs TensorFlow and the `[study]` extra.
 """
 
-__all__ = ["search_rho"]
+__all__ = ["search_rho", "sweep", "workloads"]
 
 
 def __getattr__(name: str):

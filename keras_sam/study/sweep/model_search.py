@@ -171,16 +171,26 @@ def search_rho(
     interior, diverges past it, or SAM gains nothing at the lowest rho.
 
     Args:
-        model, train, test, epochs, batch_size, variant, optimizer, loss,
-            metrics, seed, sharpness_examples, verbose: as in
-            `keras_sam.study.compare.compare`.
+        model: as in `keras_sam.study.compare.compare`.
+        train: as in `keras_sam.study.compare.compare`.
+        test: as in `keras_sam.study.compare.compare`.
         rhos: the starting grid (positive).
-        max_extensions, min_rho: the search's limits
+        max_extensions: the most times the grid is extended
             (`keras_sam.study.sweep.rho_search.SearchOptions`).
+        min_rho: the lowest rho an extension may reach (`SearchOptions`).
         metric: the test metric that ranks the rhos (default: the first
             compiled metric with "acc" in its name, else the first other
             than the loss, else the loss).
         higher_is_better: default False for a loss or error, else True.
+        epochs: as in `keras_sam.study.compare.compare`.
+        batch_size: as in `keras_sam.study.compare.compare`.
+        variant: as in `keras_sam.study.compare.compare`.
+        optimizer: as in `keras_sam.study.compare.compare`.
+        loss: as in `keras_sam.study.compare.compare`.
+        metrics: as in `keras_sam.study.compare.compare`.
+        seed: as in `keras_sam.study.compare.compare`.
+        sharpness_examples: as in `keras_sam.study.compare.compare`.
+        verbose: as in `keras_sam.study.compare.compare`.
 
     Returns:
         A `RhoSearchResult`: ``result.best_rho``, ``result.table()``.

@@ -25,6 +25,8 @@ from keras_sam.study.sweep.results import latest_by_key, latest_ok
 
 @dataclass(frozen=True)
 class Stat:
+    """A mean over seeds with its standard error and seed count."""
+
     mean: float
     se: float  # NaN with one seed
     n: int

@@ -279,6 +279,7 @@ def _signal_presets(name: str, paper_sizes, quick_sizes) -> list[Preset]:
     ]
 
 
+#: Every preset by (workload name, preset name); `get_preset` looks them up.
 PRESETS: dict[tuple[str, str], Preset] = {
     (p.workload, p.name): p
     for p in [

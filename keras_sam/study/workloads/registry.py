@@ -258,6 +258,7 @@ SYNTHETIC_INPUT_SCALE = 0.1  # 1 / sqrt(100)
 
 _hidden, _filters, _rank = _as_int("hidden"), _as_int("base_filters"), _as_int("rank")
 
+#: Every workload by name; `get_workload` looks them up.
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
