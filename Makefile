@@ -5,6 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.keras-sam-installed
 BACKENDS_STAMP := $(VENV)/.keras-sam-backends-installed
+RELEASE_STAMP := $(VENV)/.keras-sam-release-installed
+# The CPU builds of the frameworks for this project's environments (the extras
+# are ranges; PyPI's Linux torch is the CUDA build). Where pip does not find the
+# CPU torch locally: make test CPU_INDEX=https://download.pytorch.org/whl/cpu
+CONSTRAINTS := constraints-cpu.txt
+CPU_INDEX ?=
+PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS) \
+	$(if $(CPU_INDEX),--extra-index-url $(CPU_INDEX))
 # The backend-neutral suites, run once more on JAX and on PyTorch (the whole
 # suite runs on TensorFlow). Each backend is its own process: Keras picks its
 # backend at import.
@@ -14,19 +22,23 @@ BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.
 	tests/test_micro_batches_jax.py tests/hessian tests/test_torch_ddp.py \
 	tests/test_sam_optimizers.py
 
-.PHONY: demo test test-tensorflow test-jax-torch test-nightly lint format bench
+.PHONY: demo test test-tensorflow test-jax-torch test-nightly lint format bench \
+	docs package-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[tensorflow,study,test]"
+	$(PY) $(PIP_INSTALL) -e ".[tensorflow,study,test,docs]"
 	touch $(STAMP)
 
-# JAX (CPU) and the CPU build of PyTorch 2.13.0 (pinned in the extras: an
-# open range would pull a multi-GB CUDA build).
+# JAX (CPU) and the CPU build of PyTorch ($(CONSTRAINTS)).
 $(BACKENDS_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[tensorflow,study,test,jax,torch]"
+	$(PY) $(PIP_INSTALL) -e ".[tensorflow,study,test,docs,jax,torch]"
 	touch $(BACKENDS_STAMP)
+
+$(RELEASE_STAMP): $(STAMP)
+	$(PY) $(PIP_INSTALL) -e ".[release]"
+	touch $(RELEASE_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m keras_sam sweep synthetic --preset quick --out results/synthetic-quick
@@ -54,11 +66,11 @@ NIGHTLY_BACKENDS ?= jax torch tensorflow
 NIGHTLY_PY := $(NIGHTLY_VENV)/bin/python
 NIGHTLY_STAMP := $(NIGHTLY_VENV)/.keras-sam-nightly-installed
 
-$(NIGHTLY_STAMP): pyproject.toml
+$(NIGHTLY_STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(NIGHTLY_PY) || $(PYTHON) -m venv $(NIGHTLY_VENV)
 	$(NIGHTLY_PY) -m pip install --quiet --upgrade pip
 	$(NIGHTLY_PY) -m pip uninstall --quiet -y keras keras-nightly
-	$(NIGHTLY_PY) -m pip install --quiet -e ".[tensorflow,tfmot,jax,torch,test]"
+	$(NIGHTLY_PY) $(PIP_INSTALL) -e ".[tensorflow,tfmot,jax,torch,test]"
 	$(NIGHTLY_PY) -m pip uninstall --quiet -y keras
 	$(NIGHTLY_PY) -m pip install --quiet --upgrade --pre keras-nightly
 	touch $(NIGHTLY_STAMP)
@@ -85,3 +97,25 @@ bench: $(STAMP)
 	$(PY) benchmarks/hessian.py
 	$(PY) benchmarks/sparsity_overhead.py
 	$(PY) benchmarks/import_weight.py
+
+# The documentation site (mkdocs.yml): the guides in docs/ and the API reference
+# generated from the docstrings; any warning (a broken link, a public name
+# without a docstring) fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/mkdocs build --strict
+
+# The release lane: the sdist and the wheel built from it, `twine check
+# --strict`, their contents, then the wheel installed with the `jax` extra
+# alone into a fresh venv (no TensorFlow: checked) where the README's Usage
+# snippet must train. Needs PyPI (pip's cache is reused).
+PACKAGE_DIR ?= build/package-check
+package-check: $(RELEASE_STAMP)
+	rm -rf $(PACKAGE_DIR)
+	$(PY) -m build --quiet --outdir $(PACKAGE_DIR)/dist .
+	$(PY) -m twine check --strict $(PACKAGE_DIR)/dist/*
+	$(PY) tests/release_check.py archives $(PACKAGE_DIR)/dist
+	$(PYTHON) -m venv $(PACKAGE_DIR)/venv
+	$(PACKAGE_DIR)/venv/bin/python -m pip install --quiet --no-compile \
+	  "$$(ls $(PACKAGE_DIR)/dist/*.whl)[jax]"
+	cd $(PACKAGE_DIR) && KERAS_BACKEND=jax venv/bin/python \
+	  $(CURDIR)/tests/release_check.py usage $(CURDIR)/README.md --installed

@@ -24,10 +24,14 @@ Three ways to decay weights under SAM, and what each does:
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
 from keras_sam import _compat, _validation
+
+__all__ = ["L2SGD"]
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -62,11 +66,11 @@ class L2SGD(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        learning_rate=0.01,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.01,
         momentum: float = 0.0,
         l2: float = 0.0,
         name: str = "l2sgd",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         momentum = _validation.fraction(momentum, "momentum")

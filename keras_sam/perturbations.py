@@ -25,6 +25,18 @@ from keras import ops
 
 from keras_sam import _gradient_math, _registry, _validation
 
+__all__ = [
+    "ASAM",
+    "Perturbation",
+    "SAM",
+    "USAM",
+    "get",
+    "global_norm",
+    "names",
+    "register",
+    "serialize",
+]
+
 #: Added to norms in denominators so that a zero gradient gives eps = 0.
 TINY = 1e-12
 

@@ -4,6 +4,8 @@ plots and display cells are executed too; the install cell is a no-op because
 the kernel imports this checkout's keras_sam."""
 
 import os
+import re
+import tomllib
 
 import nbclient
 import nbformat
@@ -18,6 +20,12 @@ ALL = [
     "sparsity.ipynb",
     "mnist1d.ipynb",
 ]
+
+
+def repository():
+    """The repository's address: pyproject.toml's [project.urls] Repository."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["urls"]["Repository"]
 
 
 def load(name):
@@ -37,10 +45,18 @@ def test_colab_ready_without_outputs(name):
     badge = nb.cells[0]
     assert badge.cell_type == "markdown"
     assert "colab.research.google.com/assets/colab-badge.svg" in badge.source
-    url = f"colab.research.google.com/github/OWNER/keras-sam/blob/main/notebooks/{name}"
-    assert url in badge.source
+    github = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+)", repository())
+    assert github, f"[project.urls] Repository is not on GitHub: {repository()}"
+    colab = f"https://colab.research.google.com/github/{github[1]}/blob/main/notebooks"
+    assert re.findall(r"\((https://colab[^)]*/github/[^)]*)\)", badge.source) == [
+        f"{colab}/{name}"
+    ]
     install = [c for c in nb.cells if "%pip install" in c.source]
     assert len(install) == 1 and install[0].cell_type == "code"
+    # The same repository, the study extra (the notebooks need it).
+    assert re.findall(r"%pip install -q (.*)", install[0].source) == [
+        f'"keras-sam[study] @ git+{repository()}"'
+    ]
     # Colab installs; where keras_sam is importable (CI, a dev checkout) it is a no-op.
     assert 'importlib.util.find_spec("keras_sam") is None' in install[0].source
     assert nb.metadata.kernelspec.name == "python3"

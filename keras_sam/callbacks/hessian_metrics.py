@@ -61,12 +61,16 @@ class HessianMetrics(CurvatureCallback):
         orders: non-uniformity orders among (2, 3, 4) to measure.
         trace: whether to estimate the trace.
         stability: whether to log stability ratios.
-        trace_rtol, trace_samples: Hutchinson's stopping rule (relative
-            standard error) and most probes.
-        max_iter, tol: Lanczos limits (tol: relative accuracy of the
-            eigenvalue, see `keras_sam.hessian.sharpness`).
-        loss, training, batch_size, chunk_size, regularization: as for
-            `keras_sam.hessian.CurvatureOperator`.
+        trace_rtol: Hutchinson's stopping rule (relative standard error).
+        trace_samples: Hutchinson's most probes.
+        max_iter: Lanczos' most iterations.
+        tol: relative accuracy of the Lanczos eigenvalue (see
+            `keras_sam.hessian.sharpness`).
+        loss: as for `keras_sam.hessian.CurvatureOperator`.
+        training: as for `keras_sam.hessian.CurvatureOperator`.
+        batch_size: as for `keras_sam.hessian.CurvatureOperator`.
+        chunk_size: as for `keras_sam.hessian.CurvatureOperator`.
+        regularization: as for `keras_sam.hessian.CurvatureOperator`.
     """
 
     config_names = (

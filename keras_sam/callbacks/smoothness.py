@@ -98,9 +98,12 @@ class SmoothnessEstimates(CurvatureCallback):
 
     Args:
         data: arrays or a `tf.data.Dataset` of batches (as `HessianMetrics`).
-        num_examples, seed: the fixed subset (1000 examples by default).
+        num_examples: size of the fixed subset (1000 by default).
+        seed: the seed that draws the subset.
         f_star: the optimal loss value (0 under interpolation).
-        loss, training, batch_size: as for `keras_sam.hessian.CurvatureOperator`.
+        loss: as for `keras_sam.hessian.CurvatureOperator`.
+        training: as for `keras_sam.hessian.CurvatureOperator`.
+        batch_size: as for `keras_sam.hessian.CurvatureOperator`.
         prefix: put in front of the logged names.
     """
 

@@ -21,6 +21,7 @@ from keras_sam.sparsity._masks import (
     validate_sparsity,
 )
 
+#: The scorers of `prune_at_init`: random scores or SNIP saliency.
 METHODS = ("random", "snip")
 
 #: A schedule: optimizer step -> (should_prune, sparsity), as TF-MOT's

@@ -68,6 +68,11 @@ def _numbers(kind):
     return parse
 
 
+def _rhos(text: str) -> tuple | str:
+    # "auto": the rho search (keras_sam.study.sweep.rho_search).
+    return "auto" if text.strip() == "auto" else _numbers(float)(text)
+
+
 def _size(text: str) -> float | int:
     value = float(text)
     return int(value) if value.is_integer() else value
@@ -75,7 +80,13 @@ def _size(text: str) -> float | int:
 
 _OVERRIDES = [
     ("sizes", _numbers(_size), "model sizes, e.g. 100,400,1000 (the size knob)"),
-    ("rhos", _numbers(float), "SAM rho grid, e.g. 0.05,0.1"),
+    (
+        "rhos",
+        _rhos,
+        "SAM rho grid, e.g. 0.05,0.1; or 'auto': from the preset's grid, "
+        "extended x2 past whichever edge holds the best rho (see "
+        "--max-extensions)",
+    ),
     ("seeds", _numbers(int), "seeds, e.g. 0,1,2"),
     ("epochs", int, None),
     ("batch_size", int, None),
@@ -205,6 +216,13 @@ def _sweep_parser(sub) -> None:
         help="no training: write summary.md and the plots from the runs "
         "finished so far in --out (all shards)",
     )
+    sweep.add_argument(
+        "--max-extensions",
+        type=int,
+        default=None,
+        help="--rhos auto: rhos added past an edge, at most, per size and method "
+        "(default 4)",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan only")
     sweep.add_argument("--no-plots", action="store_true")
     sweep.add_argument(
@@ -267,6 +285,17 @@ def _launcher_options(sweep) -> None:
     )
 
 
+def _compare_rho(text: str) -> float | str:
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or 'auto', got {text!r}"
+        ) from None
+
+
 def _compare_parser(sub) -> None:
     parser = sub.add_parser(
         "compare",
@@ -286,7 +315,14 @@ def _compare_parser(sub) -> None:
     )
     parser.add_argument("--epochs", type=int, default=10, help="default 10")
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
-    parser.add_argument("--rho", type=float, default=0.05, help="default 0.05")
+    parser.add_argument(
+        "--rho",
+        type=_compare_rho,
+        default=0.05,
+        help="SAM's rho (default 0.05), or 'auto': search it (from 0.025, 0.05, "
+        "0.1, doubled or halved past the edge that holds the best; "
+        "keras_sam.study.search_rho)",
+    )
     parser.add_argument(
         "--variant", default=None, help="a keras_sam.variants name (default: SAM)"
     )

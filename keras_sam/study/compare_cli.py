@@ -22,13 +22,18 @@ def run(args: argparse.Namespace) -> int:
             model = keras.models.load_model(args.model)
         loss = compare.loss_from_spec(args.loss, args.from_logits)
         optimizer = _optimizer(keras, compare, args, model)
-        result = compare.compare(
+        module, run_arms, rho = compare, compare.compare, {"rho": args.rho}
+        if args.rho == "auto":  # the rho search: its arms, table and files
+            from keras_sam.study.sweep import model_search as module
+
+            run_arms, rho = module.search_rho, {}
+        result = run_arms(
             model,
             train,
             test,
             epochs=args.epochs,
             batch_size=args.batch_size,
-            rho=args.rho,
+            **rho,
             variant=args.variant,
             optimizer=optimizer,
             loss=loss,
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"keras-sam compare: error: {error}", file=sys.stderr)
         return 2
     print(result.table())
-    for path in compare.write(result, args.out, plots=not args.no_plots):
+    for path in module.write(result, args.out, plots=not args.no_plots):
         print(f"wrote {path}")
     if result.diverged:
         print(

@@ -65,6 +65,8 @@ def sweep_preset(args: argparse.Namespace):
         for name, _, _ in cli._OVERRIDES
         if getattr(args, name) is not None
     }
+    if changes.get("rhos") == "auto":  # the search starts from the preset's grid
+        del changes["rhos"]
     if args.hessian:
         changes["hessian"] = True
     if args.smoothness:
@@ -111,6 +113,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"keras-sam sweep: error: {error}", file=sys.stderr)
         return 2
     out = args.out or os.path.join("results", f"{args.workload}-{args.preset}")
+    if args.rhos == "auto" or args.max_extensions is not None:
+        from keras_sam.study.sweep import rho_search
+
+        return rho_search.run_command(args, preset, out, shard)
     if args.dry_run:
         runs = shard_runs(describe_plan(preset), shard)
         if shard is not None:

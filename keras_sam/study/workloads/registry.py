@@ -44,6 +44,7 @@ def _entries(module) -> list[Workload]:
     return list(getattr(module, "WORKLOADS", None) or [module.WORKLOAD])
 
 
+#: Every workload by name; `get_workload` looks them up.
 WORKLOADS: dict[str, Workload] = {
     w.name: w for module in WORKLOAD_MODULES for w in _entries(module)
 }

@@ -33,6 +33,7 @@ def _width(width, name: str) -> int:
 
 
 def signal_mlp_params(width: int, input_dim: int = 40, classes: int = 10) -> int:
+    """The parameter count of `signal_mlp` of this width (without building it)."""
     w = _width(width, "width")
     return (input_dim + 1) * w + (w + 1) * w + (w + 1) * classes
 
@@ -72,6 +73,7 @@ def conv_lengths(length: int) -> list[int]:
 
 
 def signal_cnn_params(channels: int, length: int = 40, classes: int = 10) -> int:
+    """The parameter count of `signal_cnn` with `channels` (without building it)."""
     c = _width(channels, "channels")
     count, fan_in = 0, 1
     for kernel, _ in CONV_LAYERS:
