@@ -48,6 +48,7 @@ def _entries(module) -> list[Workload]:
 WORKLOADS: dict[str, Workload] = {
     w.name: w for module in WORKLOAD_MODULES for w in _entries(module)
 }
+#: Every preset by (workload name, preset name); `get_preset` looks them up.
 PRESETS: dict[tuple[str, str], Preset] = {
     (p.workload, p.name): p for module in WORKLOAD_MODULES for p in module.PRESETS
 }
