@@ -11,9 +11,30 @@
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
+import importlib.util
 import sys
-import time
+
+# What `__doc__` above lists; this module only parses. Each command lives in
+# its own module, imported (with Keras and its backend) after parsing: the
+# `--help` of every command imports no framework.
+_COMMANDS = {
+    "sweep": ("keras_sam.study.sweep_cli", "run_sweep_command"),
+    "demo": ("keras_sam.study.demo", "run"),
+    "compare": ("keras_sam.study.compare_cli", "run"),
+}
+#: Optional modules a command may miss, and the extra that installs each.
+EXTRAS = {
+    "tensorflow": "study",
+    "tensorflow_datasets": "study",
+    "matplotlib": "study",
+    "sklearn": "study",
+    "mnist1d": "study",
+    "submitit": "study",
+    "tensorflow_model_optimization": "study",
+    "jax": "jax",
+    "torch": "torch",
+}
 
 
 def _demo_parser(sub) -> None:
@@ -30,35 +51,6 @@ def _demo_parser(sub) -> None:
     demo.add_argument("--lr", type=float, default=0.01)
     demo.add_argument("--momentum", type=float, default=0.9)
     demo.add_argument("--seed", type=int, default=0)
-
-
-def run_demo(args: argparse.Namespace) -> dict[str, float]:
-    """Trains the same student with SGD and with SAM; returns test losses."""
-    import keras
-
-    import keras_sam
-    from keras_sam.study.workloads import student, teacher_student
-
-    (x, y), (x_test, y_test) = teacher_student(
-        num_train=args.num_train, num_test=args.num_test, seed=args.seed
-    )
-    results = {}
-    for name, rho in [("sgd", None), ("sam", args.rho)]:
-        keras.utils.set_random_seed(args.seed)
-        model = student(args.hidden, seed=args.seed)
-        if rho is not None:
-            model = keras_sam.sam(model, rho=rho)
-        model.compile(keras.optimizers.SGD(args.lr, momentum=args.momentum), loss="mse")
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
-        seconds = time.perf_counter() - start
-        results[name] = model.evaluate(x_test, y_test, verbose=0, batch_size=1024)
-        label = "SGD" if rho is None else f"SAM (rho={rho})"
-        print(f"{label:>16}: test loss {results[name]:.4f}  ({seconds:.1f} s)")
-    gap = results["sgd"] - results["sam"]
-    params = (100 + 2) * args.hidden + 1
-    print(f"{'gap SGD - SAM':>16}: {gap:+.4f}  (student with {params:,} parameters)")
-    return results
 
 
 def _numbers(kind):
@@ -140,7 +132,7 @@ _OVERRIDES = [
 
 
 def _sweep_parser(sub) -> None:
-    from keras_sam.study.workloads.presets import PRESETS
+    from keras_sam.study.workloads.registry import PRESETS
 
     workloads = sorted({w for w, _ in PRESETS})
     presets = sorted({n for _, n in PRESETS})
@@ -293,147 +285,88 @@ def _launcher_options(sweep) -> None:
     )
 
 
-def _check_launcher(args: argparse.Namespace) -> None:
-    if args.launcher == "none":
-        if args.shards is not None:
-            raise ValueError(
-                "`--shards` needs `--launcher submitit` (to run one shard in "
-                f"this process use --shard K/N), got --shards={args.shards}."
-            )
-        return
-    if args.shard is not None:
-        raise ValueError(
-            "`--shard` and `--launcher submitit` exclude each other: the "
-            f"launcher gives each task its shard, got --shard={args.shard}."
-        )
-    if args.shards is None or args.shards < 1:
-        raise ValueError(
-            "`--launcher submitit` needs `--shards N` with N >= 1, got "
-            f"--shards={args.shards}."
-        )
-    for name in ("timeout_min", "cpus_per_task", "array_parallelism"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            option = "--" + name.replace("_", "-")
-            raise ValueError(f"`{option}` must be >= 1, got {option}={value}.")
-    if args.gpus_per_task is not None and args.gpus_per_task < 0:
-        raise ValueError(
-            f"`--gpus-per-task` must be >= 0, got --gpus-per-task={args.gpus_per_task}."
-        )
-
-
-def _launch_submitit(args: argparse.Namespace, out: str) -> int:
+def _compare_rho(text: str) -> float | str:
+    if text.strip() == "auto":
+        return "auto"
     try:
-        from keras_sam.study.sweep import submitit_launcher
-    except ModuleNotFoundError as error:
-        if error.name != "submitit":
-            raise
-        print(
-            "keras-sam sweep: error: `--launcher submitit` needs the submitit "
-            "package: pip install 'keras-sam[study]' (or pip install submitit).",
-            file=sys.stderr,
-        )
-        return 2
-    return submitit_launcher.launch(args, out)
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or 'auto', got {text!r}"
+        ) from None
 
 
-def sweep_preset(args: argparse.Namespace):
-    """The preset named on the command line with the overrides applied."""
-    from keras_sam.study.workloads import get_preset
-
-    preset = get_preset(args.workload, args.preset)
-    changes = {
-        name: getattr(args, name)
-        for name, _, _ in _OVERRIDES
-        if getattr(args, name) is not None
-    }
-    if changes.get("rhos") == "auto":  # the search starts from the preset's grid
-        del changes["rhos"]
-    if args.hessian:
-        changes["hessian"] = True
-    if args.smoothness:
-        changes["smoothness"] = True
-    if args.sparse_rescale:
-        changes["sparse_rescale"] = True
-    if args.eval_every_epoch:
-        changes["eval_every_epoch"] = True
-    if args.init is not None:
-        from keras_sam.study.workloads import get_workload
-
-        # The builder's default is left out, so that the config id (and the
-        # recorded runs it finds) is the same as without the option.
-        options = dict(preset.model_options, init=args.init)
-        inits = get_workload(args.workload).inits
-        if inits and args.init == inits[0]:
-            del options["init"]
-        changes["model_options"] = options
-    return preset.replace(**changes) if changes else preset
-
-
-def run_sweep_command(args: argparse.Namespace) -> int:
-    from keras_sam.study.sweep import describe_plan, run_sweep, write_summary
-    from keras_sam.study.sweep.plan import parse_shard, shard_runs
-    from keras_sam.study.workloads import get_workload
-
-    try:
-        preset = sweep_preset(args)
-    except ValueError as error:
-        print(f"keras-sam sweep: error: {error}", file=sys.stderr)
-        return 2
-    shard = None
-    inits = get_workload(args.workload).inits
-    try:
-        if args.shard is not None:
-            shard = parse_shard(args.shard)
-        _check_launcher(args)
-        if args.init is not None and args.init not in inits:
-            raise ValueError(
-                f"`--init` for {args.workload!r} must be one of {list(inits)}, "
-                f"got --init={args.init!r}."
-            )
-    except ValueError as error:
-        print(f"keras-sam sweep: error: {error}", file=sys.stderr)
-        return 2
-    out = args.out or os.path.join("results", f"{args.workload}-{args.preset}")
-    if args.rhos == "auto" or args.max_extensions is not None:
-        from keras_sam.study.sweep import rho_search
-
-        return rho_search.run_command(args, preset, out, shard)
-    if args.dry_run:
-        runs = shard_runs(describe_plan(preset), shard)
-        if shard is not None:
-            print(f"shard {shard[0]}/{shard[1]}: {len(runs)} of these runs")
-        if args.launcher != "none":
-            counts = [len(shard_runs(runs, (k, args.shards))) for k in
-                      range(1, args.shards + 1)]  # fmt: skip
-            print(f"{args.shards} array tasks of {min(counts)}-{max(counts)} runs")
-        return 0
-    if args.summarize:
-        write_summary(preset, out, make_plots=not args.no_plots)
-        return 0
-    if args.launcher == "submitit":
-        return _launch_submitit(args, out)
-    from keras_sam.study.workloads import DatasetUnavailableError
-
-    try:
-        summaries = run_sweep(
-            preset,
-            out,
-            data_dir=args.data_dir,
-            download=False if args.no_download else None,
-            make_plots=not args.no_plots,
-            verbose=args.verbose,
-            strategy=args.strategy,
-            shard=shard,
-        )
-    except DatasetUnavailableError as error:
-        print(f"keras-sam sweep: error: {error}", file=sys.stderr)
-        return 2
-    failed = sum(s.failed for s in summaries)
-    return 1 if failed else 0
+def _compare_parser(sub) -> None:
+    parser = sub.add_parser(
+        "compare",
+        help="your model on your data: base optimizer vs SAM, same budget.",
+        description=(
+            "Trains the saved model twice from its saved weights, with its "
+            "optimizer and with SAM, for the same epochs, and prints every "
+            "setting used, then test loss and metrics, sharpness and wall time "
+            "side by side (compare.json and compare.png in --out). An arm whose "
+            "training loss turns non-finite or exceeds 10x the starting loss is "
+            "flagged DIVERGED and the exit status is 1."
+        ),
+    )
+    parser.add_argument("model", help="a saved Keras model (.keras)")
+    parser.add_argument(
+        "--data", required=True, help=".npz with x_train, y_train, x_test, y_test"
+    )
+    parser.add_argument("--epochs", type=int, default=10, help="default 10")
+    parser.add_argument("--batch-size", type=int, default=32, help="default 32")
+    parser.add_argument(
+        "--rho",
+        type=_compare_rho,
+        default=0.05,
+        help="SAM's rho (default 0.05), or 'auto': search it (from 0.025, 0.05, "
+        "0.1, doubled or halved past the edge that holds the best; "
+        "keras_sam.study.search_rho)",
+    )
+    parser.add_argument(
+        "--variant", default=None, help="a keras_sam.variants name (default: SAM)"
+    )
+    parser.add_argument(
+        "--optimizer",
+        default=None,
+        help="optimizer name (default: the saved model's, else sgd with lr 0.01 "
+        "and momentum 0.9)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate of --optimizer (default: the saved optimizer's, else "
+        "SGD's 0.01)",
+    )
+    parser.add_argument(
+        "--loss",
+        default=None,
+        help="the training loss: a Keras loss name (sparse_categorical_crossentropy) "
+        'or a serialized loss as JSON ({"class_name": '
+        '"SparseCategoricalCrossentropy", "config": {"from_logits": true}}); '
+        "default: the loss the model was saved compiled with",
+    )
+    parser.add_argument(
+        "--from-logits",
+        action="store_true",
+        default=None,
+        help="with a --loss name: the model outputs logits (from_logits=True)",
+    )
+    parser.add_argument("--metrics", default=None, help="comma-separated metric names")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sharpness-examples",
+        type=int,
+        default=512,
+        help="training examples for lambda_max (0: skip)",
+    )
+    parser.add_argument("--out", default="compare-results")
+    parser.add_argument("--no-plots", action="store_true")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``keras-sam`` parser and its subcommands."""
     parser = argparse.ArgumentParser(
         prog="keras-sam",
         description=__doc__,
@@ -442,16 +375,60 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _sweep_parser(sub)
     _demo_parser(sub)
-    from keras_sam.study import compare_cli
+    _compare_parser(sub)
+    return parser
 
-    compare_cli.add_parser(sub)
-    args = parser.parse_args(argv)
-    if args.command == "sweep":
-        return run_sweep_command(args)
-    if args.command == "compare":
-        return compare_cli.run(args)
-    run_demo(args)
-    return 0
+
+def missing_extra_message(command: str, error: ModuleNotFoundError) -> str | None:
+    """The one-line error for a missing optional module, naming the extra
+    that installs it; None for any other module."""
+    name = (error.name or "").partition(".")[0]
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return None
+    if command == "compare" and name == "tensorflow":
+        how = (
+            "pip install 'keras-sam[tensorflow]' (or set KERAS_BACKEND to an "
+            "installed backend: jax, torch)"
+        )
+    else:
+        how = f"pip install 'keras-sam[{extra}]'"
+    return (
+        f"keras-sam {command}: error: this command needs {name!r}, which is not "
+        f"installed: {how}"
+    )
+
+
+def _start_library(command: str) -> None:
+    """`import keras_sam`'s imports (Keras and its backend included), with
+    TensorFlow's start-up notices hidden (`keras_sam._quiet`)."""
+    import keras_sam
+    from keras_sam import _quiet
+
+    with _quiet.command_line_start():
+        for name in keras_sam.__all__:
+            getattr(keras_sam, name)
+        if command != "demo" and importlib.util.find_spec("tensorflow"):
+            # Where it is installed, Keras imports TensorFlow on any backend
+            # when it saves a model (compare), and the sweep's data pipelines
+            # use it: imported here, where its start-up notices are hidden.
+            import tensorflow  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, function = _COMMANDS[args.command]
+    try:
+        _start_library(args.command)
+        command = getattr(importlib.import_module(module), function)
+        code = command(args)
+    except ModuleNotFoundError as error:
+        message = missing_extra_message(args.command, error)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+    return code
 
 
 if __name__ == "__main__":

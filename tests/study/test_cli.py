@@ -1,5 +1,6 @@
 """The command line: clear errors for bad options, a quiet start."""
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,119 @@ def test_command_starts_quietly():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "preset 'quick'" in result.stdout
     assert result.stderr == ""
+
+
+FRAMEWORKS = ("tensorflow", "jax", "torch", "keras")
+HELP_CHECK = """
+import json, sys, time
+sys.argv[0] = "keras-sam"  # as the installed command
+start = time.perf_counter()
+from keras_sam.study import cli
+codes = []
+for argv in (["--help"], ["sweep", "--help"], ["demo", "--help"],
+             ["compare", "--help"]):
+    try:
+        cli.main(argv)
+    except SystemExit as exit:
+        codes.append(exit.code)
+seconds = time.perf_counter() - start
+loaded = sorted(m for m in FRAMEWORKS if m in sys.modules)
+print(json.dumps({"codes": codes, "seconds": seconds, "loaded": loaded}))
+""".replace("FRAMEWORKS", repr(FRAMEWORKS))
+
+
+def _fresh(code, **env):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", **env)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_every_help_is_fast_and_imports_no_framework():
+    result = _fresh(HELP_CHECK)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["codes"] == [0, 0, 0, 0]
+    assert report["loaded"] == []
+    # Parsing only: the four helps together, imports included.
+    assert report["seconds"] < 1.0, report
+    for command in ("sweep", "demo", "compare"):
+        assert f"keras-sam {command}" in result.stdout
+
+
+def test_help_check_sees_a_framework_import():
+    # The check above can fail: a framework imported on the way is seen.
+    result = _fresh("import keras\n" + HELP_CHECK)
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert "keras" in report["loaded"]
+
+
+def test_python_m_keras_sam_help():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_sam", "sweep", "--help"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == ""
+    assert "mnist1d" in result.stdout and "--rhos" in result.stdout
+
+
+MISSING = """
+import sys
+sys.modules[MODULE] = None  # as on an install without it
+sys.argv[0] = "keras-sam"
+from keras_sam.study import cli
+sys.exit(cli.main(ARGV))
+"""
+
+
+@pytest.mark.parametrize(
+    "module, backend, argv, extra",
+    [
+        ("tensorflow", "tensorflow", ["sweep", "synthetic", "--dry-run"], "study"),
+        ("tensorflow", "jax", ["sweep", "synthetic", "--dry-run"], "study"),
+        ("tensorflow", "tensorflow", ["compare", "m.keras", "--data", "d.npz"],
+         "tensorflow"),
+        ("jax", "jax", ["demo"], "jax"),
+    ],
+)  # fmt: skip
+def test_a_missing_extra_is_one_line_naming_it(module, backend, argv, extra):
+    code = MISSING.replace("MODULE", repr(module)).replace("ARGV", repr(argv))
+    result = _fresh(code, KERAS_BACKEND=backend)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"keras-sam {argv[0]}: error: ")
+    assert f"needs {module!r}" in lines[0]
+    assert f"pip install 'keras-sam[{extra}]'" in lines[0]
+
+
+def test_an_unrelated_missing_module_is_not_hidden():
+    error = ModuleNotFoundError("No module named 'typo'", name="typo")
+    assert cli.missing_extra_message("sweep", error) is None
+    error = ModuleNotFoundError("No module named 'sklearn'", name="sklearn.datasets")
+    assert "keras-sam[study]" in cli.missing_extra_message("sweep", error)
+
+
+def test_the_command_line_and_the_submitit_launcher_import_no_cycle():
+    import ast
+
+    def imports(module, module_level=False):
+        path = ROOT / (module.replace(".", "/") + ".py")
+        tree = ast.parse(path.read_text())
+        found = set()
+        for node in tree.body if module_level else ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        return found
+
+    launcher = "keras_sam.study.sweep.submitit_launcher"
+    assert not {"keras_sam.study.cli", "keras_sam.study.sweep_cli"} & imports(launcher)
+    assert launcher not in imports("keras_sam.study.cli")
+    # The command line only parses: no framework, no command at import.
+    top = imports("keras_sam.study.cli", module_level=True)
+    assert not {"keras", "tensorflow", "numpy", "keras_sam.study.sweep_cli"} & top

@@ -62,6 +62,13 @@ class RhoSearchResult:
     def best_rho(self) -> float | None:
         return self.decision.best_rho
 
+    @property
+    def diverged(self) -> list[str]:
+        """The names of the arms whose training loss diverged (see
+        `keras_sam.study.compare.Comparison.diverged`)."""
+        arms = [self.base, *(self.arms[r] for r in sorted(self.arms))]
+        return [arm.name for arm in arms if getattr(arm, "diverged", None)]
+
     def table(self) -> str:
         """One row per arm: the metric, its gap over the base optimizer,
         sharpness, wall time and passes per step; then the verdict."""

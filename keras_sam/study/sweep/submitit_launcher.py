@@ -8,7 +8,9 @@ cli.main(["sweep", "cifar10", "--preset", "paper", "--out", "/shared/c10",
 ```
 
 Each task runs ``keras-sam sweep ... --shard K/N`` in its own process (the
-same code path as the shell launchers in docs/cluster/). Its checkpoint is
+same code path as the shell launchers in docs/cluster/): `launch` is handed
+the sweep command (``run_shard``, `keras_sam.study.sweep_cli.run_sweep_command`)
+and imports neither the command line nor the command. Its checkpoint is
 the shard's results file: every finished run is on disk, so a requeued task
 skips them and reruns only the run it was cut off in. Imported only with
 ``--launcher submitit`` (submitit is in the ``study`` extra).
@@ -20,6 +22,7 @@ import argparse
 import copy
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import submitit
@@ -36,13 +39,12 @@ class ShardTask(submitit.helpers.Checkpointable):
     already in the folder.
     """
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, run_shard: Callable[..., int]):
         self.args = args
+        self.run_shard = run_shard  # pickled by reference: a module's function
 
     def __call__(self) -> int:
-        from keras_sam.study import cli
-
-        return cli.run_sweep_command(self.args)
+        return self.run_shard(self.args)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         # Nothing to save: the shard's results file is the checkpoint.
@@ -84,9 +86,17 @@ def executor_parameters(args: argparse.Namespace, cluster: str) -> dict[str, Any
     return parameters
 
 
-def launch(args: argparse.Namespace, out: str, stream: TextIO | None = None) -> int:
-    """Submits ``args.shards`` array tasks into ``out``; unless
-    ``args.no_wait``, waits for all of them and writes the summary.
+def launch(
+    args: argparse.Namespace,
+    out: str,
+    stream: TextIO | None = None,
+    *,
+    run_shard: Callable[[argparse.Namespace], int],
+) -> int:
+    """Submits ``args.shards`` array tasks into ``out``, each calling
+    ``run_shard`` (the sweep command) on its shard's options; unless
+    ``args.no_wait``, waits for all of them and writes the summary (with
+    ``run_shard`` and ``--summarize``).
 
     Returns 0 when every task ran all its runs, 1 when a task failed or
     recorded failed runs.
@@ -96,7 +106,7 @@ def launch(args: argparse.Namespace, out: str, stream: TextIO | None = None) -> 
     folder = args.submitit_folder or os.path.join(out, "submitit")
     executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
     executor.update_parameters(**executor_parameters(args, executor.cluster))
-    tasks = [ShardTask(shard_arguments(args, k, n)) for k in range(1, n + 1)]
+    tasks = [ShardTask(shard_arguments(args, k, n), run_shard) for k in range(1, n + 1)]
     with executor.batch():
         jobs = [executor.submit(task) for task in tasks]
     ids = ", ".join(job.job_id for job in jobs)
@@ -124,9 +134,7 @@ def launch(args: argparse.Namespace, out: str, stream: TextIO | None = None) -> 
             print(f"shard {k}/{n} (job {job.job_id}) failed: {error}", file=stream)
             code = 1
         status = status or int(code != 0)
-    from keras_sam.study import cli
-
     summary = _here(args)
     summary.summarize = True
-    cli.run_sweep_command(summary)
+    run_shard(summary)
     return status

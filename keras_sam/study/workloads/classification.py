@@ -1,5 +1,6 @@
-"""A synthetic teacher-student classification: the offline stand-in for the
-paper's MNIST / CIFAR-10 accuracy claims.
+"""The workload ``synthetic-classification``: a synthetic teacher-student
+classification, the offline stand-in for the paper's MNIST / CIFAR-10
+accuracy claims; its data, student model and presets.
 
 x in R^dim with N(0, 1) entries; labels are the argmax of a random 2-layer
 ReLU teacher's logits; a seeded fraction of the training labels is flipped
@@ -9,11 +10,24 @@ sets the parameter count.
 
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_sam import _validation
 from keras_sam.study.workloads import label_noise as noise_lib
+from keras_sam.study.workloads.presets import Preset
+from keras_sam.study.workloads.workload import (
+    Data,
+    Workload,
+    accuracy,
+    as_int,
+    classification_loss,
+    one_hot_mse,
+)
+
+if TYPE_CHECKING:
+    import keras
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -81,6 +95,8 @@ def classifier_student(
     model = classifier_student(256, seed=0)   # 28,426 parameters
     ```
     """
+    import keras
+
     _validation.positive_int(hidden, "hidden")
     inputs = keras.Input((dim,))
     h = keras.layers.Dense(
@@ -90,3 +106,61 @@ def classifier_student(
         classes, kernel_initializer=keras.initializers.GlorotUniform(seed)
     )(h)
     return keras.Model(inputs, outputs, name=f"classifier_{hidden}")
+
+
+def load(
+    num_train=4_096, num_test=4_096, seed=0, label_noise=0.0, teacher_hidden=200, **_
+) -> Data:
+    """The workload's loader: `teacher_classification` as `Data`."""
+    train, test = teacher_classification(
+        num_train=num_train,
+        num_test=num_test,
+        seed=seed,
+        label_noise=label_noise,
+        teacher_hidden=teacher_hidden,
+    )
+    return Data(train, test, len(train[0]))
+
+
+_hidden = as_int("hidden")
+
+WORKLOAD = Workload(
+    name="synthetic-classification",
+    description="teacher-student classification, 10 classes, 2-layer ReLU student "
+    "(no download)",
+    size_name="hidden",
+    metric="test_accuracy",
+    build_fn=lambda h, seed=None: classifier_student(_hidden(h), seed=seed),
+    count_fn=lambda h: classifier_student_params(_hidden(h)),
+    load_fn=load,
+    loss_fn=classification_loss,
+    metrics_fn=accuracy,
+    squared_loss_fn=one_hot_mse,
+)
+
+_CLASSIFICATION = dict(
+    sizes=(16, 64, 256, 1024),
+    rhos=(0.05, 0.1, 0.2),
+    seeds=(0, 1),
+    epochs=40,
+    momentum=0.9,
+    num_train=4_096,
+    num_test=4_096,
+    keras_verbose=0,
+)
+
+PRESETS = [
+    # The offline stand-in for the classification claims: a width sweep,
+    # with label noise (--label-noise), and a fixed budget.
+    Preset("synthetic-classification", "quick", **_CLASSIFICATION),
+    Preset(
+        "synthetic-classification",
+        "noise",
+        **dict(_CLASSIFICATION, sizes=(16, 256, 1024), label_noise=0.4),
+    ),
+    Preset(
+        "synthetic-classification",
+        "sparse",
+        **dict(_CLASSIFICATION, sizes=(64, 256, 1024), sparse_budget=64),
+    ),
+]

@@ -23,15 +23,12 @@ import tensorflow as tf
 
 from keras_sam import _validation
 from keras_sam.study.workloads import label_noise
+from keras_sam.study.workloads.workload import DatasetUnavailableError
 
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2470, 0.2435, 0.2616)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DatasetUnavailableError(RuntimeError):
-    """A tensorflow-datasets data set is not prepared and cannot be fetched."""
 
 
 def _check_positive(name: str, value: Any, allow_none: bool = False) -> None:

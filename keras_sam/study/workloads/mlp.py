@@ -9,8 +9,9 @@ from __future__ import annotations
 import keras
 
 from keras_sam import _validation
+from keras_sam.study.workloads.workload import MODEL_INITS
 
-INITS = ("he", "lecun")
+INITS = MODEL_INITS
 
 
 def check_init(init: str) -> str:

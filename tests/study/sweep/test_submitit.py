@@ -47,7 +47,7 @@ class PreemptedOnce(submitit_launcher.ShardTask):
             train.train_run = real
 
     def checkpoint(self, *args, **kwargs):
-        requeued = PreemptedOnce(self.args)
+        requeued = PreemptedOnce(self.args, self.run_shard)
         requeued.attempt = self.attempt + 1
         return submitit.helpers.DelayedSubmission(requeued)
 

@@ -163,3 +163,35 @@ def test_every_preset_field_is_in_or_out_of_the_run_identity():
         "NOT_RUN_IDENTITY in keras_sam/study/workloads/presets.py."
     )
     assert not set(RUN_IDENTITY) & set(NOT_RUN_IDENTITY)
+
+
+def test_a_preset_is_its_run_config_and_its_sweep_shape():
+    from keras_sam.study.workloads import RunConfig, SweepShape
+
+    quick = get_preset("synthetic", "quick")
+    run, shape = quick.run_config(), quick.sweep_shape()
+    assert type(run) is RunConfig and type(shape) is SweepShape
+    assert run.config_id() == quick.config_id() == "0fb209598d"
+    assert shape.sizes == quick.sizes and shape.rhos == quick.rhos
+    assert set(RUN_IDENTITY) == {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(NOT_RUN_IDENTITY) - {"name"} == {
+        f.name for f in dataclasses.fields(SweepShape)
+    }
+    # Rebuilt from its two parts, it is the same preset.
+    assert Preset(**dataclasses.asdict(run), **dataclasses.asdict(shape),
+                  name="quick") == quick  # fmt: skip
+    with pytest.raises(TypeError):
+        RunConfig("synthetic", sizes=(1,))  # the grid is not a run's
+
+
+def test_every_workload_file_declares_its_own_workloads_and_presets():
+    from keras_sam.study.workloads import registry
+
+    names, keys = [], []
+    for module in registry.WORKLOAD_MODULES:
+        own = [w.name for w in registry._entries(module)]
+        names += own
+        keys += [(p.workload, p.name) for p in module.PRESETS]
+        assert {p.workload for p in module.PRESETS} <= set(own), module.__name__
+    assert len(names) == len(set(names)) == len(registry.WORKLOADS)
+    assert len(keys) == len(set(keys)) == len(PRESETS)

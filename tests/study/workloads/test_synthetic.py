@@ -3,7 +3,7 @@ import argparse
 import numpy as np
 import pytest
 
-from keras_sam.study import cli
+from keras_sam.study import demo
 from keras_sam.study.workloads import get_workload, student, teacher_student
 
 
@@ -49,7 +49,7 @@ def test_demo_runs_both_optimizers(capsys):
         momentum=0.9,
         seed=0,
     )
-    results = cli.run_demo(args)
+    results = demo.run_demo(args)
     assert set(results) == {"sgd", "sam"}
     assert all(np.isfinite(v) for v in results.values())
     assert results["sgd"] != results["sam"]
