@@ -133,6 +133,10 @@ def _sam_task_class() -> type:
 
         _forwarded_names: frozenset[str] = frozenset()
 
+        def __init__(self, model: keras.Model, **kwargs: Any):
+            super().__init__(model, **kwargs)
+            self._lora_weights = _LoraWeights(model)
+
         def __setattr__(self, name, value):
             # Keras tracks a layer set as an attribute; a forwarded one (the
             # preprocessor) belongs to the task, not to the wrapper.
@@ -240,6 +244,44 @@ class _SAMTaskLoader:
         import keras_hub  # noqa: F401  (the saved task is a keras-hub model)
 
         return _sam_task_class().from_config(config, custom_objects=custom_objects)
+
+
+class _LoraWeights(keras.layers.Layer):
+    """Saves and loads the raw weights of a task's LoRA layers (the kernel
+    without the LoRA product, and the factors).
+
+    Keras saves a LoRA layer's kernel with the LoRA product merged in and
+    loads it with both factors set to zero: the same function, but a resumed
+    fine-tune would have no LoRA gradient (each factor's is proportional to
+    the other). The wrapper holds this object under a private name, which
+    Keras's saving visits after the task, so its `load_own_variables` runs
+    after the layers' own and puts the saved raw weights back.
+    """
+
+    def __init__(self, task: keras.Model):
+        super().__init__(trainable=False, name="lora_weights")
+        # Not a tracked reference: the task's weights stay the task's.
+        self._task = lambda: task
+        self.built = True
+
+    def _lora_layers(self) -> list[keras.Layer]:
+        return [
+            layer
+            for layer in _model_layers(self._task())
+            if getattr(layer, "lora_enabled", False)
+        ]
+
+    def save_own_variables(self, store):
+        for i, layer in enumerate(self._lora_layers()):
+            for j, weight in enumerate(layer.weights):
+                store[f"{i}_{j}"] = weight
+
+    def load_own_variables(self, store):
+        for i, layer in enumerate(self._lora_layers()):
+            for j, weight in enumerate(layer.weights):
+                key = f"{i}_{j}"
+                if key in store.keys():
+                    weight.assign(store[key])
 
 
 def _compiled_with(task: keras.Model, kwargs: dict[str, Any]) -> bool:
