@@ -100,3 +100,17 @@ def test_sharpness_against_a_dense_hessian(initial_weights):
     expected = np.linalg.eigvalsh(hessian)[-1]
     sharpness = keras_sam.hessian.sharpness(model, (x, y), tol=1e-6)
     np.testing.assert_allclose(sharpness, expected, rtol=1e-4)
+
+
+def test_load_before_keras_hub_has_a_wrapper_class(initial_weights):
+    # `load_model` in a fresh process finds `keras_sam>SAMTask` registered by
+    # `import keras_sam` alone; that stand-in builds the real class.
+    from keras_sam import _keras_hub
+
+    model = keras_sam.sam(zoo.build("bert_lora", initial_weights["bert_lora"]))
+    rebuilt = _keras_hub._SAMTaskLoader.from_config(model.get_config())
+    assert type(rebuilt) is type(model)
+    assert [w.shape for w in rebuilt.trainable_weights] == [
+        w.shape for w in model.trainable_weights
+    ]
+    assert rebuilt.rho == model.rho
