@@ -6,7 +6,14 @@ from typing import Any
 
 import keras
 
-from keras_sam import _compat, _trackers, _validation, perturbations, variants
+from keras_sam import (
+    _compat,
+    _keras_hub,
+    _trackers,
+    _validation,
+    perturbations,
+    variants,
+)
 from keras_sam.backend import REPLICA_EPS_MODES, get_train_step
 from keras_sam.variants import schedules
 
@@ -406,7 +413,8 @@ def sam(
             "`model` must be built before wrapping: call it on data or build it "
             "with `model.build(input_shape)`."
         )
-    wrapper = SAMWrapper(
+    # A keras-hub task gets a wrapper that keeps its preprocessing pipeline.
+    wrapper = _keras_hub.wrapper_class(model)(
         model,
         rho=rho,
         perturbation=perturbation,

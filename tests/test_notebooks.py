@@ -19,6 +19,7 @@ ALL = [
     "curvature.ipynb",
     "sparsity.ipynb",
     "mnist1d.ipynb",
+    "keras_hub.ipynb",
 ]
 
 
@@ -178,3 +179,17 @@ assert set(train) == set(params) and len(best) == 2
     nb = execute("mnist1d.ipynb", tmp_path, monkeypatch, env, check=check)
     assert (out / "summary.md").exists()
     assert images(nb) == 2
+
+
+def test_keras_hub_notebook_runs(monkeypatch, tmp_path):
+    env = {"KERAS_SAM_NB_TINY": "1"}
+    check = """
+import math
+
+assert not classifier.backbone.get_layer("token_embedding").trainable
+assert len(loaded.trainable_weights) == len(model.trainable_weights) == 8
+assert int(loaded.optimizer.iterations) == 4
+assert {"loss", "perturbed_loss"} <= set(history.history)
+assert math.isfinite(sharpness) and sharpness > 0
+"""
+    execute("keras_hub.ipynb", tmp_path, monkeypatch, env, check=check)

@@ -19,8 +19,14 @@ from tests import release_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: In the `study` and `tfmot` extras, never needed by the library.
-EXTRAS = ("tensorflow_datasets", "matplotlib", "tensorflow_model_optimization")
+#: In the `study`, `tfmot` and `test` extras, never needed by the library
+#: (keras-hub is imported only for a keras-hub model).
+EXTRAS = (
+    "tensorflow_datasets",
+    "matplotlib",
+    "tensorflow_model_optimization",
+    "keras_hub",
+)
 
 # Imports keras_sam with the extras made unimportable, as in a core install,
 # and lists what the library brought in beyond Keras itself.
