@@ -33,7 +33,7 @@ class LookSAM(Variant):
 
     ```python
     model = keras_sam.sam(model, rho=0.05, variant=LookSAM(every=5))
-    paper = LookSAM(every=5, alpha=0.7)  # the paper's ViT setting
+    paper = LookSAM(every=5, alpha=0.7)  # the paper's value
     ```
 
     Args:
