@@ -18,6 +18,16 @@ CPU) unless `--jit`. Variants, with their paper defaults except where named:
   look-nostore (the SAM steps store nothing), look-neither (both): where
   LookSAM's time over LazySAM goes.
 
+With ``--workload mnist1d`` (``--size``: MLP width, default 256) or
+``mnist1d-cnn`` (channels, default 25) the model, data, loss and optimizer
+are the sweep's (`keras_sam.study`: the paper preset's SGD, lr 0.1, momentum
+0.9, coupled L2, batch 128; rho 0.5), and each round trains one epoch of the
+4,000 examples (32 steps) per contender; ``--workload readme`` is the
+README's Usage example (784-512-10, 2,000 synthetic examples, SGD 0.1
+momentum 0.9, batch 128, rho 0.05). The variants' options are the library's
+defaults, and ``looksam_paper`` is LookSAM at the paper's alpha = 0.7 (the
+default before 2026-12-07).
+
 Timing (`_timing.py`): a fixed number of steps through `fit` on an
 in-memory repeated dataset after a warm-up; variants interleaved over
 several rounds; median per-step wall and process CPU time. The passes column
@@ -25,13 +35,16 @@ is `model.gradient_passes` per step over the whole run.
 
     python benchmarks/variants.py [--steps 40] [--rounds 5] [--batch 128]
         [--jit] [--student 1000] [--breakdown] [--only sgd,lazysam,looksam]
+        [--workload mnist1d|mnist1d-cnn|readme --size 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
+import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -51,6 +64,7 @@ VARIANTS = {
     "sam": "sam",
     "lazysam": variants.LazySAM(every=5),
     "looksam": variants.LookSAM(every=5),
+    "looksam_paper": variants.LookSAM(every=5, alpha=0.7),
     "gsam": variants.GSAM(),
     "wsam": variants.WSAM(),
     "fsam": variants.FriendlySAM(),
@@ -111,6 +125,62 @@ def make_model(name, jit, student):
     return model
 
 
+def workload_runs(names, workload, size):
+    """Per contender, a run of one epoch of `workload` (the sweep's model,
+    data and optimizer, or the README's example): (runs, steps per epoch,
+    models)."""
+    from keras_sam.study.sweep.train import make_optimizer
+    from keras_sam.study.workloads import get_preset, get_workload
+
+    if workload == "readme":
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2000, 784)).astype("float32")
+        y = np.argmax(x[:, :10], axis=1)
+        rho = 0.05
+
+        def build():
+            return keras.Sequential(
+                [
+                    keras.Input((784,)),
+                    keras.layers.Dense(512, activation="relu"),
+                    keras.layers.Dense(10),
+                ]
+            )
+
+        def optimizer():
+            return keras.optimizers.SGD(0.1, momentum=0.9)
+
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        spec = get_workload(workload)
+        preset = get_preset(workload, "paper")
+        x, y = spec.load(num_train=preset.num_train, num_test=preset.num_test).train
+        rho = 0.5
+
+        def build():
+            return spec.build(size, seed=0, **preset.model_options)
+
+        def optimizer():
+            return make_optimizer(preset, -(-len(x) // BATCH))
+
+        loss = spec.loss()
+    steps = -(-len(x) // BATCH)
+    models, runs = {}, {}
+    for name in names:
+        keras.utils.set_random_seed(0)
+        model = build()
+        variant = VARIANTS.get(name) or BREAKDOWN.get(name)
+        if name != "sgd":
+            model = keras_sam.sam(model, rho=rho, variant=variant)
+        model.compile(optimizer(), loss)
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)  # trace
+        models[name] = model
+        runs[name] = functools.partial(
+            model.fit, x, y, batch_size=BATCH, epochs=1, verbose=0
+        )
+    return runs, steps, models
+
+
 def dataset(batch, student):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * 4, 100 if student else 784)).astype("float32")
@@ -141,7 +211,16 @@ def main():
     parser.add_argument(
         "--only", help="comma-separated names to time (sgd and sam always)"
     )
+    parser.add_argument(
+        "--workload",
+        choices=["mlp", "mnist1d", "mnist1d-cnn", "readme"],
+        default="mlp",
+        help="time whole epochs of this workload (see the module docstring)",
+    )
+    parser.add_argument("--size", type=float, default=None, help="width / channels")
     args = parser.parse_args()
+    if args.workload != "mlp":
+        return main_workload(args)
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"Keras {keras.__version__} on {keras.backend.backend()} "
@@ -177,6 +256,49 @@ def main():
             f"{wall / sam[0]:6.2f} {1e3 * cpu:8.2f} {cpu / sgd[1]:6.2f} "
             f"{cpu / sam[1]:6.2f}"
         )
+
+
+def main_workload(args):
+    size = args.size or (256 if args.workload == "mnist1d" else 25)
+    shape = "" if args.workload == "readme" else f" size {size:g}"
+    # LatePhaseSAM costs SGD's step, then SAM's: (1 + SAM's ratio) / 2 on
+    # average with the switch at half; timing it in rounds would time one
+    # phase or the other.
+    names = list(VARIANTS)
+    if args.only:
+        chosen = {"sgd", "sam", *args.only.split(",")}
+        names = [name for name in names if name in chosen]
+    load = os.getloadavg()
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Keras {keras.__version__} on {keras.backend.backend()}, {args.workload}"
+        f"{shape}, one epoch per contender per round, {args.rounds} rounds, "
+        f"load average at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    )
+    runs, steps, models = workload_runs(names, args.workload, size)
+    samples = interleave(runs, steps, args.rounds)
+    per_step = medians(samples)
+    print(
+        f"{'variant':<14} {'passes':>6} {'wall ms':>8} {'x sgd':>6} "
+        f"{'cpu ms':>8} {'x sgd':>6}  (per step; x sgd: median of round ratios)"
+    )
+    for name, (wall, cpu) in per_step.items():
+        model = models[name]
+        total = steps * (args.rounds + 1)
+        passes = getattr(model, "gradient_passes", float(total)) / total
+        # Ratio within each round (the same load for both), then the median.
+        wall_ratio = statistics.median(
+            a[0] / b[0] for a, b in zip(samples[name], samples["sgd"])
+        )
+        cpu_ratio = statistics.median(
+            a[1] / b[1] for a, b in zip(samples[name], samples["sgd"])
+        )
+        print(
+            f"{name:<14} {passes:6.2f} {1e3 * wall:8.2f} {wall_ratio:6.2f} "
+            f"{1e3 * cpu:8.2f} {cpu_ratio:6.2f}"
+        )
+    load = os.getloadavg()
+    print(f"# load average at end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 
 
 if __name__ == "__main__":

@@ -20,22 +20,35 @@ class LookSAM(Variant):
     the steps in between add that stored part to g, with one pass.
 
     On step i % k == 0: d = gs, and gv = gs - (gs.g / g.g) g is stored.
-    Otherwise: d = g + alpha (|g| / |gv|) gv. A zero g or gv contributes
+    Otherwise: d = g + alpha (|g| / |gv|) gv, Liu et al.'s rule: the added
+    part is alpha |g| long, whatever rho is. A zero g or gv contributes
     nothing (d falls back to gs or g), never NaN.
 
+    alpha defaults to 0.2, not the paper's 0.7: with momentum SGD or Adam
+    the stored direction, the same vector for k - 1 steps, adds up in the
+    optimizer's momentum, and 0.7 |g| along it stalled or diverged training
+    where SAM's own orthogonal part is a few percent of |g| (the README's
+    MLP, self-attention; docs/variants.md). With alpha < 1, d is always a
+    descent direction of the current batch (d.g >= (1 - alpha) |g|^2).
+
     ```python
-    model = keras_sam.sam(model, rho=0.05, variant=LookSAM(every=5, alpha=0.7))
+    model = keras_sam.sam(model, rho=0.05, variant=LookSAM(every=5))
+    paper = LookSAM(every=5, alpha=0.7)  # the paper's value
     ```
 
     Args:
         every: period k of the SAM steps (1 is plain SAM).
-        alpha: weight of the reused component (the paper uses 0.7).
+        alpha: weight of the reused component, relative to |g|.
+
+    Raises:
+        ValueError: `every` not a positive integer or `alpha` negative,
+            naming it.
     """
 
     skips_second_pass = True
     combines = True
 
-    def __init__(self, every: int = 5, alpha: float = 0.7):
+    def __init__(self, every: int = 5, alpha: float = 0.2):
         self.every = _validation.positive_int(every, "every")
         self.alpha = _validation.non_negative_float(alpha, "alpha")
 

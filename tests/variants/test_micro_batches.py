@@ -44,7 +44,9 @@ def test_looksam_micro_batches_with_a_partial_one_match_numpy(regression_data):
     """20 examples in micro-batches of 8, 8 and 4; SAM steps 0 and 2, a
     LookSAM reuse step between them."""
     x, y = regression_data[0][:20], regression_data[1][:20]
-    model = mlp(rho=0.2, micro_batch_size=8, variant=variants.LookSAM(every=2))
+    model = mlp(
+        rho=0.2, micro_batch_size=8, variant=variants.LookSAM(every=2, alpha=0.7)
+    )
     params = weights_of(model)
     expected = looksam_micro_reference(params, x, y, 8, 0.2, 2, 0.7, 3)
     model.compile(keras.optimizers.SGD(LR), loss="mse")

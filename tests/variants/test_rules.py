@@ -61,6 +61,10 @@ def test_degenerate_perturbations_are_the_rule():
         assert_lists_close([np.asarray(e) for e in eps], expected)
 
 
+def flat(tensors):
+    return np.concatenate([np.ravel(a) for a in tensors]).astype(np.float64)
+
+
 def test_looksam_reuses_the_stored_component():
     variant = variants.LookSAM(every=2, alpha=0.5)
     assert bool(variant.needs_second_pass(4, G, [])) and not bool(
@@ -69,7 +73,6 @@ def test_looksam_reuses_the_stored_component():
     d, state = combine(variant, G, GS, second=True)
     assert_lists_close(d, GS)
     *gv, gv_norm = state
-    flat = lambda t: np.concatenate([a.ravel() for a in t]).astype(np.float64)  # noqa: E731
     g, gs = flat(G), flat(GS)
     expected_gv = gs - (gs @ g) / (g @ g) * g
     np.testing.assert_allclose(flat(gv), expected_gv, atol=1e-5)
@@ -83,8 +86,19 @@ def test_looksam_reuses_the_stored_component():
     assert_lists_close(kept, state)
 
 
+def test_looksam_default_cheap_step_stays_a_descent_direction():
+    """The reused part is alpha |g| long whatever is stored, so d.g >=
+    (1 - alpha) |g|^2, with equality for a stored direction against g:
+    0.8 |g|^2 at the default alpha = 0.2, 0.3 |g|^2 at the paper's 0.7."""
+    assert variants.get("looksam") == variants.LookSAM(every=5, alpha=0.2)
+    against = [-3.0 * a for a in G]
+    state = against + [np.float32(np.linalg.norm(flat(against)))]
+    for alpha in (0.2, 0.7):
+        d, _ = combine(variants.LookSAM(alpha=alpha), G, G, False, state, step=1)
+        assert_lists_close(d, [(1 - alpha) * a for a in G])
+
+
 def test_gsam_and_wsam_formulas():
-    flat = lambda t: np.concatenate([a.ravel() for a in t]).astype(np.float64)  # noqa: E731
     g, gs = flat(G), flat(GS)
     d, _ = combine(variants.GSAM(alpha=0.3), G, GS)
     perp = g - (g @ gs) / (gs @ gs) * gs

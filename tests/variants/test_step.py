@@ -27,7 +27,7 @@ def test_masks_compose_with_looksam(regression_data):
     target = _masks.attach_masks(inner)[0]
     mask = (np.random.default_rng(2).random((5, 4)) > 0.5).astype("float32")
     _masks.set_mask(target, mask)
-    model = keras_sam.sam(inner, rho=0.2, variant=variants.LookSAM(every=2))
+    model = keras_sam.sam(inner, rho=0.2, variant=variants.LookSAM(every=2, alpha=0.7))
     params = weights_of(model)
     expected, _ = reference.train(
         "looksam",
