@@ -45,12 +45,12 @@ def gradient(model, x, y, loss_fn):
 # -- TensorFlow -------------------------------------------------------------
 
 
-def _tf_loss(model, loss_fn, x, y):
+def _tf_loss(model, loss_fn, x, y, training=False):
     import tensorflow as tf
 
-    pred = model(x, training=False)
+    pred = model(x, training=training)
     if loss_fn is None:
-        return model.compute_loss(x, y, pred, training=False)
+        return model.compute_loss(x, y, pred, training=training)
     return tf.reduce_mean(loss_fn(y, pred))
 
 
@@ -93,19 +93,27 @@ def _tf_gradient(model, loss_fn, x, y):
 # -- JAX ----------------------------------------------------------------------
 
 
-def _jax_loss(model, loss_fn):
+def _jax_loss(model, loss_fn, training=False):
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     metrics = [v.value for v in model.metrics_variables]
+    optimizer = [v.value for v in model.optimizer.variables] if training else None
     flat, unravel = ravel_pytree(trainable)
 
     def loss(w, x, y):
         if loss_fn is None:
             value, _ = model.compute_loss_and_updates(
-                unravel(w), non_trainable, metrics, x, y, None, training=False
+                unravel(w),
+                non_trainable,
+                metrics,
+                x,
+                y,
+                None,
+                training=training,
+                optimizer_variables=optimizer,
             )
             return value
         pred, _ = model.stateless_call(unravel(w), non_trainable, x, training=False)
@@ -132,14 +140,14 @@ def _jax_gradient(model, loss_fn, x, y):
 # -- PyTorch ------------------------------------------------------------------
 
 
-def _torch_loss(model, loss_fn, x, y):
+def _torch_loss(model, loss_fn, x, y, training=False):
     import torch
 
     x = tree.map_structure(torch.as_tensor, x)
     y = tree.map_structure(torch.as_tensor, y)
-    pred = model(x, training=False)
+    pred = model(x, training=training)
     if loss_fn is None:
-        return model.compute_loss(x, y, pred, training=False)
+        return model.compute_loss(x, y, pred, training=training)
     return torch.mean(loss_fn(y, pred))
 
 
@@ -177,9 +185,9 @@ def _torch_hessian(model, loss_fn):
     return hessian
 
 
-def _torch_gradient(model, loss_fn, x, y):
+def _torch_gradient(model, loss_fn, x, y, training=False):
     params = [v.value for v in model.trainable_variables]
-    grad = _torch_flat_grad(_torch_loss(model, loss_fn, x, y), params)
+    grad = _torch_flat_grad(_torch_loss(model, loss_fn, x, y, training), params)
     return grad.detach().cpu().numpy()
 
 
@@ -188,3 +196,62 @@ _GRADIENTS = {
     "jax": _jax_gradient,
     "torch": _torch_gradient,
 }
+
+
+# -- Finite differences (float64) ----------------------------------------------
+
+
+def _flat_gradient_function(model, training=False):
+    """``w -> gradient at w`` of Keras's compiled loss (with model.losses),
+    flat float64, w a flat vector of the trainable weights (set in the
+    model's variables)."""
+    variables = model.trainable_variables
+    shapes = [tuple(v.shape) for v in variables]
+    sizes = [int(np.prod(s)) for s in shapes]
+    if BACKEND == "jax":
+        import jax
+
+        _, loss = _jax_loss(model, None, training)
+        grad = jax.grad(loss)
+        return lambda w, x, y: np.asarray(grad(w.astype("float32"), x, y), np.float64)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def tf_grad(x, y):
+            with tf.GradientTape() as tape:
+                loss = _tf_loss(model, None, x, y, training)
+            return _tf_flat(tape.gradient(loss, variables))
+
+    def grad(w, x, y):
+        for v, part in zip(variables, np.split(w, np.cumsum(sizes)[:-1])):
+            v.assign(part.reshape(v.shape).astype(v.dtype))
+        if BACKEND == "tensorflow":
+            x = tf.nest.map_structure(tf.convert_to_tensor, x)
+            y = tf.nest.map_structure(tf.convert_to_tensor, y)
+            return np.asarray(tf_grad(x, y), np.float64)
+        return np.asarray(_torch_gradient(model, None, x, y, training), np.float64)
+
+    return grad
+
+
+def _flat_weights(model):
+    return np.concatenate(
+        [
+            np.asarray(keras.ops.convert_to_numpy(v), np.float64).reshape(-1)
+            for v in model.trainable_variables
+        ]
+    )
+
+
+def finite_difference_hvp(model, x, y, v, step=1e-4, training=False):
+    """``H v`` by central differences of the gradient (error about step^2
+    plus the gradient's rounding / step), H the Hessian of Keras's compiled
+    loss of the batch; the weights are restored."""
+    w = _flat_weights(model)
+    grad = _flat_gradient_function(model, training)
+    v = np.asarray(v, np.float64)
+    try:
+        return (grad(w + step * v, x, y) - grad(w - step * v, x, y)) / (2 * step)
+    finally:
+        grad(w, x, y)

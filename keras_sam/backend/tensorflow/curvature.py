@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sam._compat import flatten_layers
+from keras_sam._compat import exact_tensorflow_moments, flatten_layers
 from keras_sam.sparsity._masks import kernel_masks
 
 # Layers whose per-example products `tf.vectorized_map` gets wrong or dies
@@ -56,6 +56,24 @@ def _quiet_tensorflow_logger():
         yield
     finally:
         logger.setLevel(level)
+
+
+class _exact:  # noqa: N801 (used as a function wrapper)
+    """``function`` (a `tf.function`) traced and run with Keras's
+    normalization moments on a plain variance: Keras's own `tf.nn.moments`
+    drops a term of the second derivative (see
+    `keras_sam._compat.exact_tensorflow_moments`). Other attributes are the
+    function's (``experimental_get_tracing_count``)."""
+
+    def __init__(self, function):
+        self._function = function
+
+    def __call__(self, *args):
+        with exact_tensorflow_moments():
+            return self._function(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._function, name)
 
 
 def _dense(t):
@@ -269,27 +287,30 @@ class Functions:
         # flow, and converting the model call cost most of the trace time.
         kw = {"jit_compile": True, "autograph": False} if jit else {"autograph": False}
         hvp_signature = [x_spec, y_spec, sw_spec, v_spec]
-        self._hvps = [tf.function(hvp_sum, input_signature=hvp_signature, **kw)]
+        self._hvps = [_exact(tf.function(hvp_sum, input_signature=hvp_signature, **kw))]
         if forward:
             self._hvps.insert(
-                0, tf.function(forward_hvp_sum, input_signature=hvp_signature, **kw)
+                0,
+                _exact(
+                    tf.function(forward_hvp_sum, input_signature=hvp_signature, **kw)
+                ),
             )
         # The solver's callback goes through the graph, so no XLA for it.
         if jit or forward:
             self._shared = self._shared_from_gradient = None
         else:
-            self._shared = tf.function(
-                shared_products, input_signature=hvp_signature, **kw
+            self._shared = _exact(
+                tf.function(shared_products, input_signature=hvp_signature, **kw)
             )
-            self._shared_from_gradient = tf.function(
-                shared_products, input_signature=hvp_signature[:3], **kw
+            self._shared_from_gradient = _exact(
+                tf.function(shared_products, input_signature=hvp_signature[:3], **kw)
             )
         self._callback = None
-        self.grad = tf.function(
-            grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw
+        self.grad = _exact(
+            tf.function(grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw)
         )
-        self.loss = tf.function(
-            loss_sum, input_signature=[x_spec, y_spec, sw_spec], **kw
+        self.loss = _exact(
+            tf.function(loss_sum, input_signature=[x_spec, y_spec, sw_spec], **kw)
         )
         self._rows = {"vectorized": vectorized_rows, "looped": looped_rows}
         self._signature = [x_spec, y_spec, sw_spec, v_spec]
@@ -357,12 +378,14 @@ class Functions:
         """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
         if (path, k) not in self._powers:
             rows = self._rows[path]
-            self._powers[path, k] = tf.function(
-                lambda x, y, sw, v: tf.reduce_sum(
-                    rows(x, y, v, k) * sw[:, None], axis=0
-                ),
-                input_signature=self._signature,
-                **self._kw,
+            self._powers[path, k] = _exact(
+                tf.function(
+                    lambda x, y, sw, v: tf.reduce_sum(
+                        rows(x, y, v, k) * sw[:, None], axis=0
+                    ),
+                    input_signature=self._signature,
+                    **self._kw,
+                )
             )
         return self._powers[path, k]
 
@@ -370,10 +393,12 @@ class Functions:
         """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
         if path not in self._row_fns:
             rows = self._rows[path]
-            self._row_fns[path] = tf.function(
-                lambda x, y, sw, v: rows(x, y, v, 1),
-                input_signature=self._signature,
-                **self._kw,
+            self._row_fns[path] = _exact(
+                tf.function(
+                    lambda x, y, sw, v: rows(x, y, v, 1),
+                    input_signature=self._signature,
+                    **self._kw,
+                )
             )
         return self._row_fns[path]
 
