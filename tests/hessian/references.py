@@ -29,12 +29,17 @@ def _symmetric(hessians):
     return 0.5 * (hessians + np.transpose(hessians, (0, 2, 1)))
 
 
-def per_example_hessians(model, x, y, loss_fn=None):
-    """(n, P, P) float64 per-example Hessians."""
+def per_example_hessians(model, x, y, loss_fn=None, sample_weight=None):
+    """(n, P, P) float64 per-example Hessians (``sample_weight``: each
+    example's rows passed to ``model.compute_loss``)."""
     n = len(tree.flatten(x)[0])
     one = {"tensorflow": _tf_hessian, "jax": _jax_hessian, "torch": _torch_hessian}
     hessian = one[BACKEND](model, loss_fn)
-    return _symmetric([hessian(_one(x, i), _one(y, i)) for i in range(n)])
+    if sample_weight is None:
+        return _symmetric([hessian(_one(x, i), _one(y, i)) for i in range(n)])
+    return _symmetric(
+        [hessian(_one(x, i), _one(y, i), sample_weight[i : i + 1]) for i in range(n)]
+    )
 
 
 def gradient(model, x, y, loss_fn):
@@ -45,12 +50,14 @@ def gradient(model, x, y, loss_fn):
 # -- TensorFlow -------------------------------------------------------------
 
 
-def _tf_loss(model, loss_fn, x, y, training=False):
+def _tf_loss(model, loss_fn, x, y, training=False, sample_weight=None):
     import tensorflow as tf
 
     pred = model(x, training=training)
     if loss_fn is None:
-        return model.compute_loss(x, y, pred, training=training)
+        return model.compute_loss(
+            x, y, pred, sample_weight=sample_weight, training=training
+        )
     return tf.reduce_mean(loss_fn(y, pred))
 
 
@@ -66,18 +73,18 @@ def _tf_hessian(model, loss_fn):
     variables = model.trainable_variables
 
     @tf.function
-    def hessian(x, y):
+    def hessian(x, y, sw=None):
         with tf.GradientTape(persistent=True) as outer:
             with tf.GradientTape() as inner:
-                loss = _tf_loss(model, loss_fn, x, y)
+                loss = _tf_loss(model, loss_fn, x, y, sample_weight=sw)
             grad = _tf_flat(inner.gradient(loss, variables))
         blocks = outer.jacobian(grad, variables, experimental_use_pfor=False)
         return tf.concat([tf.reshape(b, [grad.shape[0], -1]) for b in blocks], 1)
 
-    def numpy_hessian(x, y):
+    def numpy_hessian(x, y, sw=None):
         x = tf.nest.map_structure(tf.convert_to_tensor, x)
         y = tf.nest.map_structure(tf.convert_to_tensor, y)
-        return hessian(x, y).numpy()
+        return hessian(x, y, sw).numpy()
 
     return numpy_hessian
 
@@ -103,7 +110,7 @@ def _jax_loss(model, loss_fn, training=False):
     optimizer = [v.value for v in model.optimizer.variables] if training else None
     flat, unravel = ravel_pytree(trainable)
 
-    def loss(w, x, y):
+    def loss(w, x, y, sw=None):
         if loss_fn is None:
             value, _ = model.compute_loss_and_updates(
                 unravel(w),
@@ -111,7 +118,7 @@ def _jax_loss(model, loss_fn, training=False):
                 metrics,
                 x,
                 y,
-                None,
+                sw,
                 training=training,
                 optimizer_variables=optimizer,
             )
@@ -127,7 +134,7 @@ def _jax_hessian(model, loss_fn):
 
     flat, loss = _jax_loss(model, loss_fn)
     hessian = jax.jit(jax.jacrev(jax.grad(loss)))
-    return lambda x, y: np.asarray(hessian(flat, x, y))
+    return lambda x, y, sw=None: np.asarray(hessian(flat, x, y, sw))
 
 
 def _jax_gradient(model, loss_fn, x, y):
@@ -140,14 +147,18 @@ def _jax_gradient(model, loss_fn, x, y):
 # -- PyTorch ------------------------------------------------------------------
 
 
-def _torch_loss(model, loss_fn, x, y, training=False):
+def _torch_loss(model, loss_fn, x, y, training=False, sample_weight=None):
     import torch
 
     x = tree.map_structure(torch.as_tensor, x)
     y = tree.map_structure(torch.as_tensor, y)
     pred = model(x, training=training)
     if loss_fn is None:
-        return model.compute_loss(x, y, pred, training=training)
+        if sample_weight is not None:
+            sample_weight = torch.as_tensor(sample_weight)
+        return model.compute_loss(
+            x, y, pred, sample_weight=sample_weight, training=training
+        )
     return torch.mean(loss_fn(y, pred))
 
 
@@ -169,11 +180,11 @@ def _torch_hessian(model, loss_fn):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def hessian(x, y):
+    def hessian(x, y, sw=None):
         params = [v.value for v in model.trainable_variables]
         # The fused CPU attention kernel has no double backward.
         with sdpa_kernel([SDPBackend.MATH]):
-            loss = _torch_loss(model, loss_fn, x, y)
+            loss = _torch_loss(model, loss_fn, x, y, sample_weight=sw)
         grad = _torch_flat_grad(loss, params, create_graph=True)
         # All rows in one batched backward (vmap over the cotangents).
         eye = torch.eye(grad.shape[0], dtype=grad.dtype)

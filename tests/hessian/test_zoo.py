@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_sam.callbacks
 from keras_sam import hessian
 from keras_sam._compat import exact_tensorflow_moments
 from keras_sam.hessian import CurvatureOperator
@@ -288,6 +289,48 @@ def test_weights_follow_keras():
     w = np.where(y > 0.5, 3.0, 0.5).astype("float32")
     same = CurvatureOperator(model, (x, y, w))
     assert rel_err(by_class.hvp(v), same.hvp(v)) < 1e-6
+
+
+def test_per_token_weights_follow_keras():
+    # A causal-LM-shaped model: per-token logits (n, seq, vocab) against
+    # (n, seq) labels, weighted by a (n, seq) padding mask (and other
+    # values), reduced as Keras's compiled loss reduces them.
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(6)
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            keras.layers.Embedding(5, 3),
+            keras.layers.Dense(3, activation="tanh"),
+            keras.layers.Dense(4),
+        ]
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = _compile(model, loss)
+    x = rng.integers(0, 5, size=(N, 3)).astype("int32")
+    y = rng.integers(0, 4, size=(N, 3))
+    mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0.5, 2, 0]], "float32")
+    op = CurvatureOperator(model, (x, y, mask), chunk_size=3)
+    expected = model.compute_loss(x, y, model(x), sample_weight=mask, training=False)
+    assert op.loss() == pytest.approx(float(expected), rel=1e-5)
+    hessians = per_example_hessians(model, x, y, sample_weight=mask)
+    h = hessians.mean(axis=0)
+    v = np.random.default_rng(7).normal(size=op.dim)
+    assert rel_err(op.hvp(v), h @ v) < 1e-4
+    assert rel_err(op.per_example_hvp(v), hessians @ v) < 1e-4
+    m2 = np.mean([hi @ hi for hi in hessians], axis=0)
+    assert rel_err(op.moment(v, 2), m2 @ v) < 1e-4
+    top = np.linalg.eigvalsh(h)[-1]
+    assert hessian.sharpness(op, tol=1e-6) == pytest.approx(top, rel=1e-4)
+    # The callbacks take the same data.
+    cb = keras_sam.callbacks.HessianMetrics((x, y, mask), num_examples=None, tol=1e-6)
+    model.fit(x, y, sample_weight=mask, epochs=1, verbose=0, callbacks=[cb])
+    assert cb.records[0]["sharpness"] == pytest.approx(
+        hessian.sharpness(model, (x, y, mask), tol=1e-6), rel=1e-4
+    )
+    # Errors show the shape passed, not a flattened one.
+    with pytest.raises(ValueError, match=r"got shape \(2, 3\)"):
+        CurvatureOperator(model, (x, y, mask[:2]))
 
 
 class Sampling(keras.layers.Layer):
