@@ -34,6 +34,7 @@ __all__ = [
     "compile_arguments",
     "compute_loss",
     "ddp_process_group",
+    "exact_tensorflow_moments",
     "flatten_layers",
     "in_multi_worker_mode",
     "loss_tracker",
@@ -214,3 +215,52 @@ def multi_optimizer_index(
     variable's gradient as its own sub-optimizer does.
     """
     return optimizer._var_to_optimizer_idx[optimizer._var_key(variable)]
+
+
+#: Where Keras's TensorFlow backend computes the mean and variance behind
+#: ``keras.ops.moments`` (LayerNormalization, BatchNormalization in training
+#: mode, GroupNormalization): a module-level function its ``moments`` looks
+#: up at call time.
+_TF_MOMENTS_MODULE = "keras.src.backend.tensorflow.nn"
+_TF_MOMENTS_FUNCTION = "_compute_moments"
+
+
+def _plain_moments(x, axes, keepdims):
+    import tensorflow as tf
+
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    variance = tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
+    if not keepdims:
+        mean = tf.squeeze(mean, axes)
+        variance = tf.squeeze(variance, axes)
+    return mean, variance
+
+
+@contextlib.contextmanager
+def exact_tensorflow_moments():
+    """Keras's TensorFlow ``moments`` with a plain variance while the
+    context is active (a no-op on other backends).
+
+    Keras's TensorFlow backend computes it with `tf.nn.moments`, whose
+    variance is taken around ``stop_gradient(mean)``: exact in value and
+    first derivative (training is unaffected), but its second derivative
+    drops a term, so Hessian products through LayerNormalization (and
+    BatchNormalization in training mode) are wrong by about 1e-2 relative.
+    No public hook replaces a backend op, so the curvature products trace
+    their functions inside this context (and only they: the user's training
+    keeps Keras's op). The swap is of a module global, so it is not
+    thread-safe: a model traced concurrently in another thread would see the
+    plain variance too (the same values and gradients).
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import importlib
+
+    module = importlib.import_module(_TF_MOMENTS_MODULE)
+    previous = getattr(module, _TF_MOMENTS_FUNCTION)
+    setattr(module, _TF_MOMENTS_FUNCTION, _plain_moments)
+    try:
+        yield
+    finally:
+        setattr(module, _TF_MOMENTS_FUNCTION, previous)

@@ -2,19 +2,19 @@
 
 A fixed subset of the data, a schedule (every ``every`` epochs or steps),
 one `CurvatureOperator` per `fit` (rebuilt in ``on_train_begin``, so a
-callback reused on another model measures that model), NaN-padded epoch
-logs and ``get_config``.
+callback reused on another model measures that model; the data checked
+against the model there), epoch logs only where measured, and
+``get_config``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
 
 from keras_sam._validation import boolean, string
-from keras_sam.callbacks._common import check_schedule, subset
+from keras_sam.callbacks._common import check_schedule, subset, subset_head
 from keras_sam.hessian._operators import CurvatureOperator
 
 # The options every curvature callback takes (and reports in get_config,
@@ -88,6 +88,21 @@ class CurvatureCallback(keras.callbacks.Callback):
         # starts from scratch; `records` then holds this fit's measurements.
         self._reset()
         self.records = []
+        self._check_data()
+
+    def _check_data(self) -> None:
+        """Calls the model on the first example of ``data`` so that data
+        that does not fit the model fails when `fit` starts, not after
+        ``every`` epochs."""
+        self._sync_weights()
+        first = subset_head(self.data)
+        try:
+            self.model(first[0], training=False)
+        except Exception as error:
+            raise ValueError(
+                f"{type(self).__name__}: `data` does not fit the model ("
+                f"{type(error).__name__}: {str(error)[:400]})."
+            ) from error
 
     def _operator_options(self) -> dict[str, Any]:
         return {
@@ -124,9 +139,6 @@ class CurvatureCallback(keras.callbacks.Callback):
         """The names this callback logs, prefix included."""
         return [self.prefix + name for name in self._names()]
 
-    def _missing(self) -> dict[str, float]:
-        return {name: math.nan for name in self.names()}
-
     def _publish(self, values: dict[str, float], logs, **where) -> dict[str, float]:
         values = {self.prefix + k: float(v) for k, v in values.items()}
         self._latest = values
@@ -144,13 +156,13 @@ class CurvatureCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
+        # Epochs without a measurement log nothing (no NaN placeholders):
+        # History's lists hold the measured epochs only; ``records`` has
+        # each value with its epoch or step.
         if self.unit == "step":
-            logs.update(self._latest or self._missing())
+            logs.update(self._latest)
         elif (epoch + 1) % self.every == 0:
             logs.update(self._epoch_values(epoch))
-        else:
-            # NaN keeps History and CSVLogger columns aligned.
-            logs.update(self._missing())
 
     def get_config(self) -> dict[str, Any]:
         """The options (not the data, nor ``loss``)."""

@@ -41,7 +41,7 @@ def subset(data: Any, num_examples: Any, seed: int | None) -> Any:
             "`data` must be a tuple (x, y) or (x, y, sample_weight) of arrays, or a "
             f"tf.data.Dataset of such batches; got {type(data).__name__}."
         )
-    n = len(tree.flatten(data[0])[0])
+    n = _check_lengths(data)
     if num_examples is None or num_examples >= n:
         return tuple(data)
     rng = np.random.default_rng(seed)
@@ -49,3 +49,35 @@ def subset(data: Any, num_examples: Any, seed: int | None) -> Any:
     return tuple(
         tree.map_structure(lambda t: keras.ops.convert_to_numpy(t)[index], tuple(data))
     )
+
+
+def _check_lengths(data: tuple) -> int:
+    """The number of examples of ``(x, y[, sample_weight])`` arrays, every
+    one of which must have it."""
+    names = ("x", "y", "sample_weight")
+    lengths = {}
+    for name, part in zip(names, data):
+        for leaf in tree.flatten(part):
+            shape = np.shape(leaf)
+            if not shape:
+                raise ValueError(
+                    f"`data`: {name} must be arrays with a batch dimension, got "
+                    f"a scalar {leaf!r}."
+                )
+            lengths.setdefault(name, set()).add(shape[0])
+    found = set().union(*lengths.values()) if lengths else set()
+    if len(found) != 1:
+        detail = ", ".join(f"{k}: {sorted(v)}" for k, v in lengths.items())
+        raise ValueError(
+            "`data` must have the same number of examples in x, y and "
+            f"sample_weight, got {detail}."
+        )
+    n = found.pop()
+    if n == 0:
+        raise ValueError("`data` must contain at least one example.")
+    return n
+
+
+def subset_head(data: Any) -> Any:
+    """The first example of a `subset` (arrays) with its batch axis."""
+    return tree.map_structure(lambda t: keras.ops.convert_to_numpy(t)[:1], tuple(data))

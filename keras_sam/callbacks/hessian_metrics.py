@@ -44,10 +44,12 @@ class HessianMetrics(CurvatureCallback):
       quantity. See `keras_sam.hessian.stability_ratios`.
 
     With ``unit="epoch"`` the values are computed after every ``every``-th
-    epoch and logged in that epoch's logs (NaN in the other epochs, so
-    History and CSVLogger columns stay aligned). With ``unit="step"`` they
-    are computed after every ``every``-th training step, written into that
-    step's batch logs, and the latest values go into each epoch's logs.
+    epoch and logged in that epoch's logs (the other epochs log nothing:
+    History's lists hold the measured epochs; ``records`` pairs each value
+    with its epoch). With ``unit="step"`` they are computed after every
+    ``every``-th training step, written into that step's batch logs, and
+    the latest values go into each later epoch's logs. The data are checked
+    against the model when `fit` starts (``on_train_begin``).
     Every evaluation of the current `fit` is appended to ``self.records``.
     Each `fit` starts afresh (``on_train_begin``), so the callback can be
     reused on another model.
@@ -100,7 +102,7 @@ class HessianMetrics(CurvatureCallback):
         training: bool = False,
         regularization: bool = False,
         batch_size: int | None = None,
-        chunk_size: int = 16,
+        chunk_size: int | None = None,
         every: int = 1,
         unit: str = "epoch",
         num_examples: int | None = 256,

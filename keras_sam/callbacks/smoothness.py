@@ -85,7 +85,7 @@ class SmoothnessEstimates(CurvatureCallback):
 
     ``gamma`` runs over 0.1, 0.2, ..., 1 (11 gradient evaluations per
     estimate). With ``unit="epoch"`` the first step of every ``every``-th
-    epoch is measured and logged in that epoch's logs (NaN in the others);
+    epoch is measured and logged in that epoch's logs (nothing in the others);
     with ``unit="step"``, every ``every``-th step, logged in its batch logs,
     the latest values in the epoch logs. With ``steps_per_execution > 1``
     a "step" is one execution. Every estimate of the current `fit` is
@@ -162,4 +162,4 @@ class SmoothnessEstimates(CurvatureCallback):
         self._publish(values, step_logs, step=self._step, epoch=self._epoch)
 
     def _epoch_values(self, epoch: int) -> dict[str, float]:
-        return self._latest or self._missing()
+        return self._latest

@@ -227,7 +227,7 @@ def non_uniformity(
     ```
 
     Options as for `sharpness`, plus ``chunk_size`` (examples vectorized
-    together, default 16).
+    together; default: by the model's size, see `CurvatureOperator`).
     """
     order = _check_order(order)
     result = non_uniformity_eigen(model, data, order, **options)

@@ -29,12 +29,17 @@ def _symmetric(hessians):
     return 0.5 * (hessians + np.transpose(hessians, (0, 2, 1)))
 
 
-def per_example_hessians(model, x, y, loss_fn=None):
-    """(n, P, P) float64 per-example Hessians."""
+def per_example_hessians(model, x, y, loss_fn=None, sample_weight=None):
+    """(n, P, P) float64 per-example Hessians (``sample_weight``: each
+    example's rows passed to ``model.compute_loss``)."""
     n = len(tree.flatten(x)[0])
     one = {"tensorflow": _tf_hessian, "jax": _jax_hessian, "torch": _torch_hessian}
     hessian = one[BACKEND](model, loss_fn)
-    return _symmetric([hessian(_one(x, i), _one(y, i)) for i in range(n)])
+    if sample_weight is None:
+        return _symmetric([hessian(_one(x, i), _one(y, i)) for i in range(n)])
+    return _symmetric(
+        [hessian(_one(x, i), _one(y, i), sample_weight[i : i + 1]) for i in range(n)]
+    )
 
 
 def gradient(model, x, y, loss_fn):
@@ -45,12 +50,14 @@ def gradient(model, x, y, loss_fn):
 # -- TensorFlow -------------------------------------------------------------
 
 
-def _tf_loss(model, loss_fn, x, y):
+def _tf_loss(model, loss_fn, x, y, training=False, sample_weight=None):
     import tensorflow as tf
 
-    pred = model(x, training=False)
+    pred = model(x, training=training)
     if loss_fn is None:
-        return model.compute_loss(x, y, pred, training=False)
+        return model.compute_loss(
+            x, y, pred, sample_weight=sample_weight, training=training
+        )
     return tf.reduce_mean(loss_fn(y, pred))
 
 
@@ -66,18 +73,18 @@ def _tf_hessian(model, loss_fn):
     variables = model.trainable_variables
 
     @tf.function
-    def hessian(x, y):
+    def hessian(x, y, sw=None):
         with tf.GradientTape(persistent=True) as outer:
             with tf.GradientTape() as inner:
-                loss = _tf_loss(model, loss_fn, x, y)
+                loss = _tf_loss(model, loss_fn, x, y, sample_weight=sw)
             grad = _tf_flat(inner.gradient(loss, variables))
         blocks = outer.jacobian(grad, variables, experimental_use_pfor=False)
         return tf.concat([tf.reshape(b, [grad.shape[0], -1]) for b in blocks], 1)
 
-    def numpy_hessian(x, y):
+    def numpy_hessian(x, y, sw=None):
         x = tf.nest.map_structure(tf.convert_to_tensor, x)
         y = tf.nest.map_structure(tf.convert_to_tensor, y)
-        return hessian(x, y).numpy()
+        return hessian(x, y, sw).numpy()
 
     return numpy_hessian
 
@@ -93,19 +100,27 @@ def _tf_gradient(model, loss_fn, x, y):
 # -- JAX ----------------------------------------------------------------------
 
 
-def _jax_loss(model, loss_fn):
+def _jax_loss(model, loss_fn, training=False):
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     metrics = [v.value for v in model.metrics_variables]
+    optimizer = [v.value for v in model.optimizer.variables] if training else None
     flat, unravel = ravel_pytree(trainable)
 
-    def loss(w, x, y):
+    def loss(w, x, y, sw=None):
         if loss_fn is None:
             value, _ = model.compute_loss_and_updates(
-                unravel(w), non_trainable, metrics, x, y, None, training=False
+                unravel(w),
+                non_trainable,
+                metrics,
+                x,
+                y,
+                sw,
+                training=training,
+                optimizer_variables=optimizer,
             )
             return value
         pred, _ = model.stateless_call(unravel(w), non_trainable, x, training=False)
@@ -119,7 +134,7 @@ def _jax_hessian(model, loss_fn):
 
     flat, loss = _jax_loss(model, loss_fn)
     hessian = jax.jit(jax.jacrev(jax.grad(loss)))
-    return lambda x, y: np.asarray(hessian(flat, x, y))
+    return lambda x, y, sw=None: np.asarray(hessian(flat, x, y, sw))
 
 
 def _jax_gradient(model, loss_fn, x, y):
@@ -132,14 +147,18 @@ def _jax_gradient(model, loss_fn, x, y):
 # -- PyTorch ------------------------------------------------------------------
 
 
-def _torch_loss(model, loss_fn, x, y):
+def _torch_loss(model, loss_fn, x, y, training=False, sample_weight=None):
     import torch
 
     x = tree.map_structure(torch.as_tensor, x)
     y = tree.map_structure(torch.as_tensor, y)
-    pred = model(x, training=False)
+    pred = model(x, training=training)
     if loss_fn is None:
-        return model.compute_loss(x, y, pred, training=False)
+        if sample_weight is not None:
+            sample_weight = torch.as_tensor(sample_weight)
+        return model.compute_loss(
+            x, y, pred, sample_weight=sample_weight, training=training
+        )
     return torch.mean(loss_fn(y, pred))
 
 
@@ -161,11 +180,11 @@ def _torch_hessian(model, loss_fn):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def hessian(x, y):
+    def hessian(x, y, sw=None):
         params = [v.value for v in model.trainable_variables]
         # The fused CPU attention kernel has no double backward.
         with sdpa_kernel([SDPBackend.MATH]):
-            loss = _torch_loss(model, loss_fn, x, y)
+            loss = _torch_loss(model, loss_fn, x, y, sample_weight=sw)
         grad = _torch_flat_grad(loss, params, create_graph=True)
         # All rows in one batched backward (vmap over the cotangents).
         eye = torch.eye(grad.shape[0], dtype=grad.dtype)
@@ -177,9 +196,9 @@ def _torch_hessian(model, loss_fn):
     return hessian
 
 
-def _torch_gradient(model, loss_fn, x, y):
+def _torch_gradient(model, loss_fn, x, y, training=False):
     params = [v.value for v in model.trainable_variables]
-    grad = _torch_flat_grad(_torch_loss(model, loss_fn, x, y), params)
+    grad = _torch_flat_grad(_torch_loss(model, loss_fn, x, y, training), params)
     return grad.detach().cpu().numpy()
 
 
@@ -188,3 +207,62 @@ _GRADIENTS = {
     "jax": _jax_gradient,
     "torch": _torch_gradient,
 }
+
+
+# -- Finite differences (float64) ----------------------------------------------
+
+
+def _flat_gradient_function(model, training=False):
+    """``w -> gradient at w`` of Keras's compiled loss (with model.losses),
+    flat float64, w a flat vector of the trainable weights (set in the
+    model's variables)."""
+    variables = model.trainable_variables
+    shapes = [tuple(v.shape) for v in variables]
+    sizes = [int(np.prod(s)) for s in shapes]
+    if BACKEND == "jax":
+        import jax
+
+        _, loss = _jax_loss(model, None, training)
+        grad = jax.grad(loss)
+        return lambda w, x, y: np.asarray(grad(w.astype("float32"), x, y), np.float64)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def tf_grad(x, y):
+            with tf.GradientTape() as tape:
+                loss = _tf_loss(model, None, x, y, training)
+            return _tf_flat(tape.gradient(loss, variables))
+
+    def grad(w, x, y):
+        for v, part in zip(variables, np.split(w, np.cumsum(sizes)[:-1])):
+            v.assign(part.reshape(v.shape).astype(v.dtype))
+        if BACKEND == "tensorflow":
+            x = tf.nest.map_structure(tf.convert_to_tensor, x)
+            y = tf.nest.map_structure(tf.convert_to_tensor, y)
+            return np.asarray(tf_grad(x, y), np.float64)
+        return np.asarray(_torch_gradient(model, None, x, y, training), np.float64)
+
+    return grad
+
+
+def _flat_weights(model):
+    return np.concatenate(
+        [
+            np.asarray(keras.ops.convert_to_numpy(v), np.float64).reshape(-1)
+            for v in model.trainable_variables
+        ]
+    )
+
+
+def finite_difference_hvp(model, x, y, v, step=1e-4, training=False):
+    """``H v`` by central differences of the gradient (error about step^2
+    plus the gradient's rounding / step), H the Hessian of Keras's compiled
+    loss of the batch; the weights are restored."""
+    w = _flat_weights(model)
+    grad = _flat_gradient_function(model, training)
+    v = np.asarray(v, np.float64)
+    try:
+        return (grad(w + step * v, x, y) - grad(w - step * v, x, y)) / (2 * step)
+    finally:
+        grad(w, x, y)

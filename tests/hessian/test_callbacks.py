@@ -85,10 +85,16 @@ def test_hessian_metrics_every_and_steps(training_data):
     model = make_model()  # plain Keras: rho = 0
     cb = HessianMetrics((x, y), every=2, num_examples=None, stability=True, prefix="h/")
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
-    assert math.isnan(history.history["h/sharpness"][0])
-    assert history.history["h/stability_sharpness"][1] == pytest.approx(
-        history.history["h/sharpness"][1] * 0.05 / 2
+    # Only the measured epoch (the second) is logged: no NaN placeholders.
+    assert len(history.history["h/sharpness"]) == 1
+    assert [r["epoch"] for r in cb.records] == [1]
+    assert history.history["h/stability_sharpness"][0] == pytest.approx(
+        history.history["h/sharpness"][0] * 0.05 / 2
     )
+    # every=5 in a one-epoch fit: nothing measured, nothing logged.
+    late = HessianMetrics((x, y), every=5, num_examples=8)
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[late])
+    assert "sharpness" not in history.history and late.records == []
     steps = HessianMetrics((x, y), every=2, unit="step", trace=False, orders=())
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[steps])
     assert [r["step"] for r in steps.records] == [2]
@@ -236,3 +242,18 @@ def test_smoothness_measures_the_step_taken_mid_epoch(training_data):
     assert [r["step"] for r in cb.records] == [3]
     for name in ("beta_hat", "alpha_hat"):
         assert cb.records[0][name] == pytest.approx(expected[name], rel=1e-4)
+
+
+def test_bad_data_fails_early_and_clearly(training_data):
+    x, y = training_data
+    # Different lengths: at construction, naming the parts and lengths.
+    with pytest.raises(ValueError, match=r"same number of examples.*y: \[20\]"):
+        HessianMetrics((x, y[:20]))
+    with pytest.raises(ValueError, match="at least one example"):
+        HessianMetrics((x[:0], y[:0]))
+    # The wrong width: when fit starts, not after `every` epochs.
+    model = make_model()
+    wide = np.zeros((8, 5), "float32")
+    cb = HessianMetrics((wide, y[:8]), every=3)
+    with pytest.raises(ValueError, match="HessianMetrics: `data` does not fit"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])

@@ -114,6 +114,7 @@ def test_gradient_and_loss(regressor):
         ({"batch_size": 0}, "batch_size"),
         ({"chunk_size": "8"}, "chunk_size"),
         ({"loss": 3}, "loss"),
+        ({"data": (np.zeros((0, 3), "float32"), np.zeros((0, 2)))}, "data"),
     ],
 )
 def test_bad_arguments(regressor, kwargs, name):
@@ -121,6 +122,15 @@ def test_bad_arguments(regressor, kwargs, name):
     options = {"data": (c.x, c.y), **kwargs}
     with pytest.raises(ValueError, match=f"`{name}`"):
         CurvatureOperator(c.model, **options)
+
+
+def test_default_chunk_size_follows_the_model_size():
+    from keras_sam.hessian._operators import default_chunk_size
+
+    # 1 GiB for about 6 float32 copies of the weights per example.
+    assert default_chunk_size(669_706) == 66  # the README's 784-512-512-10
+    assert default_chunk_size(50) == 256
+    assert default_chunk_size(10**8) == 16
 
 
 def test_uncompiled_model_needs_loss():

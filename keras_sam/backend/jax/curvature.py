@@ -65,6 +65,7 @@ class Functions:
         training,
         x_example,
         y_example,
+        sw_example,
         jit,
         masked,
         weighted,
@@ -164,17 +165,44 @@ class Functions:
             )
             return flat(project(grads, mask_values)), loss
 
+        # Per-token weights (rank > 1) weight the tokens inside each
+        # example's loss; per-example weights weight the examples' products.
+        self._per_token = per_token = len(sw_example.shape) > 1
         one_weight = jnp.ones([1], jnp.float32)
 
-        def example_hvp(values, xi, yi, vi):
-            # H_i v_i for one example (xi, yi without their batch axis).
-            return hvp_sum(values, _one(xi), _one(yi), one_weight, vi)[0]
+        def example_hvp(values, xi, yi, swi, vi):
+            # H_i v_i for one example (xi, yi, swi without their batch axis).
+            weight = _one(swi) if per_token else one_weight
+            return hvp_sum(values, _one(xi), _one(yi), weight, vi)[0]
 
-        def vectorized_rows(values, x, y, vs):
-            return jax.vmap(lambda *a: example_hvp(values, *a))(x, y, vs)
+        def vectorized_rows(values, x, y, sw, vs):
+            return jax.vmap(lambda *a: example_hvp(values, *a))(x, y, sw, vs)
 
-        def looped_rows(values, x, y, vs):
-            return jax.lax.map(lambda a: example_hvp(values, *a), (x, y, vs))
+        def example_power(values, k, xi, yi, swi, v):
+            # H_i^k v for one example: its gradient linearized once, the
+            # tangent map applied k times (k products for the cost of one
+            # forward and backward pass and k tangent passes).
+            params, state, mask_values = values
+            weight = _one(swi) if per_token else one_weight
+            _, tangent_map = jax.linearize(
+                jax.grad(lambda p: loss_sum(p, state, _one(xi), _one(yi), weight)),
+                params,
+            )
+            for _ in range(k):
+                tangents = [
+                    t.astype(p.dtype)
+                    for t, p in zip(project(unflat(v), mask_values), params)
+                ]
+                v = flat(project(tangent_map(tangents), mask_values))
+            return v
+
+        def vectorized_powers(values, x, y, sw, v, k):
+            return jax.vmap(
+                lambda *a: example_power(values, k, *a), in_axes=(0, 0, 0, None)
+            )(x, y, sw, v)
+
+        def looped_rows(values, x, y, sw, vs):
+            return jax.lax.map(lambda a: example_hvp(values, *a), (x, y, sw, vs))
 
         self._hvp = jax.jit(hvp_sum)
         self._grad = jax.jit(grad_sum)
@@ -186,6 +214,7 @@ class Functions:
             "vectorized": jax.jit(vectorized_rows),
             "looped": jax.jit(looped_rows),
         }
+        self._vectorized_powers = jax.jit(vectorized_powers, static_argnums=5)
         self.vectorized = True
 
     def _values(self):
@@ -233,22 +262,30 @@ class Functions:
         # compilation less than a program of its own.
         return self.hvp(x, y, sw, jnp.zeros([self.dim], jnp.float32))[1]
 
-    def _powers(self, k, path, x, y, v):
+    def _powers(self, k, path, x, y, sw, v):
         values = self._values()
+        if path == "vectorized" and k > 1:
+            return self._vectorized_powers(values, x, y, sw, v, k)
         vs = jnp.broadcast_to(v, (_first(x).shape[0], v.shape[0]))
         for _ in range(k):
-            vs = self._rows[path](values, x, y, vs)
+            vs = self._rows[path](values, x, y, sw, vs)
         return vs
+
+    def _frequencies(self, sw):
+        # How often each example counts in the per-example sums (padded
+        # per-token examples have zero weights, so zero products).
+        return jnp.ones(sw.shape[:1], jnp.float32) if self._per_token else sw
 
     def power(self, k: int, path: str):
         """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
         return lambda x, y, sw, v: jnp.sum(
-            self._powers(k, path, x, y, v) * sw[:, None], axis=0
+            self._powers(k, path, x, y, sw, v) * self._frequencies(sw)[:, None],
+            axis=0,
         )
 
     def rows(self, path: str):
         """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
-        return lambda x, y, sw, v: self._powers(1, path, x, y, v)
+        return lambda x, y, sw, v: self._powers(1, path, x, y, sw, v)
 
     def decide(self, x, y, sw, v) -> bool:
         """`jax.vmap` needs no check: always vectorized."""

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sam._compat import flatten_layers
+from keras_sam._compat import exact_tensorflow_moments, flatten_layers
 from keras_sam.sparsity._masks import kernel_masks
 
 # Layers whose per-example products `tf.vectorized_map` gets wrong or dies
@@ -56,6 +56,24 @@ def _quiet_tensorflow_logger():
         yield
     finally:
         logger.setLevel(level)
+
+
+class _exact:  # noqa: N801 (used as a function wrapper)
+    """``function`` (a `tf.function`) traced and run with Keras's
+    normalization moments on a plain variance: Keras's own `tf.nn.moments`
+    drops a term of the second derivative (see
+    `keras_sam._compat.exact_tensorflow_moments`). Other attributes are the
+    function's (``experimental_get_tracing_count``)."""
+
+    def __init__(self, function):
+        self._function = function
+
+    def __call__(self, *args):
+        with exact_tensorflow_moments():
+            return self._function(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._function, name)
 
 
 def _dense(t):
@@ -89,6 +107,7 @@ class Functions:
         training,
         x_example,
         y_example,
+        sw_example,
         jit,
         masked,
         weighted,
@@ -236,60 +255,90 @@ class Functions:
             grads = tape.gradient(loss, params, unconnected_gradients=zero)
             return flat(project(grads)), loss
 
-        one_weight = tf.ones([1], tf.float32)
+        # Per-token weights (rank > 1) weight the tokens inside each
+        # example's loss; per-example weights weight the examples' products.
+        per_token = len(sw_example.shape) > 1
 
-        def example_power(xi, yi, v, k):
-            # H_i^k v for one example (batch of one).
+        def example_power(xi, yi, swi, v, k):
+            # H_i^k v for one example (batch of one): its loss and gradient
+            # once, then k second backward passes through a persistent tape.
+            weight = swi if per_token else tf.ones([1], tf.float32)
+            params = weights()
+            with tf.GradientTape(persistent=k > 1) as outer:
+                outer.watch(params)
+                with tf.GradientTape() as inner:
+                    inner.watch(params)
+                    loss = loss_sum(xi, yi, weight, params)
+                grads = [
+                    tf.cast(_dense(g), tf.float32)
+                    for g in inner.gradient(loss, params, unconnected_gradients=zero)
+                ]
             for _ in range(k):
-                v, _ = hvp_sum(xi, yi, one_weight, v)
+                hv = outer.gradient(
+                    grads,
+                    params,
+                    output_gradients=project(unflat(v)),
+                    unconnected_gradients=zero,
+                )
+                v = flat(project(hv))
             return v
 
-        def vectorized_rows(x, y, v, k):
+        def vectorized_rows(x, y, sw, v, k):
             # H_i^k v for every example of the chunk, by pfor. No while-loop
             # fallback: an op pfor cannot convert raises, and the looped path
             # is used instead.
             n = tf.shape(tf.nest.flatten(x)[0])[0]
             return tf.vectorized_map(
-                lambda a: example_power(_one(a[0]), _one(a[1]), a[2], k),
-                (x, y, tf.tile(v[None], [n, 1])),
+                lambda a: example_power(_one(a[0]), _one(a[1]), _one(a[2]), a[3], k),
+                (x, y, sw, tf.tile(v[None], [n, 1])),
                 fallback_to_while_loop=False,
             )
 
-        def looped_rows(x, y, v, k):
+        def looped_rows(x, y, sw, v, k):
             n = tf.shape(tf.nest.flatten(x)[0])[0]
             return tf.map_fn(
-                lambda i: example_power(_one(x, i), _one(y, i), v, k),
+                lambda i: example_power(_one(x, i), _one(y, i), _one(sw, i), v, k),
                 tf.range(n),
                 fn_output_signature=tf.TensorSpec([dim], tf.float32),
             )
 
-        sw_spec = tf.TensorSpec([None], tf.float32)
+        def frequencies(sw):
+            # How often each example counts in the per-example sums.
+            if per_token:
+                return tf.ones(tf.shape(sw)[:1], tf.float32)
+            return sw
+
+        self._frequencies = frequencies
+        sw_spec = _spec(sw_example)
         v_spec = tf.TensorSpec([dim], tf.float32)
         # No autograph: the traced code has no data-dependent Python control
         # flow, and converting the model call cost most of the trace time.
         kw = {"jit_compile": True, "autograph": False} if jit else {"autograph": False}
         hvp_signature = [x_spec, y_spec, sw_spec, v_spec]
-        self._hvps = [tf.function(hvp_sum, input_signature=hvp_signature, **kw)]
+        self._hvps = [_exact(tf.function(hvp_sum, input_signature=hvp_signature, **kw))]
         if forward:
             self._hvps.insert(
-                0, tf.function(forward_hvp_sum, input_signature=hvp_signature, **kw)
+                0,
+                _exact(
+                    tf.function(forward_hvp_sum, input_signature=hvp_signature, **kw)
+                ),
             )
         # The solver's callback goes through the graph, so no XLA for it.
         if jit or forward:
             self._shared = self._shared_from_gradient = None
         else:
-            self._shared = tf.function(
-                shared_products, input_signature=hvp_signature, **kw
+            self._shared = _exact(
+                tf.function(shared_products, input_signature=hvp_signature, **kw)
             )
-            self._shared_from_gradient = tf.function(
-                shared_products, input_signature=hvp_signature[:3], **kw
+            self._shared_from_gradient = _exact(
+                tf.function(shared_products, input_signature=hvp_signature[:3], **kw)
             )
         self._callback = None
-        self.grad = tf.function(
-            grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw
+        self.grad = _exact(
+            tf.function(grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw)
         )
-        self.loss = tf.function(
-            loss_sum, input_signature=[x_spec, y_spec, sw_spec], **kw
+        self.loss = _exact(
+            tf.function(loss_sum, input_signature=[x_spec, y_spec, sw_spec], **kw)
         )
         self._rows = {"vectorized": vectorized_rows, "looped": looped_rows}
         self._signature = [x_spec, y_spec, sw_spec, v_spec]
@@ -356,13 +405,15 @@ class Functions:
     def power(self, k: int, path: str):
         """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
         if (path, k) not in self._powers:
-            rows = self._rows[path]
-            self._powers[path, k] = tf.function(
-                lambda x, y, sw, v: tf.reduce_sum(
-                    rows(x, y, v, k) * sw[:, None], axis=0
-                ),
-                input_signature=self._signature,
-                **self._kw,
+            rows, frequencies = self._rows[path], self._frequencies
+            self._powers[path, k] = _exact(
+                tf.function(
+                    lambda x, y, sw, v: tf.reduce_sum(
+                        rows(x, y, sw, v, k) * frequencies(sw)[:, None], axis=0
+                    ),
+                    input_signature=self._signature,
+                    **self._kw,
+                )
             )
         return self._powers[path, k]
 
@@ -370,10 +421,12 @@ class Functions:
         """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
         if path not in self._row_fns:
             rows = self._rows[path]
-            self._row_fns[path] = tf.function(
-                lambda x, y, sw, v: rows(x, y, v, 1),
-                input_signature=self._signature,
-                **self._kw,
+            self._row_fns[path] = _exact(
+                tf.function(
+                    lambda x, y, sw, v: rows(x, y, sw, v, 1),
+                    input_signature=self._signature,
+                    **self._kw,
+                )
             )
         return self._row_fns[path]
 

@@ -96,6 +96,7 @@ class Functions:
         training,
         x_example,
         y_example,
+        sw_example,
         jit,
         masked,
         weighted,
@@ -113,6 +114,9 @@ class Functions:
         self._batch_loss = batch_loss
         self._training = training
         self._weighted = weighted
+        # Per-token weights (rank > 1) weight the tokens inside each
+        # example's loss; per-example weights weight the examples' products.
+        self._per_token = len(sw_example.shape) > 1
         # None: not yet decided (checked on the first per-example product).
         self.vectorized: bool | None = None
 
@@ -231,33 +235,42 @@ class Functions:
             params = [v.value for v in self._variables]
             return self._loss_sum(params, x, y, sw)
 
-    def _looped_rows(self, x, y, vs):
-        one = torch.ones([1], dtype=torch.float32, device=vs.device)
+    def _example_weight(self, swi, device):
+        if self._per_token:
+            return swi
+        return torch.ones([1], dtype=torch.float32, device=device)
+
+    def _looped_rows(self, x, y, sw, vs):
         return torch.stack(
             [
-                self.hvp(_slice(x, i), _slice(y, i), one, vs[i])[0]
+                self.hvp(
+                    _slice(x, i),
+                    _slice(y, i),
+                    self._example_weight(sw[i : i + 1], vs.device),
+                    vs[i],
+                )[0]
                 for i in range(vs.shape[0])
             ]
         )
 
-    def _vectorized_rows(self, x, y, vs):
+    def _vectorized_rows(self, x, y, sw, vs):
         from torch.func import grad, jvp, vmap
 
         params = tuple(v.value.detach() for v in self._variables)
-        one = torch.ones([1], dtype=torch.float32, device=vs.device)
 
-        def example(xi, yi, vi):
+        def example(xi, yi, swi, vi):
             xi, yi = _one(xi), _one(yi)
+            weight = self._example_weight(swi[None], vi.device)
             tangents = tuple(self._project(self._unflat(vi)))
             _, hv = jvp(
-                grad(lambda p: self._loss_sum(list(p), xi, yi, one)),
+                grad(lambda p: self._loss_sum(list(p), xi, yi, weight)),
                 (params,),
                 (tangents,),
             )
             return self._flat(self._project(list(hv)), params)
 
         try:
-            return vmap(example)(x, y, vs)
+            return vmap(example)(x, y, sw, vs)
         except (RuntimeError, NotImplementedError) as error:
             raise ValueError(
                 "Per-example products cannot be vectorized with torch.func.vmap "
@@ -265,23 +278,30 @@ class Functions:
                 "use vectorize=None (decides per model) or vectorize=False."
             ) from error
 
-    def _powers(self, k, path, x, y, v):
+    def _powers(self, k, path, x, y, sw, v):
         rows = self._vectorized_rows if path == "vectorized" else self._looped_rows
         vs = v.expand(_first(x).shape[0], v.shape[0])
         with torch.no_grad():
             for _ in range(k):
-                vs = rows(x, y, vs).detach()
+                vs = rows(x, y, sw, vs).detach()
         return vs
+
+    def _frequencies(self, sw):
+        # How often each example counts in the per-example sums.
+        if self._per_token:
+            return torch.ones(sw.shape[:1], dtype=torch.float32, device=sw.device)
+        return sw
 
     def power(self, k: int, path: str):
         """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
         return lambda x, y, sw, v: torch.sum(
-            self._powers(k, path, x, y, v) * sw[:, None], dim=0
+            self._powers(k, path, x, y, sw, v) * self._frequencies(sw)[:, None],
+            dim=0,
         )
 
     def rows(self, path: str):
         """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
-        return lambda x, y, sw, v: self._powers(1, path, x, y, v)
+        return lambda x, y, sw, v: self._powers(1, path, x, y, sw, v)
 
     def decide(self, x, y, sw, v) -> bool:
         """Whether the vectorized path may be used: it must run and agree
