@@ -30,7 +30,7 @@ How a backend's training step calls a variant
 
 All methods are pure `keras.ops` functions; nothing here is backend code.
 Notation: g = clean gradient (unscaled, masked), gs = gradient at w + eps,
-step = `model.variant_step` (an int64 variable the step adds 1 to after
+step = `model.variant_step` (an integer variable the step adds 1 to after
 each update: `optimizer.iterations` advances by the number of replicas per
 step under Keras 3.15's MirroredStrategy), state = the values of
 `model.variant_state` (Keras variables made from `variant.state_shapes`,

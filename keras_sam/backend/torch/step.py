@@ -23,6 +23,7 @@ averages g (before eps) and the perturbed gradient over the replicas itself:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import keras
@@ -108,6 +109,7 @@ def _variant_gradients(model, x, y, sample_weight, group=None):
     trainable = model.trainable_variables
     state = [v.value.detach().clone() for v in model.non_trainable_variables]
     weights = [v.value for v in trainable]
+    randomness = global_randomness()
     y_pred = forward(model, x)
     loss = _compat.compute_loss(model, x, y, y_pred, sample_weight)
     grads = _gradients(model.optimizer.scale_loss(loss), weights)
@@ -132,7 +134,10 @@ def _variant_gradients(model, x, y, sample_weight, group=None):
     perturbed = [p.requires_grad_() for p in perturbed]
     mapping = list(zip(trainable, perturbed))
     mapping += list(zip(model.non_trainable_variables, state))
-    with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+    with (
+        replayed_randomness(randomness),
+        keras.StatelessScope(state_mapping=mapping, collect_losses=True),
+    ):
         perturbed_pred = forward(model, x)
         perturbed_loss = _compat.compute_loss(
             model, x, y, perturbed_pred, sample_weight
@@ -189,6 +194,33 @@ def _single_pass_gradients(model, x, y, sample_weight, group=None):
     clean = _unscale(model.optimizer, grads)
     loss = loss.detach()
     return grads, clean, False, _detach(y_pred), loss, loss
+
+
+def global_randomness():
+    """torch's global generators' states (CPU, and each CUDA device once CUDA
+    is initialized): what an unseeded layer draws from.
+
+    Keras's seeded layers draw from their seed state, which the perturbed
+    pass maps to the clean pass's; an unseeded `Dropout` takes Keras's fast
+    path on torch's global generator instead. Replaying these states in the
+    perturbed pass gives it the clean pass's masks.
+    """
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), cuda
+
+
+@contextlib.contextmanager
+def replayed_randomness(states):
+    """Within, torch's global generators draw what they drew from `states`
+    (see `global_randomness`); after, they continue where they were, so a
+    step consumes the global stream once, as Keras's own step does."""
+    cpu, cuda = states
+    devices = list(range(len(cuda)))
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu)
+        for device, state in zip(devices, cuda):
+            torch.cuda.set_rng_state(state, device)
+        yield
 
 
 def _variant_state(model):
