@@ -210,16 +210,18 @@ def epsilon(model, grads, weights, masks):
     selection = [
         None if s is None or s else 0.0 for s in selection or [None] * len(grads)
     ]
+    state, step = _state(model), model.variant_step.value
     seed_state = _seed_state(model)
     mapping = [] if seed_state is None else [(seed_state, seed_state.value)]
+    # Only the seed is read in this scope (on JAX, nothing else is mapped).
     with keras.StatelessScope(state_mapping=mapping) as scope:
         eps = variant.perturbation(
             model.perturbation,
             _masked(grads, selection),
             weights,
             rho,
-            _state(model),
-            model.variant_step.value,
+            state,
+            step,
             model.variant_seed,
         )
     seed = [] if seed_state is None else [scope.get_current_value(seed_state)]
