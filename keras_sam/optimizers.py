@@ -29,6 +29,8 @@ from keras import ops
 
 from keras_sam import _compat, _validation
 
+__all__ = ["L2SGD"]
+
 
 @keras.saving.register_keras_serializable(package="keras_sam")
 class L2SGD(keras.optimizers.Optimizer):

@@ -25,6 +25,19 @@ from keras import ops
 
 from keras_sam import _gradient_math, _registry, _validation
 
+__all__ = [
+    "ASAM",
+    "SAM",
+    "TINY",
+    "USAM",
+    "Perturbation",
+    "get",
+    "global_norm",
+    "names",
+    "register",
+    "serialize",
+]
+
 #: Added to norms in denominators so that a zero gradient gives eps = 0.
 TINY = 1e-12
 
@@ -134,7 +147,15 @@ class ASAM(Perturbation):
 
 def get(identifier: str | Perturbation | dict[str, Any]) -> Perturbation:
     """Returns a rule from a name (``"sam"``, ``"usam"``, ``"asam"``, or any
-    registered name), a `Perturbation` instance, or a serialized config."""
+    registered name), a `Perturbation` instance, or a serialized config.
+
+    Returns:
+        A `Perturbation` instance.
+
+    Raises:
+        ValueError: for an unknown name or a bad identifier, naming the
+            registered rules.
+    """
     return _RULES.get(identifier)
 
 
