@@ -20,7 +20,9 @@ BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.
 	tests/test_perturbations.py tests/sparsity tests/variants/test_step_backends.py \
 	tests/variants/test_micro_batches.py tests/variants/test_phases_and_momentum.py \
 	tests/test_micro_batches_jax.py tests/hessian tests/test_torch_ddp.py \
-	tests/test_sam_optimizers.py tests/hub
+	tests/test_sam_optimizers.py tests/test_sam_step.py tests/test_randomness.py \
+	tests/variants/test_rules.py tests/test_optimizers.py \
+	tests/hub
 
 .PHONY: demo test test-tensorflow test-jax-torch test-nightly lint format bench \
 	docs package-check

@@ -146,7 +146,15 @@ class ASAM(Perturbation):
 
 def get(identifier: str | Perturbation | dict[str, Any]) -> Perturbation:
     """Returns a rule from a name (``"sam"``, ``"usam"``, ``"asam"``, or any
-    registered name), a `Perturbation` instance, or a serialized config."""
+    registered name), a `Perturbation` instance, or a serialized config.
+
+    Returns:
+        A `Perturbation` instance.
+
+    Raises:
+        ValueError: for an unknown name or a bad identifier, naming the
+            registered rules.
+    """
     return _RULES.get(identifier)
 
 

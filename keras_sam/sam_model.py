@@ -170,7 +170,7 @@ class SAMModel(keras.Model):
             self.variant_step = self.add_weight(
                 shape=(),
                 initializer="zeros",
-                dtype="int64",
+                dtype="int",
                 trainable=False,
                 aggregation="only_first_replica",
                 name="variant_step",

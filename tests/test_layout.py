@@ -2,9 +2,8 @@
 
 Read from the import graph of the source: every `import` and `from ... import`
 statement (module level or inside a function, relative ones resolved), followed
-transitively from each library module. The deprecated aliases of the study's old
-paths (the modules that import `keras_sam._moved`) and `python -m keras_sam` belong
-to the study side.
+transitively from each library module. `python -m keras_sam` belongs to the
+study side.
 """
 
 import ast
@@ -68,8 +67,7 @@ def is_study(name: str) -> bool:
 
 
 def study_side(graph: dict[str, set[str]]) -> set[str]:
-    aliases = {name for name, targets in graph.items() if "keras_sam._moved" in targets}
-    return {n for n in graph if is_study(n)} | aliases | {"keras_sam.__main__"}
+    return {n for n in graph if is_study(n)} | {"keras_sam.__main__"}
 
 
 def library_modules(graph: dict[str, set[str]]) -> list[str]:
@@ -149,23 +147,3 @@ def test_importing_every_library_module_loads_no_study_module():
         f"print(sorted(m for m in sys.modules if m.startswith({STUDY!r})))\n"
     )
     assert run_fresh(check)[-1] == "[]"
-
-
-def test_old_study_paths_warn_and_alias_the_new_modules():
-    check = (
-        "import warnings\n"
-        "warnings.simplefilter('error', DeprecationWarning)\n"
-        "try:\n"
-        "    import keras_sam.workloads\n"
-        "except DeprecationWarning as w:\n"
-        "    print('warned', 'keras_sam.study.workloads' in str(w))\n"
-        "warnings.simplefilter('ignore', DeprecationWarning)\n"
-        "from keras_sam.workloads.presets import get_preset\n"
-        "from keras_sam.sweep import run_sweep\n"
-        "from keras_sam import cli, study\n"
-        "import keras_sam.study.workloads.presets as new\n"
-        "import keras_sam.study.sweep.runner as runner\n"
-        "print(get_preset is new.get_preset, run_sweep is runner.run_sweep,\n"
-        "      cli.main is study.cli.main)\n"
-    )
-    assert run_fresh(check)[-2:] == ["warned True", "True True True"]

@@ -25,48 +25,20 @@ model.gradient_passes  # forward-backward passes taken so far
 rho may be a number, a `keras.optimizers.schedules.LearningRateSchedule` or a
 callable of the step; `ProportionalRho` is GSAM's rho-follows-lr schedule.
 
-How a backend's training step calls a variant
----------------------------------------------
+How the step calls a variant
+----------------------------
 
-All methods are pure `keras.ops` functions; nothing here is backend code.
-Notation: g = clean gradient (unscaled, masked), gs = gradient at w + eps,
-step = `model.variant_step` (an int64 variable the step adds 1 to after
-each update: `optimizer.iterations` advances by the number of replicas per
-step under Keras 3.15's MirroredStrategy), state = the values of
-`model.variant_state` (Keras variables made from `variant.state_shapes`,
-all starting at zero, saved with the model).
-
-0. If ``variant.single_pass`` (Momentum-SAM): ``variables, sign =
-   variant.optimizer_direction(optimizer, trainable)``; eps =
-   ``variant.perturbation(rule, [sign * value of each], ...)`` (masked and
-   selected as in 4); ONE pass at w + eps, with the model's state updates
-   (it is the step's only pass), whose loss, predictions and gradient are
-   the step's; d = that gradient; steps 2-5 do not run, and
-   `gradient_pass_counter` grows by 1.
-1. Once per trace: ``selection = variant.weight_selection(model)`` (None or
-   one bool per trainable variable); multiply g by it before eps is formed
-   and eps by it after.
-2. Clean pass -> g (state updates happen here, once).
-3. ``run = variant.needs_second_pass(step, g, state)`` if
-   ``variant.skips_second_pass``, else True. It is a Python bool or a
-   boolean scalar tensor: branch on it (`tf.cond`, `jax.lax.cond`, a Python
-   `if` on torch) so that the perturbed pass is NOT computed when it is
-   False; in that branch use gs = g.
-4. If run: ``eps = variant.perturbation(rule, g, weights, rho, state, step,
-   seed)`` with `rule` = `model.perturbation`,
-   rho = `schedules.rho_at(model.rho, optimizer.iterations)`,
-   `seed` = `model.variant_seed` (a `keras.random.SeedGenerator`, only used
-   when ``variant.random``); perturbed pass at w + eps -> gs.
-5. If ``variant.combines``: ``d, state = variant.combine(g, gs, state,
-   step, run)`` on unscaled gradients, summed over replicas (the same d
-   everywhere); write `state` back to the variables, but only when g and gs
-   are finite. Else d = gs.
-6. Hand d to the optimizer; add ``1 + run`` to `model.gradient_pass_counter`
-   (a `Sum` metric, kept out of the logs) and 1 to `model.variant_step`.
-
-With micro-batches: 3 and 4 per micro-batch (each with its own g, the same
-state), then 5 once on the averaged g and gs, with ``run`` = any
-micro-batch ran the second pass.
+`keras_sam.sam_step` is the contract, as code that every backend runs:
+`sam_gradients` (the single-pass branch, `needs_second_pass` on the clean g
+under an `ops.cond`, `epsilon` with `weight_selection` and the seed), then
+`direction` (`combine` on the replica-mean g and gs, its state written only
+where both are finite). All methods are pure `keras.ops` functions of
+tensors: g = clean gradient (unscaled, masked), gs = gradient at w + eps,
+step = the value of `model.variant_step` (1 is added after each update),
+state = the values of `model.variant_state` (Keras variables made from
+`variant.state_shapes`, all starting at zero, saved with the model). With
+micro-batches the decision and eps are per micro-batch and `combine` runs
+once, on the averaged g and gs.
 """
 
 from keras_sam.variants.adaptive import AESAM

@@ -130,4 +130,4 @@ def every_kth(step: Any, every: int) -> Any:
     """True on steps 0, k, 2k, ... (a Python True when k == 1)."""
     if every == 1:
         return True
-    return ops.equal(ops.mod(ops.cast(step, "int64"), every), 0)
+    return ops.equal(ops.mod(ops.cast(step, "int"), every), 0)

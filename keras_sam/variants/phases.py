@@ -28,7 +28,7 @@ class _Phase(Variant):
         self.switch_step = round(self._fraction * self.total_steps)
 
     def _after_switch(self, step):
-        return ops.greater_equal(ops.cast(step, "int64"), self.switch_step)
+        return ops.greater_equal(ops.cast(step, "int"), self.switch_step)
 
 
 @register("latesam", "late_phase_sam")
