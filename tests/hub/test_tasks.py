@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 import keras_sam
-from tests.conftest import BACKEND
 from tests.hub import zoo
 
 
@@ -89,17 +88,8 @@ def test_causal_lm_fits_and_generates(initial_weights):
     assert model.generate.__func__ is type(wrapped).generate
 
 
-def _unseeded_dropout():
-    marks = ()
-    if BACKEND == "torch":
-        marks = pytest.mark.xfail(
-            strict=False, reason="torch unseeded dropout: fixed on branch onestep"
-        )
-    return pytest.param(0.3, marks=marks, id="dropout")
-
-
-@pytest.mark.parametrize("dropout", [_unseeded_dropout()])
-def test_rho_zero_with_the_tasks_unseeded_dropout(dropout):
+def test_rho_zero_with_the_tasks_unseeded_dropout():
+    dropout = 0.3
     # keras-hub's Dropout layers take no seed: both passes must see one mask.
     keras.utils.set_random_seed(1)
     plain = sgd(zoo.bert_classifier(dropout=dropout))
