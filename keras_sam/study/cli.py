@@ -76,6 +76,11 @@ def _numbers(kind):
     return parse
 
 
+def _rhos(text: str) -> tuple | str:
+    # "auto": the rho search (keras_sam.study.sweep.rho_search).
+    return "auto" if text.strip() == "auto" else _numbers(float)(text)
+
+
 def _size(text: str) -> float | int:
     value = float(text)
     return int(value) if value.is_integer() else value
@@ -83,7 +88,13 @@ def _size(text: str) -> float | int:
 
 _OVERRIDES = [
     ("sizes", _numbers(_size), "model sizes, e.g. 100,400,1000 (the size knob)"),
-    ("rhos", _numbers(float), "SAM rho grid, e.g. 0.05,0.1"),
+    (
+        "rhos",
+        _rhos,
+        "SAM rho grid, e.g. 0.05,0.1; or 'auto': from the preset's grid, "
+        "extended x2 past whichever edge holds the best rho (see "
+        "--max-extensions)",
+    ),
     ("seeds", _numbers(int), "seeds, e.g. 0,1,2"),
     ("epochs", int, None),
     ("batch_size", int, None),
@@ -213,6 +224,13 @@ def _sweep_parser(sub) -> None:
         help="no training: write summary.md and the plots from the runs "
         "finished so far in --out (all shards)",
     )
+    sweep.add_argument(
+        "--max-extensions",
+        type=int,
+        default=None,
+        help="--rhos auto: rhos added past an edge, at most, per size and method "
+        "(default 4)",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan only")
     sweep.add_argument("--no-plots", action="store_true")
     sweep.add_argument(
@@ -329,6 +347,8 @@ def sweep_preset(args: argparse.Namespace):
         for name, _, _ in _OVERRIDES
         if getattr(args, name) is not None
     }
+    if changes.get("rhos") == "auto":  # the search starts from the preset's grid
+        del changes["rhos"]
     if args.hessian:
         changes["hessian"] = True
     if args.smoothness:
@@ -375,6 +395,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"keras-sam sweep: error: {error}", file=sys.stderr)
         return 2
     out = args.out or os.path.join("results", f"{args.workload}-{args.preset}")
+    if args.rhos == "auto" or args.max_extensions is not None:
+        from keras_sam.study.sweep import rho_search
+
+        return rho_search.run_command(args, preset, out, shard)
     if args.dry_run:
         runs = shard_runs(describe_plan(preset), shard)
         if shard is not None:

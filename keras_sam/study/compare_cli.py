@@ -24,7 +24,13 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rho", type=float, default=0.05)
+    parser.add_argument(
+        "--rho",
+        type=_rho,
+        default=0.05,
+        help="SAM's rho, or 'auto': search it (from 0.025, 0.05, 0.1, doubled or "
+        "halved past the edge that holds the best; keras_sam.study.search_rho)",
+    )
     parser.add_argument(
         "--variant", default=None, help="a keras_sam.variants name (default: SAM)"
     )
@@ -49,6 +55,17 @@ def add_parser(sub) -> None:
     parser.add_argument("--no-plots", action="store_true")
 
 
+def _rho(text: str) -> float | str:
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or 'auto', got {text!r}"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import keras
 
@@ -66,13 +83,18 @@ def run(args: argparse.Namespace) -> int:
             optimizer = keras.optimizers.get(optimizer)
             if args.lr is not None:
                 optimizer.learning_rate = args.lr
-        result = compare.compare(
+        module, run_arms, rho = compare, compare.compare, {"rho": args.rho}
+        if args.rho == "auto":  # the rho search: its arms, table and files
+            from keras_sam.study.sweep import model_search as module
+
+            run_arms, rho = module.search_rho, {}
+        result = run_arms(
             model,
             train,
             test,
             epochs=args.epochs,
             batch_size=args.batch_size,
-            rho=args.rho,
+            **rho,
             variant=args.variant,
             optimizer=optimizer,
             loss=args.loss,
@@ -84,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"keras-sam compare: error: {error}", file=sys.stderr)
         return 2
     print(result.table())
-    for path in compare.write(result, args.out, plots=not args.no_plots):
+    for path in module.write(result, args.out, plots=not args.no_plots):
         print(f"wrote {path}")
     return 0

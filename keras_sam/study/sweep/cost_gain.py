@@ -17,6 +17,7 @@ from typing import Any
 
 from keras_sam.study.sweep.plan import BASELINE, SAM
 from keras_sam.study.sweep.results import latest_ok
+from keras_sam.study.sweep.summary import edge_text, rho_edge
 
 
 def _mean(values: list[float]) -> float:
@@ -53,6 +54,7 @@ def cost_gain_rows(
                 "params": runs[0].get("params"),
                 "method": method,
                 "rho": rho,
+                "edge": rho_edge(rho, by_rho),
                 "value": value,
                 "gap": sign * (value - base_value),
                 "cost": _mean([r.get("train_seconds", math.nan) for r in runs])
@@ -86,14 +88,14 @@ def cost_gain_table(
     rows = cost_gain_rows(records, higher_is_better, keys)
     lines = [
         f"| {size_name} | method | best rho | {metric} | gap | share of SAM's gap "
-        "| passes / step | train time x baseline |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| passes / step | train time x baseline | best rho in grid |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         share = "n/a" if r["share"] is None else f"{100 * r['share']:.0f}%"
         lines.append(
             f"| {r['size']:g} | {r['method']} | {r['rho']:g} | {r['value']:.4f} | "
             f"{r['gap']:+.4f} | {share} | {r['passes_per_step']:.2f} | "
-            f"{r['cost']:.2f} |"
+            f"{r['cost']:.2f} | {edge_text(r['edge'])} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """PNG plots of a sweep (matplotlib, imported lazily, Agg backend).
 
 ``gap_vs_params.png``, ``best_rho_vs_params.png``, ``metric_vs_rho.png``
+(a best rho at an edge of the rhos tried marked by a red open triangle)
 and ``convergence.png`` (training loss per epoch, log scale; the
 matrix-factorization figure of the paper); for a fixed-budget sweep
 ``metric_vs_sparsity.png`` and ``gap_vs_sparsity.png`` (paper Section 5.2).
@@ -33,6 +34,31 @@ def _err(values):
     return [0.0 if math.isnan(v) else v for v in values]
 
 
+_EDGE_MARKERS = {"top": "^", "bottom": "v", "only": "s"}
+
+
+def _mark_edges(ax, rows: list[SizeSummary], y, x=lambda s: s.params) -> None:
+    """Red open markers on the points whose best rho is at an edge of the
+    rhos tried (^ top, v bottom, s the only rho)."""
+    for edge, marker in _EDGE_MARKERS.items():
+        points = [(x(s), y(s)) for s in rows if s.edge == edge]
+        if points:
+            ax.scatter(
+                [p for p, _ in points],
+                [v for _, v in points],
+                marker=marker,
+                s=90,
+                facecolors="none",
+                edgecolors="red",
+                zorder=5,
+                label=f"best rho at the {edge} edge"
+                if edge != "only"
+                else "a single rho",
+            )
+    if any(s.edge for s in rows):
+        ax.legend(fontsize=7)
+
+
 def plot_summary(
     summaries: list[SizeSummary], metric: str, out_dir: str, title: str
 ) -> list[str]:
@@ -50,6 +76,7 @@ def plot_summary(
             marker="o",
             capsize=3,
         )
+        _mark_edges(ax, rows, lambda s: s.gap.mean)
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set(
         xscale="log", xlabel="parameters", ylabel=f"gap in {metric} (SAM better > 0)"
@@ -60,6 +87,7 @@ def plot_summary(
     fig, ax = plt.subplots(figsize=(5, 3.5))
     if rows:
         ax.plot([s.params for s in rows], [s.best_rho for s in rows], marker="o")
+        _mark_edges(ax, rows, lambda s: s.best_rho)
         if all(s.best_rho > 0 for s in rows):
             ax.set_yscale("log")
     ax.set(xscale="log", xlabel="parameters", ylabel="best rho")
@@ -80,6 +108,16 @@ def plot_summary(
                 color=color,
                 label=f"{s.params:,} params",
             )
+        if s.best_rho is not None and s.best_rho > 0 and s.edge:
+            ax.scatter(
+                [s.best_rho],
+                [s.by_rho[s.best_rho].mean],
+                marker=_EDGE_MARKERS[s.edge],
+                s=90,
+                facecolors="none",
+                edgecolors="red",
+                zorder=5,
+            )
         if not math.isnan(s.baseline.mean):
             ax.axhline(s.baseline.mean, color=color, ls="--", lw=1)
     ax.set(xscale="log", xlabel="rho", ylabel=metric)
@@ -87,7 +125,8 @@ def plot_summary(
     if grid:
         ax.minorticks_off()
         ax.set_xticks(grid, [f"{r:g}" for r in grid])
-    ax.set_title(f"{title} (dashed: baseline)")
+    edges = " red: best at an edge;" if any(s.edge for s in summaries) else ""
+    ax.set_title(f"{title} (dashed: baseline;{edges})", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     paths.append(_save(fig, out_dir, "metric_vs_rho.png"))
@@ -142,6 +181,9 @@ def plot_sparse(
             color=f"C{i}",
             label=method,
         )
+    marked = [s for rows in lines.values() for s in rows if s.best_rho is not None]
+    _mark_edges(ax, list({id(s): s for s in marked}.values()),
+                lambda s: s.gap.mean, lambda s: s.sparsity)  # fmt: skip
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set(xlabel="sparsity (fixed non-zero budget)", ylabel=f"gap in {metric}")
     ax.set_title(title)

@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-from keras_sam.study.sweep import cost_gain, plots, summary, train, views
+from keras_sam.study.sweep import cost_gain, plots, stats, summary, train, views
 from keras_sam.study.sweep.distribute import resolve_strategy
 from keras_sam.study.sweep.plan import (
     RunSpec,
@@ -159,9 +159,13 @@ def run_sweep(
     stream: TextIO | None = None,
     strategy: Any = None,
     shard: tuple[int, int] | str | None = None,
+    runs: list[RunSpec] | None = None,
 ) -> list[summary.SizeSummary]:
     """Runs every unfinished run of ``preset``, appending to
     ``out_dir/results.jsonl``; returns the per-size summary.
+
+    ``runs``: these runs (of this shard) instead of the preset's plan (the
+    rho search's rounds, `keras_sam.study.sweep.rho_search`).
 
     ``shard=(k, n)`` (or ``"k/n"``) runs only shard k of n (`shard_runs`:
     every n-th run of the plan), appending to its own
@@ -195,7 +199,7 @@ def run_sweep(
     os.makedirs(out_dir, exist_ok=True)
     _write_config(out_dir, preset)
     path = results_path(out_dir, shard)
-    runs = shard_runs(plan_runs(preset), shard)
+    runs = shard_runs(plan_runs(preset), shard) if runs is None else list(runs)
     done = finished_keys(read_folder(out_dir))
     todo = [r for r in runs if r.key not in done]
     which = "" if shard is None else f" (shard {shard[0]}/{shard[1]})"
@@ -280,10 +284,12 @@ def write_summary(
     *,
     make_plots: bool = True,
     stream: TextIO | None = None,
+    sections: list[str] | None = None,
 ) -> list[summary.SizeSummary]:
     """Writes ``summary.md`` (and the plots) for the runs of ``preset``
     finished in ``out_dir`` (``results.jsonl`` and the shards' files), with
-    whatever is finished so far; prints the table."""
+    whatever is finished so far; prints the table. ``sections``: Markdown
+    added after the tables (the rho search's verdicts)."""
     stream = stream or sys.stdout
     workload = get_workload(preset.workload)
     records = read_folder(out_dir)
@@ -318,7 +324,13 @@ def write_summary(
     parts += [
         table,
         summary.rho_table(sizes, workload.metric),
+        *(sections or []),
     ]
+    paired = stats.stats_section(
+        records, workload.higher_is_better, keys, workload.size_name
+    )
+    if paired:
+        parts.append(paired)
     if preset.eval_every_epoch:
         parts += _best_epoch_parts(records, workload, keys)
     if preset.loss != "default":

@@ -6,6 +6,10 @@ rho maximizes the seed-mean improvement. Standard errors are
 ``std(ddof=1) / sqrt(n)`` over seeds; the gap's is that of the per-seed
 paired differences when both have the same seeds (else the two standard
 errors combined in quadrature).
+
+A best rho at an edge of the rhos tried (the largest or the smallest, a
+diverged rho counting as tried) is marked in the table: the optimum may lie
+past the grid (`keras_sam.study.sweep.rho_search` extends it).
 """
 
 from __future__ import annotations
@@ -66,10 +70,40 @@ class SizeSummary:
     variant: str = "dense"
     sparsity: float = 0.0
     nonzero: int = 0
+    diverged_rhos: tuple[float, ...] = ()
 
     @property
     def pruning_method(self) -> str | None:
         return None if self.variant == "dense" else self.variant.split("@")[0]
+
+    @property
+    def edge(self) -> str | None:
+        """Where the best rho lies among the rhos tried (those with a
+        result, and those that diverged: a non-finite metric): `rho_edge`."""
+        return rho_edge(self.best_rho, {*self.by_rho, *self.diverged_rhos})
+
+
+def rho_edge(best: float | None, rhos) -> str | None:
+    """``"top"`` or ``"bottom"`` if ``best`` is the largest or smallest of
+    ``rhos`` (the rhos with a result), ``"only"`` if it is the only one,
+    None if it is interior (or there is no best)."""
+    if best is None:
+        return None
+    rhos = sorted(rhos)
+    if len(rhos) == 1:
+        return "only"
+    if best == rhos[-1]:
+        return "top"
+    if best == rhos[0]:
+        return "bottom"
+    return None
+
+
+def edge_text(edge: str | None) -> str:
+    """The table cell of `rho_edge`: a marked edge, or "interior"."""
+    if edge is None:
+        return "interior"
+    return "**only rho**" if edge == "only" else f"**{edge} edge**"
 
 
 def summarize(
@@ -90,6 +124,13 @@ def summarize(
     for size, _, variant in sorted({group(r) for r in latest.values()}):
         rows = [r for r in latest.values() if group(r)[::2] == (size, variant)]
         ok = [r for r in rows if r.get("status") == "ok" and r.get("value") is not None]
+        diverged = {
+            float(r["rho"])
+            for r in rows
+            if r.get("status") == "ok"
+            and r.get("value") is None
+            and r["method"] == "sam"
+        }
         base = {r["seed"]: r["value"] for r in ok if r["method"] == "baseline"}
         sam: dict[float, dict[int, float]] = {}
         for r in ok:
@@ -130,6 +171,7 @@ def summarize(
                 variant,
                 sum(sparsities) / len(sparsities) if sparsities else 0.0,
                 max(nonzero) if nonzero else params,
+                tuple(sorted(diverged - set(by_rho))),
             )
         )
     return out
@@ -155,8 +197,8 @@ def markdown_table(
     extra = " pruning | sparsity | non-zero |" if sparse else ""
     lines = [
         f"| {size_name} | params |{extra} baseline {metric} | best SAM {metric} | "
-        "best rho | gap (SAM better > 0) | seeds | failed |",
-        "|---:|---:|" + ("---|---:|---:|" if sparse else "") + "---:|" * 6,
+        "best rho | gap (SAM better > 0) | seeds | failed | best rho in grid |",
+        "|---:|---:|" + ("---|---:|---:|" if sparse else "") + "---:|" * 6 + "---|",
     ]
     for s in summaries:
         rho = "n/a" if s.best_rho is None else f"{s.best_rho:g}"
@@ -169,9 +211,16 @@ def markdown_table(
         lines.append(
             f"| {s.size:g} | {_params(s.params)} |{cells} {s.baseline.format(digits)} "
             f"| {s.best.format(digits)} | {rho} | {s.gap.format(digits)} | "
-            f"{s.baseline.n} | {s.failed} |"
+            f"{s.baseline.n} | {s.failed} | {edge_text(s.edge)} |"
         )
-    return "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n"
+    edges = sum(s.edge is not None for s in summaries if s.best_rho is not None)
+    if edges:
+        table += (
+            f"\n{edges} of {len(summaries)} best rhos lie at an edge of the rhos "
+            "tried: the optimum may lie past it (`--rhos auto` extends the grid).\n"
+        )
+    return table
 
 
 def rho_table(summaries: list[SizeSummary], metric: str, digits: int = 4) -> str:
