@@ -68,8 +68,9 @@ class SAMModel(keras.Model):
             gradient (m-sharpness with m = per-replica batch, as in the
             paper's code). `eps_batch_size` is the effective m.
         variant: None (plain SAM), a registered name such as ``"looksam"``
-            (its defaults: see docs/variants.md) or a `keras_sam.variants.Variant`: how g
-            and the perturbed gradient become the update, and which steps
+            (its defaults: see docs/variants.md) or a
+            `keras_sam.variants.Variant`: how g and the perturbed gradient
+            become the update, and which steps
             skip the second pass.
         clip_eps_gradient: where the compiled optimizer clips
             (``clipnorm``, ``clipvalue``, ``global_clipnorm``). False
