@@ -47,6 +47,10 @@ COMMANDS = {
     "sweep-variants": [QUICK_HE + " --rhos 0.5,1 --sam-variants "
                        "looksam,lazysam,gsam,wsam,fsam,aesam"],
     "sweep-synthetic-init/quick-torch": ["synthetic --preset quick"],
+    # benchmarks/variants_sweep.py runs these presets (its variant names are
+    # the script's own, so only the preset is given here).
+    "sweep-variants-mnist1d": ["mnist1d --preset paper --sizes 256"],
+    "sweep-variants-mnist1d-cnn": ["mnist1d-cnn --preset paper --sizes 25"],
 }  # fmt: skip
 # docs/sweep-synthetic-init/run.py's candidates, by results folder.
 INVESTIGATION = {
