@@ -7,74 +7,16 @@ from __future__ import annotations
 
 from keras_sam.study.workloads import mnist1d_data
 from keras_sam.study.workloads.presets import REAL_DATA, Preset, signal_presets
-from keras_sam.study.workloads.workload import (
-    MODEL_INITS,
-    Workload,
-    accuracy,
-    classification_loss,
-    offline_load,
-    one_hot_mse,
-)
+from keras_sam.study.workloads.signal_workloads import signal_workloads
+from keras_sam.study.workloads.workload import offline_load
 
-_DATA = "MNIST-1D (4,000 / 1,000 length-40 signals, generated offline)"
 load = offline_load(mnist1d_data.mnist1d_arrays)
-
-
-def build_mlp(width, seed=None, init="he"):
-    from keras_sam.study.workloads import signal_nets
-
-    return signal_nets.signal_mlp(
-        width, input_dim=mnist1d_data.LENGTH, seed=seed, init=init
-    )
-
-
-def count_mlp(width) -> int:
-    from keras_sam.study.workloads import signal_nets
-
-    return signal_nets.signal_mlp_params(width, input_dim=mnist1d_data.LENGTH)
-
-
-def build_cnn(channels, seed=None, init="he"):
-    from keras_sam.study.workloads import signal_nets
-
-    return signal_nets.signal_cnn(
-        channels, length=mnist1d_data.LENGTH, seed=seed, init=init
-    )
-
-
-def count_cnn(channels) -> int:
-    from keras_sam.study.workloads import signal_nets
-
-    return signal_nets.signal_cnn_params(channels, length=mnist1d_data.LENGTH)
-
-
-_CLASSIFIER = dict(
-    load_fn=load,
-    loss_fn=classification_loss,
-    metrics_fn=accuracy,
-    squared_loss_fn=one_hot_mse,
-    inits=MODEL_INITS,
+WORKLOADS = signal_workloads(
+    "mnist1d",
+    "MNIST-1D (4,000 / 1,000 length-40 signals, generated offline)",
+    load,
+    mnist1d_data.LENGTH,
 )
-WORKLOADS = [
-    Workload(
-        name="mnist1d",
-        description=f"{_DATA}, 2-hidden-layer ReLU MLP of width w",
-        size_name="width",
-        metric="test_accuracy",
-        build_fn=build_mlp,
-        count_fn=count_mlp,
-        **_CLASSIFIER,
-    ),
-    Workload(
-        name="mnist1d-cnn",
-        description=f"{_DATA}, 3-layer 1-D CNN of c channels",
-        size_name="channels",
-        metric="test_accuracy",
-        build_fn=build_cnn,
-        count_fn=count_cnn,
-        **_CLASSIFIER,
-    ),
-]
 
 _MNIST1D_WIDTHS = (16, 32, 64, 100, 256, 512, 1024)  # 100: the published MLP
 
