@@ -35,6 +35,7 @@ one after the other here, is the number to read, and only roughly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -317,17 +318,7 @@ def compare(
     Returns:
         A `Comparison`; `comparison.table()` is the printed table.
     """
-    if not isinstance(model, keras.Model) or not model.built:
-        raise ValueError("`model` must be a built keras.Model.")
-    for name, value in (("train", train), ("test", test)):
-        if not (isinstance(value, tuple | list) and len(value) == 2):
-            raise ValueError(f"`{name}` must be an (x, y) pair, got {type(value)}.")
-    epochs = _validation.positive_int(epochs, "epochs")
-    batch_size = _validation.positive_int(batch_size, "batch_size")
-    if not model.compiled and loss is None:
-        raise ValueError(
-            "`model` is not compiled: pass `loss` (and `optimizer`, `metrics`)."
-        )
+    epochs, batch_size = _checked_inputs(model, train, test, epochs, batch_size, loss)
     total_steps = epochs * _steps_per_epoch(train[0], batch_size)
     sam_variant = variant_for_training(variant, total_steps)
     settings = {
@@ -339,23 +330,7 @@ def compare(
         "steps": total_steps,
         "backend": keras.backend.backend(),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "start.keras")
-        model.save(path)
-
-        def fresh_copy():
-            # Random layers (dropout) draw their seeds when built: the same
-            # seeds in every copy.
-            keras.utils.set_random_seed(seed)
-            with warnings.catch_warnings():
-                # "Skipping variable loading for optimizer": the saved
-                # optimizer is unbuilt; each copy's builds anew.
-                warnings.filterwarnings("ignore", message="Skipping variable loading")
-                copy = keras.models.load_model(path, compile=model.compiled)
-            if not model.compiled or optimizer is not None or loss is not None:
-                _recompile(copy, model.compiled, optimizer, loss, metrics)
-            return copy
-
+    with fresh_copies(model, seed, optimizer, loss, metrics) as fresh_copy:
         # The settings and the starting loss (the divergence yardstick) from
         # a copy of their own: the arms' copies are only trained.
         probe = fresh_copy()
@@ -391,6 +366,48 @@ def compare(
                 )
             )
     return Comparison(base=arms[0], sam=arms[1], settings=settings)
+
+
+def _checked_inputs(model, train, test, epochs, batch_size, loss) -> tuple[int, int]:
+    """`compare`'s (and `search_rho`'s) argument checks; returns the checked
+    ``(epochs, batch_size)``."""
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError("`model` must be a built keras.Model.")
+    for name, value in (("train", train), ("test", test)):
+        if not (isinstance(value, tuple | list) and len(value) == 2):
+            raise ValueError(f"`{name}` must be an (x, y) pair, got {type(value)}.")
+    epochs = _validation.positive_int(epochs, "epochs")
+    batch_size = _validation.positive_int(batch_size, "batch_size")
+    if not model.compiled and loss is None:
+        raise ValueError(
+            "`model` is not compiled: pass `loss` (and `optimizer`, `metrics`)."
+        )
+    return epochs, batch_size
+
+
+@contextlib.contextmanager
+def fresh_copies(model, seed, optimizer=None, loss=None, metrics=None):
+    """Yields a function that returns a new copy of `model` as it is now
+    (weights and, where compiled, its compile settings, with `optimizer`,
+    `loss` and `metrics` replacing theirs), each with the same seeds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "start.keras")
+        model.save(path)
+
+        def fresh_copy():
+            # Random layers (dropout) draw their seeds when built: the same
+            # seeds in every copy.
+            keras.utils.set_random_seed(seed)
+            with warnings.catch_warnings():
+                # "Skipping variable loading for optimizer": the saved
+                # optimizer is unbuilt; each copy's builds anew.
+                warnings.filterwarnings("ignore", message="Skipping variable loading")
+                copy = keras.models.load_model(path, compile=model.compiled)
+            if not model.compiled or optimizer is not None or loss is not None:
+                _recompile(copy, model.compiled, optimizer, loss, metrics)
+            return copy
+
+        yield fresh_copy
 
 
 def _recompile(copy, compiled, optimizer, loss, metrics) -> None:

@@ -23,8 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -210,17 +208,9 @@ def search_rho(
     start = tuple(sorted({canonical_rho(_validation.positive_float(r, "rhos"))
                           for r in rhos}))  # fmt: skip
     options = SearchOptions(max_extensions, min_rho)
-    if not isinstance(model, keras.Model) or not model.built:
-        raise ValueError("`model` must be a built keras.Model.")
-    epochs = _validation.positive_int(epochs, "epochs")
-    batch_size = _validation.positive_int(batch_size, "batch_size")
-    if not model.compiled and loss is None:
-        raise ValueError(
-            "`model` is not compiled: pass `loss` (and `optimizer`, `metrics`)."
-        )
-    for name, value in (("train", train), ("test", test)):
-        if not (isinstance(value, tuple | list) and len(value) == 2):
-            raise ValueError(f"`{name}` must be an (x, y) pair, got {type(value)}.")
+    epochs, batch_size = compare._checked_inputs(
+        model, train, test, epochs, batch_size, loss
+    )
     total_steps = epochs * compare._steps_per_epoch(train[0], batch_size)
     sam_variant = variant_for_training(variant, total_steps)
     fit = dict(
@@ -231,21 +221,10 @@ def search_rho(
         sharpness_examples=sharpness_examples,
         verbose=verbose,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "start.keras")
-        model.save(path)
+    with compare.fresh_copies(model, seed, optimizer, loss, metrics) as fresh_copy:
 
         def arm(rho: float | None) -> compare.Arm:
-            keras.utils.set_random_seed(seed)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Skipping variable loading")
-                copy = keras.models.load_model(path, compile=model.compiled)
-            if not model.compiled or optimizer is not None:
-                copy.compile(
-                    optimizer=compare._fresh_optimizer(optimizer),
-                    loss=loss or copy.loss,
-                    metrics=metrics,
-                )
+            copy = fresh_copy()
             trained = copy
             if rho is not None:
                 trained = keras_sam.sam(copy, rho=rho, variant=sam_variant)
