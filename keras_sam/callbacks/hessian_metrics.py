@@ -11,6 +11,8 @@ from keras_sam._validation import boolean
 from keras_sam.callbacks._base import CurvatureCallback, common_options
 from keras_sam.hessian import measures, solvers
 
+__all__ = ["HessianMetrics"]
+
 
 class HessianMetrics(CurvatureCallback):
     """Logs curvature of the training loss on a fixed subset of ``data``.

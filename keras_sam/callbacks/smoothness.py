@@ -12,6 +12,8 @@ from keras_sam._validation import finite_float, non_empty_tuple, unit_fraction
 from keras_sam.callbacks._base import CurvatureCallback, common_options
 from keras_sam.hessian._operators import CurvatureOperator
 
+__all__ = ["GAMMAS", "SmoothnessEstimates", "estimates"]
+
 GAMMAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
