@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from keras_sam import _clipping, _compat
+from keras_sam import _clipping, _trackers
 from keras_sam.backend._common import first_tensor
 from keras_sam.backend.passes import Passes, all_finite
 from keras_sam.sparsity import kernel_masks
@@ -89,11 +89,12 @@ def train_step(model, passes: Passes, data) -> dict:
     if scale is not None:
         applied = passes.all_finite(list(terms.g) + list(d))
         d = _scaled(d, ops.where(applied, scale, float("nan")))
-    second = ops.cast(terms.ran, "float32")
-    # The perturbed loss averages over the micro-batches that ran the pass.
-    perturbed_loss = terms.perturbed_loss / ops.maximum(second, 1e-12)
-    _update_trackers(model, passes, x, terms.loss, perturbed_loss, second, applied)
-    model.gradient_pass_counter.update_state(1.0 + second)
+    batch_size = ops.shape(first_tensor(x))[0]
+    if model.micro_batch_size is None:
+        eps_examples = passes.eps_batch_size(batch_size)
+    else:
+        eps_examples = ops.minimum(model.micro_batch_size, batch_size)
+    _trackers.record_step(model, terms, batch_size, eps_examples, applied)
     if model.variant is not None:
         model.variant_step.assign_add(1)
     passes.apply(d)
@@ -243,34 +244,6 @@ def unscale(optimizer, grads):
     if scale is None:
         return list(grads)
     return _scaled(grads, 1.0 / scale)
-
-
-def _update_trackers(model, passes, x, loss, perturbed_loss, second, applied):
-    # A step skipped by loss scaling is counted and leaves the means alone:
-    # its clean loss enters only where finite, its perturbed loss never.
-    batch_size = ops.shape(first_tensor(x))[0]
-    finite_loss = ops.all(ops.isfinite(loss))
-    tracker = _compat.loss_tracker(model)
-    _update_mean(tracker, loss, batch_size, ops.logical_or(applied, finite_loss))
-    _update_mean(
-        model.perturbed_loss_tracker,
-        perturbed_loss,
-        batch_size,
-        ops.logical_and(applied, second > 0),
-    )
-    model.skipped_steps_tracker.update_state(ops.logical_not(applied))
-    m = model.micro_batch_size
-    if m is None:
-        eps_examples = passes.eps_batch_size(batch_size)
-    else:
-        eps_examples = ops.minimum(m, batch_size)
-    model.eps_batch_size_tracker.update_state(eps_examples)
-
-
-def _update_mean(tracker, value, batch_size, include):
-    # Not even a NaN times 0 where `include` is False.
-    weight = ops.where(include, ops.cast(batch_size, "float32"), 0.0)
-    tracker.update_state(ops.where(include, value, ops.zeros_like(value)), weight)
 
 
 def _masked(tensors, masks):

@@ -19,9 +19,6 @@ class WSAM(Variant):
 
     Args:
         gamma: weight of the sharpness term, in [0, 1).
-
-    Raises:
-        ValueError: for a `gamma` outside [0, 1).
     """
 
     combines = True
