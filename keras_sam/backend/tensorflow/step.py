@@ -151,7 +151,7 @@ def _single_pass(model, x, y, sample_weight, perturbed):
 def _compiled(model, pass_fn):
     """`pass_fn` itself, or compiled with XLA per replica: under a
     multi-replica strategy Keras cannot compile the whole step
-    (`SAMModel.make_train_function` then moves `jit_compile` here)."""
+    (`trainer.prepare_train_function` then moves `jit_compile` here)."""
     if not getattr(model, "_jit_compile_per_replica", False):
         return pass_fn
     return tf.function(pass_fn, jit_compile=True, autograph=False)
