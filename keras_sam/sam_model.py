@@ -68,7 +68,8 @@ class SAMModel(keras.Model):
             gradient, so training equals single-device SAM on the global
             batch; ``"per_replica"`` forms it from each replica's own
             gradient (m-sharpness with m = per-replica batch, as in the
-            paper's code). `eps_batch_size` is the effective m.
+            code of Shin et al. 2023, arXiv 2311.17539). `eps_batch_size` is
+            the effective m.
         variant: None (plain SAM), a registered name such as ``"looksam"``
             (its defaults: see docs/variants.md) or a
             `keras_sam.variants.Variant`: how g and the perturbed gradient

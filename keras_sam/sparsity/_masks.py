@@ -321,8 +321,9 @@ def sparsity_for_budget(reference: keras.Model | int, model: keras.Model) -> flo
     """The sparsity that gives `model` as many non-zero prunable weights as
     the dense `reference` has prunable weights.
 
-    The paper's fixed budget: a wider model pruned back to the small
-    model's count (16 -> 24/32/64 filters: about 0.56/0.75/0.94).
+    The fixed budget of Shin et al. (2023, arXiv 2311.17539): a wider model
+    pruned back to the small model's count (16 -> 24/32/64 filters: about
+    0.56/0.75/0.94).
 
     ```python
     s = keras_sam.sparsity.sparsity_for_budget(small_model, wide_model)
