@@ -89,10 +89,10 @@ class SAMModel(keras.Model):
     Raises:
         ValueError: for a bad option, naming it and the accepted values: a
             `rho` that is neither a number >= 0 nor a schedule, an unknown
-            `perturbation` or `variant`, a
-            `micro_batch_size` that is not None or a positive integer, a
-            `replica_eps` other than ``"synchronized"`` / ``"per_replica"``,
-            a non-bool `clip_eps_gradient`.
+            `perturbation` or `variant`, a `micro_batch_size` that is not
+            None or a positive integer, a `replica_eps` other than
+            ``"synchronized"`` / ``"per_replica"``, a non-bool
+            `clip_eps_gradient`.
         NotImplementedError: when training on a Keras backend other than
             TensorFlow, JAX or PyTorch.
 

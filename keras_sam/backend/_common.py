@@ -49,7 +49,9 @@ def prepare_train_function(model) -> None:
 
 
 def symbolic_build(model, build, iterator=None, data_batch=None):
-    """Keras's `_maybe_symbolic_build` (`build`), then the variant's state."""
+    """Keras's `_maybe_symbolic_build` (`build`), then the variant's state
+    (Keras 3.16's JAX trainer calls this hook; 3.15's calls `_symbolic_build`
+    directly, which builds it too)."""
     result = build(iterator=iterator, data_batch=data_batch)
     model._build_variant_state()
     return result
