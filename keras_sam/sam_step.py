@@ -15,7 +15,8 @@ A step on a batch (or on each micro-batch, then averaged):
    the `LossScaleOptimizer` skips the step; the variant's state is written
    only where g and gs are finite;
 6. state writes, trackers, and d scaled once by the loss scale for the
-   optimizer.
+   optimizer; after its update, a `decouples` variant's term (-lr u) moved
+   into the weights directly.
 
 Two rules keep one code path right on every backend: branches of a `cond`
 return values, and writes happen after it (a JAX branch cannot write; a
@@ -84,6 +85,12 @@ class Passes:
         """Hands the optimizer `grads` (scaled like the loss)."""
         raise NotImplementedError
 
+    def shift_weights(self, shifts):
+        """Adds `shifts` (the same on every replica) to the trainable
+        weights, after the optimizer's update."""
+        for variable, shift in zip(self.model.trainable_variables, shifts):
+            variable.assign_add(ops.cast(shift, variable.dtype))
+
     def weights(self):
         """The trainable weights' values, as constants of the step."""
         return [v.value for v in self.model.trainable_variables]
@@ -126,12 +133,15 @@ def train_step(model, passes: Passes, data) -> dict:
 
         terms, y_pred = passes.micro_batches(one, (x, y, sample_weight))
     d = direction(model, passes, terms)
+    shift = decoupled_shift(model, passes, terms)
     applied = True
     scale = loss_scale(model.optimizer)
     if scale is not None:
         applied = passes.all_finite(list(terms.g) + list(d))
         poison = ops.where(applied, 1.0, float("nan")) * scale
         d = [t * ops.cast(poison, t.dtype) for t in d]
+        if shift is not None:
+            shift = [ops.where(applied, t, ops.zeros_like(t)) for t in shift]
     second = ops.cast(terms.ran, "float32")
     # The perturbed loss averages over the micro-batches that ran the pass.
     perturbed_loss = terms.perturbed_loss / ops.maximum(second, 1e-12)
@@ -140,6 +150,8 @@ def train_step(model, passes: Passes, data) -> dict:
     if model.variant is not None:
         model.variant_step.assign_add(1)
     passes.apply(d)
+    if shift is not None:
+        passes.shift_weights(shift)
     logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
     return logs
@@ -254,6 +266,27 @@ def direction(model, passes: Passes, terms: Terms) -> list:
             after = ops.where(finite, after, before)
         variable.assign(after)
     return passes.replica_share(d)
+
+
+def decoupled_shift(model, passes: Passes, terms: Terms) -> list | None:
+    """For a `decouples` variant, what the step adds to the weights after the
+    optimizer's update: -lr u, u = `variant.decoupled_update` of the
+    replica-mean g and gs, lr the optimizer's rate at this step; else None."""
+    variant = model.variant
+    if variant is None or not variant.decouples:
+        return None
+    optimizer = model.optimizer
+    if getattr(optimizer, "gradient_accumulation_steps", None):
+        raise ValueError(
+            f"variant={variant!r} moves the weights outside the optimizer on "
+            "every step, which `gradient_accumulation_steps="
+            f"{optimizer.gradient_accumulation_steps}` would not follow: use "
+            "an optimizer without gradient accumulation, or the coupled form "
+            "of the variant."
+        )
+    lr = ops.convert_to_tensor(optimizer.learning_rate)  # before the update
+    g, gs = passes.replica_mean(terms.g), passes.replica_mean(terms.gs)
+    return [-ops.cast(lr, u.dtype) * u for u in variant.decoupled_update(g, gs)]
 
 
 def loss_scale(optimizer):
