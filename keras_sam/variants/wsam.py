@@ -23,8 +23,11 @@ class WSAM(Variant):
     Coupled (``decoupled=False``): the optimizer takes
     d = g + gamma / (1 - gamma) (gs - g). With momentum the weighted term
     accumulates there: on the README's MLP with SGD(momentum=0.9) gamma 0.9
-    cost 4.7 test points, and MNIST-1D diverged at SAM's rhos
-    (docs/variants.md). With plain SGD the two forms are the same update.
+    cost 4.6 test points, and MNIST-1D diverged at SAM's rhos, where the
+    decoupled form matches SAM's gain (docs/variants.md). With plain SGD the
+    two forms are the same update. Neither is safe on self-attention with
+    momentum SGD at lr 0.1, where SAM itself fails (the decoupled form
+    diverges there).
 
     gamma = 0.5 is plain SAM's objective, gamma = 0 the base optimizer.
 
@@ -52,6 +55,7 @@ class WSAM(Variant):
 
     @property
     def weight(self) -> float:
+        """gamma / (1 - gamma), the sharpness term's weight."""
         return self.gamma / (1.0 - self.gamma)
 
     def combine(self, gradients, perturbed_gradients, state, step, second_pass):
