@@ -170,7 +170,8 @@ def keras_weights(arrays, name, momentum, steps):
     chosen = {
         "sam": None,
         "gsam": variants.GSAM(alpha=GSAM_ALPHA),
-        "wsam": variants.WSAM(gamma=WSAM_GAMMA),
+        "wsam": variants.WSAM(gamma=WSAM_GAMMA),  # decoupled, as the paper
+        "wsam-coupled": variants.WSAM(gamma=WSAM_GAMMA, decoupled=False),
         "looksam": variants.LookSAM(every=LOOK_EVERY, alpha=LOOK_ALPHA),
         "fsam": variants.FriendlySAM(sigma=FSAM_SIGMA, lmbda=FSAM_LMBDA),
     }[name]
@@ -254,7 +255,7 @@ def main() -> None:
         for name in (*VARIANTS, "wsam-coupled"):
             torch_w = peer["w"][f"{name}/{momentum}"]
             base = "wsam" if name == "wsam-coupled" else name
-            ours = keras_weights(arrays, base, momentum, args.steps)
+            ours = keras_weights(arrays, name, momentum, args.steps)
             row = f"{name:<14} {momentum:>8} {max_difference(ours, torch_w):14.2e}"
             if momentum == 0.0:
                 ref = reference_weights(arrays, base, args.steps)

@@ -37,6 +37,8 @@ METHODS = {
     "aesam": "aesam",
     "gsam": "gsam",
     "wsam": "wsam",
+    # The form before 2026-12-07 (decoupled=False), the records' old "wsam".
+    "wsam_coupled": variants.WSAM(decoupled=False),
     "fsam": "fsam",
 }
 

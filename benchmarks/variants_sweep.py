@@ -39,6 +39,9 @@ EXTRA = {
     "looksam_paper": (variants.LookSAM, dict(alpha=0.7)),
     "looksam_paper02": (variants.LookSAM, dict(alpha=0.2)),
     "looksam_measured": (MeasuredLookSAM, dict(alpha=1.0)),
+    # WSAM's coupled form, the default before 2026-12-07 (records named
+    # "wsam" before then were renamed to this).
+    "wsam_coupled": (variants.WSAM, dict(decoupled=False)),
 }
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ METHODS = {
     "lazysam": "lazysam",
     "gsam": "gsam",
     "wsam": "wsam",
+    "wsam_coupled": variants.WSAM(decoupled=False),
     "fsam": "fsam",
     "rwp": "rwp",
     "samon": "samon",

@@ -15,7 +15,8 @@ A step on a batch (or on each micro-batch, then averaged):
    the `LossScaleOptimizer` skips the step; the variant's state is written
    only where g and gs are finite;
 6. state writes, trackers, and d scaled once by the loss scale for the
-   optimizer.
+   optimizer; after its update, a `decouples` variant's term (-lr u) moved
+   into the weights directly.
 
 Two rules keep one code path right on every backend: branches of a `cond`
 return values, and writes happen after it (a JAX branch cannot write; a
@@ -47,6 +48,7 @@ from keras_sam.variants import schedules
 __all__ = [
     "Passes",
     "Terms",
+    "decoupled_shift",
     "direction",
     "epsilon",
     "loss_scale",
@@ -82,6 +84,7 @@ def train_step(model, passes: Passes, data) -> dict:
         one_micro_batch = functools.partial(sam_gradients, model, passes)
         terms, y_pred = passes.micro_batches(one_micro_batch, (x, y, sample_weight))
     d = direction(model, passes, terms)
+    shift = decoupled_shift(model, passes, terms)
     # Finite guard and the loss scale: under loss scaling a non-finite g or d
     # poisons d, so that the `LossScaleOptimizer` skips the whole step.
     applied = True
@@ -89,6 +92,8 @@ def train_step(model, passes: Passes, data) -> dict:
     if scale is not None:
         applied = passes.all_finite(list(terms.g) + list(d))
         d = _scaled(d, ops.where(applied, scale, float("nan")))
+        if shift is not None:  # the skipped step moves no weight
+            shift = [ops.where(applied, t, ops.zeros_like(t)) for t in shift]
     batch_size = ops.shape(first_tensor(x))[0]
     if model.micro_batch_size is None:
         eps_examples = passes.eps_batch_size(batch_size)
@@ -98,6 +103,8 @@ def train_step(model, passes: Passes, data) -> dict:
     if model.variant is not None:
         model.variant_step.assign_add(1)
     passes.apply(d)
+    if shift is not None:
+        passes.shift_weights(shift)
     logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     logs["perturbed_loss"] = model.perturbed_loss_tracker.result()
     return logs
@@ -231,6 +238,35 @@ def direction(model, passes: Passes, terms: Terms) -> list:
         new_state = [ops.where(finite, a, b) for a, b in zip(new_state, state)]
     _assign(model.variant_state or [], new_state)
     return passes.replica_share(d)
+
+
+def decoupled_shift(model, passes: Passes, terms: Terms) -> list | None:
+    """For a `decouples` variant, what the step adds to the weights after the
+    optimizer's update: -lr u, u = `variant.decoupled_update` of the
+    replica-mean g and gs, lr the optimizer's rate at this step.
+
+    Returns:
+        One tensor per trainable weight, or None for other variants.
+
+    Raises:
+        ValueError: the optimizer accumulates gradients
+            (`gradient_accumulation_steps`), which the shift would not follow.
+    """
+    variant = model.variant
+    if variant is None or not variant.decouples:
+        return None
+    optimizer = model.optimizer
+    if getattr(optimizer, "gradient_accumulation_steps", None):
+        raise ValueError(
+            f"variant={variant!r} moves the weights outside the optimizer on "
+            "every step, which `gradient_accumulation_steps="
+            f"{optimizer.gradient_accumulation_steps}` would not follow: use "
+            "an optimizer without gradient accumulation, or the coupled form "
+            "of the variant."
+        )
+    lr = ops.convert_to_tensor(optimizer.learning_rate)  # before the update
+    g, gs = passes.replica_mean(terms.g), passes.replica_mean(terms.gs)
+    return [-ops.cast(lr, u.dtype) * u for u in variant.decoupled_update(g, gs)]
 
 
 def loss_scale(optimizer):

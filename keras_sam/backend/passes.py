@@ -51,6 +51,12 @@ class Passes:
         """Hands the optimizer `grads` (scaled like the loss)."""
         raise NotImplementedError
 
+    def shift_weights(self, shifts):
+        """Adds `shifts` (the same on every replica) to the trainable
+        weights, after the optimizer's update."""
+        for variable, shift in zip(self.model.trainable_variables, shifts):
+            variable.assign_add(ops.cast(shift, variable.dtype))
+
     def weights(self):
         """The trainable weights' values, as constants of the step."""
         return [v.value for v in self.model.trainable_variables]

@@ -2,7 +2,7 @@
 second pass runs.
 
 ```python
-model = keras_sam.sam(model, rho=0.05, variant="looksam")  # paper defaults
+model = keras_sam.sam(model, rho=0.05, variant="looksam")  # its defaults
 model = keras_sam.sam(model, rho=0.05, variant=keras_sam.variants.LookSAM(every=5))
 model.gradient_passes  # forward-backward passes taken so far
 ```
@@ -13,7 +13,8 @@ model.gradient_passes  # forward-backward passes taken so far
 | `LazySAM(every)` | gs on every k-th step, else g | 1 + 1/k |
 | `LookSAM(every, alpha)` | gs every k-th step, else g + alpha |g|/|gv| gv | 1 + 1/k |
 | `GSAM(alpha)` | gs - alpha g_perp | 2 |
-| `WSAM(gamma)` | g + gamma / (1 - gamma) (gs - g) | 2 |
+| `WSAM(gamma)` | g; then w -= lr c (gs - g), c = gamma / (1 - gamma) | 2 |
+| `WSAM(gamma, decoupled=False)` | g + c (gs - g) | 2 |
 | `FriendlySAM(sigma, lmbda)` | gs, eps from g - sigma EMA(g) | 2 |
 | `RWP(sigma, mix)` | mix gs + (1 - mix) g, eps random | 2 |
 | `SAMON(layer_types, paths)` | gs, eps on normalization layers only | 2 |
@@ -32,13 +33,15 @@ How the step calls a variant
 `sam_gradients` (the single-pass branch, `needs_second_pass` on the clean g
 under an `ops.cond`, `epsilon` with `weight_selection` and the seed), then
 `direction` (`combine` on the replica-mean g and gs, its state written only
-where both are finite). All methods are pure `keras.ops` functions of
-tensors: g = clean gradient (unscaled, masked), gs = gradient at w + eps,
-step = the value of `model.variant_step` (1 is added after each update),
-state = the values of `model.variant_state` (Keras variables made from
-`variant.state_shapes`, all starting at zero, saved with the model). With
-micro-batches the decision and eps are per micro-batch and `combine` runs
-once, on the averaged g and gs.
+where both are finite), and for a `decouples` variant (WSAM) `decoupled_shift`:
+-lr `decoupled_update(g, gs)`, added to the weights after the optimizer's
+update (not on a step that loss scaling skips). All methods are pure
+`keras.ops` functions of tensors: g = clean gradient (unscaled, masked), gs =
+gradient at w + eps, step = the value of `model.variant_step` (1 is added after
+each update), state = the values of `model.variant_state` (Keras variables made
+from `variant.state_shapes`, all starting at zero, saved with the model). With
+micro-batches the decision and eps are per micro-batch and `combine` runs once,
+on the averaged g and gs.
 """
 
 from keras_sam.variants.adaptive import AESAM

@@ -66,6 +66,9 @@ class Variant(_registry.Configurable):
     #: state (`optimizer_direction`): the step then takes one pass, at
     #: w + eps, with the model's state updates, and d = that gradient.
     single_pass: bool = False
+    #: True when `decoupled_update` gives a term the step applies after the
+    #: optimizer's update, outside it (WSAM's sharpness term).
+    decouples: bool = False
 
     def state_shapes(self, weights: Sequence[Any]) -> list[tuple[tuple, str]]:
         """(shape, dtype) of each state tensor; all start at zero."""
@@ -94,6 +97,13 @@ class Variant(_registry.Configurable):
         """(d, new state). On steps without a second pass the step passes
         gs = g, and `second_pass` is False."""
         return list(perturbed_gradients), list(state)
+
+    def decoupled_update(self, gradients, perturbed_gradients):
+        """For `decouples` variants: u, one tensor per weight; after the
+        optimizer's update the step moves the weights by -lr * u (lr: the
+        optimizer's learning rate at the step), as AdamW applies its weight
+        decay. On steps without a second pass gs = g."""
+        raise NotImplementedError(f"{type(self).__name__} does not decouple.")
 
 
 _VARIANTS = _registry.Registry(

@@ -127,3 +127,26 @@ def train_msam(params, x, y, rho, lr, steps, optimizer="sgd", momentum=0.9):
                 for p, a, b in zip(params, m, second)
             ]
     return params
+
+
+def train_wsam_momentum(params, x, y, rho, lrs, gamma, decoupled, momentum=0.9):
+    """WSAM (Yue et al. 2023) over ``len(lrs)`` full-batch steps of SGD with
+    Keras's momentum (velocity m = mu m - lr d, w += m), step i at rate
+    lrs[i]. Coupled: d = g + c (gs - g), c = gamma / (1 - gamma). Decoupled
+    (the paper's form): d = g, and after the optimizer's update
+    w -= lr c (gs - g), outside the velocity."""
+    c = gamma / (1 - gamma)
+    params = [p.astype(np.float64) for p in params]
+    m = [np.zeros_like(p) for p in params]
+    for lr in lrs:
+        g = reference.loss_and_grads(params, x, y)[1]
+        eps = reference.epsilon("sam", g, params, rho)
+        shifted = [p + e for p, e in zip(params, eps)]
+        gs = reference.loss_and_grads(shifted, x, y)[1]
+        sharp = [s - a for s, a in zip(gs, g)]
+        d = g if decoupled else [a + c * b for a, b in zip(g, sharp)]
+        m = [momentum * v - lr * a for v, a in zip(m, d)]
+        params = [p + v for p, v in zip(params, m)]
+        if decoupled:
+            params = [p - lr * c * b for p, b in zip(params, sharp)]
+    return params

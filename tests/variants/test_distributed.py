@@ -11,7 +11,7 @@ def mirrored():
     return run_checks("../variants/distributed_checks.py")
 
 
-@pytest.mark.parametrize("case", ["looksam-jit0", "gsam-jit1"])
+@pytest.mark.parametrize("case", ["looksam-jit0", "gsam-jit1", "wsam-jit0"])
 def test_mirrored_variants_match_single_device_numpy(mirrored, case):
     result = mirrored[case]
     assert result["deviation"] <= 1e-5

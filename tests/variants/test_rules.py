@@ -36,7 +36,7 @@ def assert_lists_close(a, b, atol=1e-6):
         variants.LookSAM(every=1),
         variants.LazySAM(every=1),
         variants.GSAM(alpha=0.0),
-        variants.WSAM(gamma=0.5),
+        variants.WSAM(gamma=0.5, decoupled=False),
         variants.FriendlySAM(sigma=0.0),
         variants.RWP(mix=1.0),
         variants.AESAM(threshold=-1e9),
@@ -103,8 +103,15 @@ def test_gsam_and_wsam_formulas():
     d, _ = combine(variants.GSAM(alpha=0.3), G, GS)
     perp = g - (g @ gs) / (gs @ gs) * gs
     np.testing.assert_allclose(flat(d), gs - 0.3 * perp, rtol=1e-5, atol=1e-6)
-    d, _ = combine(variants.WSAM(gamma=0.8), G, GS)
+    d, _ = combine(variants.WSAM(gamma=0.8, decoupled=False), G, GS)
     np.testing.assert_allclose(flat(d), g + 4.0 * (gs - g), rtol=1e-5, atol=1e-5)
+    # Decoupled: the optimizer takes g; 4 (gs - g) goes outside it.
+    decoupled = variants.WSAM(gamma=0.8)
+    d, _ = combine(decoupled, G, GS)
+    np.testing.assert_allclose(flat(d), g, rtol=0, atol=0)
+    u = [np.asarray(t) for t in decoupled.decoupled_update(G, GS)]
+    np.testing.assert_allclose(flat(u), 4.0 * (gs - g), rtol=1e-5, atol=1e-5)
+    assert decoupled.decouples and not variants.WSAM(decoupled=False).decouples
 
 
 @pytest.mark.parametrize(
@@ -211,6 +218,7 @@ def test_rho_follows_the_learning_rate():
         variants.LookSAM(every=4, alpha=0.2),
         variants.GSAM(alpha=0.1),
         variants.WSAM(gamma=0.7),
+        variants.WSAM(gamma=0.7, decoupled=False),
         variants.FriendlySAM(sigma=0.5, lmbda=0.8),
         variants.RWP(sigma=0.02, mix=0.3, seed=4),
         variants.SAMON(layer_types=("BatchNormalization",), paths=["x"]),
