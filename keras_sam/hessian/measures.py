@@ -175,10 +175,12 @@ def sharpness_estimate(
         start: ``"gradient"`` (the mean-loss gradient plus a random vector,
             see `gradient_start`) or ``"random"``.
         seed: seed of the random start vector.
-        loss, loss_weights, regularization, class_weight, training,
-            batch_size, chunk_size, vectorize, jit_compile, masked,
-            forward_over_reverse: how the Hessian is built, see
-            `CurvatureOperator`.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    are `CurvatureOperator`'s; with a built operator as ``model`` they
+    keep their defaults.
 
     Returns:
         A `keras_sam.hessian.solvers.EigenResult`: ``eigenvalues``
@@ -271,7 +273,8 @@ def trace_estimate(
     ```
 
     Args:
-        model, data: as for `sharpness_estimate`.
+        model: as for `sharpness_estimate`.
+        data: as for `sharpness_estimate`.
         method: ``"hutchinson"`` (Rademacher probes, drawn until the
             standard error is at most ``rtol`` of the estimate, at most
             ``num_samples``), ``"hutchpp"`` (Hutch++, ``num_samples``
@@ -280,10 +283,12 @@ def trace_estimate(
             ``num_samples`` probes).
         num_samples: most products (probes).
         seed: seed of the probes.
-        loss, loss_weights, regularization, class_weight, training,
-            batch_size, chunk_size, vectorize, jit_compile, masked,
-            forward_over_reverse: how the Hessian is built, see
-            `CurvatureOperator`.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    are `CurvatureOperator`'s; with a built operator as ``model`` they
+    keep their defaults.
 
     Returns:
         A `keras_sam.hessian.solvers.TraceResult`: ``estimate``,
@@ -383,15 +388,20 @@ def non_uniformity_estimate(
     ```
 
     Args:
-        model, data: as for `sharpness_estimate`.
+        model: as for `sharpness_estimate`.
+        data: as for `sharpness_estimate`.
         order: k, 2, 3 or 4.
-        max_iter, tol, v0, seed: Lanczos's, as for `sharpness_estimate`
-            (the start is random unless ``v0`` is given).
-        loss, loss_weights, regularization, class_weight, training,
-            batch_size, chunk_size, vectorize, jit_compile, masked,
-            forward_over_reverse: how the operator is built, see
-            `CurvatureOperator` (``chunk_size``, ``vectorize``: the
-            per-example products).
+        max_iter: most Lanczos steps (products with ``M_k - H^k``).
+        tol: relative accuracy, as for `sharpness_estimate`.
+        v0: start vector (default: random).
+        seed: seed of the random start vector.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    are `CurvatureOperator`'s (``chunk_size`` and ``vectorize`` set up the
+    per-example products); with a built operator as ``model`` they keep
+    their defaults.
 
     Returns:
         A `keras_sam.hessian.solvers.EigenResult` of ``M_k - H^k`` (one
@@ -495,14 +505,17 @@ def spectral_density(
     ```
 
     Args:
-        model, data: as for `sharpness_estimate`.
+        model: as for `sharpness_estimate`.
+        data: as for `sharpness_estimate`.
         num_probes: random start vectors (one Lanczos run each).
         num_steps: Lanczos steps (products) per probe.
         seed: seed of the probes.
-        loss, loss_weights, regularization, class_weight, training,
-            batch_size, chunk_size, vectorize, jit_compile, masked,
-            forward_over_reverse: how the Hessian is built, see
-            `CurvatureOperator`.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    are `CurvatureOperator`'s; with a built operator as ``model`` they
+    keep their defaults.
 
     Returns:
         A `keras_sam.hessian.solvers.SLQResult` (``nodes``, ``weights``,
@@ -611,17 +624,21 @@ def stability_margins(
     the ratios are indicative only.
 
     Args:
-        model, data: as for `sharpness_estimate`.
+        model: as for `sharpness_estimate`.
+        data: as for `sharpness_estimate`.
         lr: step size (default: the optimizer's current learning rate).
         rho: SAM radius (default: ``model.rho``, 0 for a model without one).
         orders: the s_k measured (default ``(2,)`` for rho = 0, whose
             conditions have no s3, s4, else ``(2, 3, 4)``).
-        max_iter, tol, seed: Lanczos's, for `sharpness` and
-            `non_uniformity` alike.
-        loss, loss_weights, regularization, class_weight, training,
-            batch_size, chunk_size, vectorize, jit_compile, masked,
-            forward_over_reverse: how the operator is built, see
-            `CurvatureOperator` (one operator for every measure).
+        max_iter: most Lanczos steps, for `sharpness` and `non_uniformity`.
+        tol: their relative accuracy.
+        seed: their random start's seed.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    are `CurvatureOperator`'s (one operator serves every measure); with a
+    built operator as ``model`` they keep their defaults.
 
     Returns:
         `StabilityMargins`: the measured sharpness and s_k and their ratios
@@ -650,6 +667,8 @@ def stability_margins(
     return StabilityMargins(lr, rho, a, s, ratios)
 
 
-#: The former names of the result forms (deprecated).
 top_eigenvalues = _deprecated("top_eigenvalues", sharpness_estimate)
+"""Deprecated: `sharpness_estimate` (same arguments; warns)."""
+
 non_uniformity_eigen = _deprecated("non_uniformity_eigen", non_uniformity_estimate)
+"""Deprecated: `non_uniformity_estimate` (same arguments; warns)."""
