@@ -148,8 +148,8 @@ class HessianMetrics(CurvatureCallback):
         return names
 
     def _eigen(self, key, measure, op, **options) -> float:
-        # Top eigenvalue by ``measure`` (`measures.top_eigenvalues` or
-        # `measures.non_uniformity_eigen`), warm-started from the previous
+        # Top eigenvalue by ``measure`` (`measures.sharpness_estimate` or
+        # `measures.non_uniformity_estimate`), warm-started from the previous
         # call's vector for ``key``; the first call from the measure's own
         # start (the Hessian's: the gradient).
         result = measure(
@@ -168,7 +168,7 @@ class HessianMetrics(CurvatureCallback):
 
     def _measure(self) -> dict[str, float]:
         op = self._op()
-        values = {"sharpness": self._eigen("H", measures.top_eigenvalues, op)}
+        values = {"sharpness": self._eigen("H", measures.sharpness_estimate, op)}
         if self.trace:
             t = solvers.hutchinson(
                 op.matvec,
@@ -180,7 +180,7 @@ class HessianMetrics(CurvatureCallback):
             values["trace"], values["trace_stderr"] = t.estimate, t.stderr
         s = {}
         for k in self.orders:
-            gap = self._eigen(k, measures.non_uniformity_eigen, op, order=k)
+            gap = self._eigen(k, measures.non_uniformity_estimate, op, order=k)
             s[k] = measures.root(gap, k)
             values[f"s{k}"] = s[k]
         if self.stability:
