@@ -11,14 +11,14 @@ step):
 - ``unrolled``: the step's scan, unrolled (one copy of the SAM step per
   micro-batch);
 - ``vmap``: the micro-batches side by side: this script's `_vmapped`, in
-  place of the step's `_scanned_micro_batches` (the same per-micro-batch
-  SAM gradients, then their mean); it refuses a model whose pass changes
-  its state or metrics.
+  place of `keras_sam.backend.jax.micro_batches.scanned` (the same
+  per-micro-batch SAM gradients, then their mean); it refuses a model whose
+  pass changes its state or metrics.
 
 Models: a 784-512-512-10 MLP and a small CNN (conv 32 / conv 64, ReLU, max
 pooling, no batch norm or dropout, so that vmap applies), batch 128 and 512,
 micro_batch_size 32 and 128, SGD with momentum, jit on. It selects the way
-by patching two private names of `keras_sam.backend.jax.step` while a
+by patching two names of `keras_sam.backend.jax.micro_batches` while a
 model's train function is traced (each model is traced once, then timed).
 
     KERAS_BACKEND=jax python benchmarks/jax_micro_batches.py [--steps 10]
@@ -43,32 +43,33 @@ import numpy as np  # noqa: E402
 from _models import cnn, mlp  # noqa: E402
 
 import keras_sam  # noqa: E402
-from keras_sam.backend.jax import step as jax_step  # noqa: E402
+from keras_sam.backend.jax import micro_batches  # noqa: E402
 
 
-def _vmapped(pass_fn, non_trainable, metrics_vars, batches):
-    """`_scanned_micro_batches` as a `jax.vmap` over the micro-batches."""
+def _vmapped(model, fn, batches, state_variables):
+    """`micro_batches.scanned` as a `jax.vmap` over the micro-batches."""
+    carried = list(model.non_trainable_variables) + list(model.metrics_variables)
+    outer = [(v, v.value) for group in state_variables for v in group]
+    before = [v.value for v in carried]
 
     def one(batch):
-        terms, y_pred, state, metrics = pass_fn(non_trainable, metrics_vars, *batch)
-        # Keras's stateless scopes hand back a variable's own input value
-        # where nothing assigned it.
-        changed = [
-            a is not b for a, b in zip(state + metrics, non_trainable + metrics_vars)
-        ]
-        if any(changed):
+        with keras.StatelessScope(state_mapping=outer) as scope:
+            terms, y_pred = fn(*batch)
+        # A stateless scope hands back a variable's own input value where
+        # nothing changed it.
+        after = [scope.get_current_value(v) for v in carried]
+        if any(a is not b for a, b in zip(after, before)):
             raise ValueError("vmap: the model's pass changes its state")
         return terms, y_pred
 
     terms, y_pred = jax.vmap(one)(batches)
-    means = jax.tree_util.tree_map(lambda t: jnp.mean(t, axis=0), terms)
-    return means, y_pred, non_trainable, metrics_vars
+    return jax.tree_util.tree_map(lambda t: jnp.mean(t, axis=0), terms), y_pred
 
 
 #: way -> (micro-batch function, unroll limit) while a model is traced.
 WAYS = {
-    "scan": (jax_step._scanned_micro_batches, 0),
-    "unrolled": (jax_step._scanned_micro_batches, 1 << 30),
+    "scan": (micro_batches.scanned, 0),
+    "unrolled": (micro_batches.scanned, 1 << 30),
     "vmap": (_vmapped, 0),
 }
 
@@ -84,15 +85,15 @@ MODELS = {
 def _traced(way, model, x, y, batch):
     """Traces (and warms) `model`'s train function with `way` selected."""
     function, unroll = WAYS[way]
-    saved = jax_step._scanned_micro_batches, jax_step._MAX_UNROLLED_MICRO_BATCHES
-    jax_step._scanned_micro_batches = function
-    jax_step._MAX_UNROLLED_MICRO_BATCHES = unroll
+    saved = micro_batches.scanned, micro_batches.MAX_UNROLLED_MICRO_BATCHES
+    micro_batches.scanned = function
+    micro_batches.MAX_UNROLLED_MICRO_BATCHES = unroll
     try:
         start = time.perf_counter()
         model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, verbose=0)
         return time.perf_counter() - start
     finally:
-        jax_step._scanned_micro_batches, jax_step._MAX_UNROLLED_MICRO_BATCHES = saved
+        micro_batches.scanned, micro_batches.MAX_UNROLLED_MICRO_BATCHES = saved
 
 
 def run(model_name, batch, micro, ways, steps, rounds):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_sam import _compat
+
 
 class StepCounter(keras.metrics.Metric):
     """Counts the steps on which a flag is True.
@@ -42,3 +44,37 @@ class RunningMax(keras.metrics.Metric):
 
     def result(self):
         return ops.cast(self.value, "float32")
+
+
+def record_step(model, terms, batch_size, eps_examples, applied) -> None:
+    """Updates a SAM step's trackers from its `sam_step.Terms`: the `loss`
+    and `perturbed_loss` means, the skipped-step and gradient-pass counters
+    and the eps batch size.
+
+    A step skipped by loss scaling (`applied` False) is counted and leaves the
+    means alone: its clean loss enters only where finite, its perturbed loss
+    never.
+    """
+    ran = ops.cast(terms.ran, "float32")
+    # The perturbed loss averages over the micro-batches that ran the pass.
+    perturbed_loss = terms.perturbed_loss / ops.maximum(ran, 1e-12)
+    finite_loss = ops.all(ops.isfinite(terms.loss))
+    loss_tracker = _compat.loss_tracker(model)
+    _update_mean(
+        loss_tracker, terms.loss, batch_size, ops.logical_or(applied, finite_loss)
+    )
+    _update_mean(
+        model.perturbed_loss_tracker,
+        perturbed_loss,
+        batch_size,
+        ops.logical_and(applied, ran > 0),
+    )
+    model.skipped_steps_tracker.update_state(ops.logical_not(applied))
+    model.eps_batch_size_tracker.update_state(eps_examples)
+    model.gradient_pass_counter.update_state(1.0 + ran)
+
+
+def _update_mean(tracker, value, batch_size, include):
+    # Not even a NaN times 0 where `include` is False.
+    weight = ops.where(include, ops.cast(batch_size, "float32"), 0.0)
+    tracker.update_state(ops.where(include, value, ops.zeros_like(value)), weight)

@@ -1,4 +1,5 @@
-"""SGD with coupled L2 weight decay, the form of the paper's training code.
+"""SGD with coupled L2 weight decay, the form of the training code of Shin,
+Lee, Andriushchenko, Lee (2023, arXiv 2311.17539).
 
 ```python
 import keras_sam

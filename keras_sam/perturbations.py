@@ -46,13 +46,24 @@ def register(name: str) -> Callable[[type[Perturbation]], type[Perturbation]]:
 
     The class is also registered with Keras serialization (package
     ``keras_sam``), so models using it can be saved and loaded.
+
+    Returns:
+        The decorator, which returns the class unchanged.
+
+    Raises:
+        TypeError: when the decorated class is not a `Perturbation`
+            subclass.
     """
     return _RULES.register(name)
 
 
 def global_norm(tensors: Sequence[Any]) -> Any:
-    """L2 norm of all `tensors` taken together, as a float32 scalar tensor
-    (inside a SAM step on TensorFlow: one `tf.nn.l2_loss` kernel per tensor)."""
+    """L2 norm of all `tensors` taken together (inside a SAM step on
+    TensorFlow: one `tf.nn.l2_loss` kernel per tensor).
+
+    Returns:
+        A float32 scalar tensor.
+    """
     return _gradient_math.norm(list(tensors))
 
 
@@ -66,6 +77,12 @@ class Perturbation(_registry.Configurable):
     def __call__(
         self, gradients: Sequence[Any], weights: Sequence[Any], rho: Any
     ) -> list[Any]:
+        """eps from the gradients g (one per trainable weight), the weights
+        w and the radius rho (a scalar tensor).
+
+        Returns:
+            eps, one tensor per weight.
+        """
         raise NotImplementedError
 
 
@@ -76,7 +93,8 @@ _RULES = _registry.Registry(
 
 @register("sam")
 class SAM(Perturbation):
-    """Normalized SAM (Foret et al. 2021): eps = rho * g / (||g|| + tiny).
+    """Normalized SAM (Foret, Kleiner, Mobahi, Neyshabur 2021, arXiv
+    2010.01412): eps = rho * g / (||g|| + tiny).
 
     ``||g||`` is the global L2 norm over all trainable weights.
     """
@@ -88,7 +106,8 @@ class SAM(Perturbation):
 
 @register("usam")
 class USAM(Perturbation):
-    """Unnormalized SAM, the form the convergence theory analyses: eps = rho * g."""
+    """Unnormalized SAM: eps = rho * g, the form the convergence theory of
+    Shin, Lee, Andriushchenko, Lee (2023, arXiv 2311.17539) analyses."""
 
     def __call__(self, gradients, weights, rho):
         return [ops.multiply(g, ops.cast(rho, g.dtype)) for g in gradients]
@@ -96,7 +115,8 @@ class USAM(Perturbation):
 
 @register("asam")
 class ASAM(Perturbation):
-    """Adaptive SAM (Kwon et al. 2021): eps = rho * T^2 g / ||T g||, T = |w| + eta.
+    """Adaptive SAM (Kwon, Kim, Park, Choi 2021, arXiv 2102.11600):
+    eps = rho * T^2 g / ||T g||, T = |w| + eta.
 
     As in the authors' code, the adaptive scale T applies to weight matrices
     and kernels (rank >= 2); vectors such as biases and normalization
@@ -105,6 +125,10 @@ class ASAM(Perturbation):
     Args:
         eta: positive offset that keeps T away from zero.
         adapt_vectors: also scale rank-0/1 weights by |w| + eta.
+
+    Raises:
+        ValueError: for an `eta` that is not a positive number or an
+            `adapt_vectors` that is not a bool.
 
     ```python
     model = keras_sam.sam(model, rho=1.0, perturbation=ASAM(eta=0.01))
@@ -159,10 +183,18 @@ def get(identifier: str | Perturbation | dict[str, Any]) -> Perturbation:
 
 
 def serialize(rule: Perturbation) -> dict[str, Any]:
-    """Keras serialization config of `rule`, accepted by `get`."""
+    """Keras serialization config of `rule`, accepted by `get`.
+
+    Returns:
+        A JSON-serializable dict.
+    """
     return keras.saving.serialize_keras_object(rule)
 
 
 def names() -> list[str]:
-    """Registered rule names."""
+    """Registered rule names.
+
+    Returns:
+        A sorted list of names accepted by `get`.
+    """
     return _RULES.names()

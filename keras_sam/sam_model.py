@@ -11,11 +11,13 @@ from keras_sam import (
     _keras_hub,
     _trackers,
     _validation,
+    backend,
     perturbations,
     variants,
 )
-from keras_sam.backend import REPLICA_EPS_MODES, get_train_step
 from keras_sam.variants import schedules
+
+__all__ = ["FunctionalSAMModel", "SAMModel", "SAMWrapper", "sam"]
 
 _RANDOM_STATE_KEY = "random_state_"
 
@@ -66,7 +68,8 @@ class SAMModel(keras.Model):
             gradient, so training equals single-device SAM on the global
             batch; ``"per_replica"`` forms it from each replica's own
             gradient (m-sharpness with m = per-replica batch, as in the
-            paper's code). `eps_batch_size` is the effective m.
+            code of Shin et al. 2023, arXiv 2311.17539). `eps_batch_size` is
+            the effective m.
         variant: None (plain SAM), a registered name such as ``"looksam"``
             (its defaults: see docs/variants.md) or a
             `keras_sam.variants.Variant`: how g and the perturbed gradient
@@ -82,6 +85,16 @@ class SAMModel(keras.Model):
             normalized ``"sam"`` and ``global_clipnorm`` the two agree (eps
             does not depend on g's length); ``clipnorm``, ``clipvalue`` and
             ``"usam"`` change eps.
+
+    Raises:
+        ValueError: for a bad option, naming it and the accepted values: a
+            `rho` that is neither a number >= 0 nor a schedule, an unknown
+            `perturbation` or `variant`, a
+            `micro_batch_size` that is not None or a positive integer, a
+            `replica_eps` other than ``"synchronized"`` / ``"per_replica"``,
+            a non-bool `clip_eps_gradient`.
+        NotImplementedError: when training on a Keras backend other than
+            TensorFlow, JAX or PyTorch.
 
     Attributes:
         eps_batch_size: how many examples' gradient formed each eps (the m
@@ -123,12 +136,11 @@ class SAMModel(keras.Model):
             micro_batch_size, "micro_batch_size", allow_none=True
         )
         self.replica_eps = _validation.one_of(
-            replica_eps, "replica_eps", REPLICA_EPS_MODES
+            replica_eps, "replica_eps", backend.REPLICA_EPS_MODES
         )
         self.clip_eps_gradient = _validation.boolean(
             clip_eps_gradient, "clip_eps_gradient"
         )
-        self._jit_compile_per_replica = False
         self.perturbed_loss_tracker = keras.metrics.Mean(name="perturbed_loss")
         # Updated by the step, kept out of the logs (see the properties).
         self.skipped_steps_tracker = _trackers.StepCounter(name="skipped_steps")
@@ -192,52 +204,26 @@ class SAMModel(keras.Model):
     def make_train_function(self, force: bool = False):
         # Called at the start of every `fit` (and `train_on_batch`).
         self.eps_batch_size_tracker.reset_state()
-        # Keras cannot XLA-compile a whole multi-replica step on
-        # `MirroredStrategy` ("Trying to access resource ... replica_1");
-        # compile each replica's two passes instead.
-        if (
-            keras.backend.backend() == "tensorflow"
-            and self.jit_compile
-            and self.distribute_strategy.num_replicas_in_sync > 1
-        ):
-            self._jit_compile_per_replica = True
-            self.jit_compile = False
+        backend.module().prepare_train_function(self)
         return super().make_train_function(force=force)
 
     def train_step(self, *args):
         # (data) on TensorFlow and PyTorch, (state, data) on JAX.
-        return get_train_step()(self, *args)
+        return backend.module().train_step(self, *args)
 
-    # A private Keras hook (`_compat.SYMBOLIC_BUILD_HOOK`): build from a
-    # worker-local batch under multi-worker strategies.
+    # A private Keras hook (`_compat.SYMBOLIC_BUILD_HOOK`): the backend's
+    # build before `fit` (TensorFlow's from a worker-local batch).
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if keras.backend.backend() != "tensorflow":
-            # Keras 3.16's JAX trainer calls this hook too (3.15's calls
-            # `_symbolic_build` directly); it has no `distribute_strategy`.
-            result = super()._maybe_symbolic_build(
-                iterator=iterator, data_batch=data_batch
-            )
-            self._build_variant_state()
-            return result
-        strategy = self.distribute_strategy
-        if iterator is not None and keras.backend.backend() == "tensorflow":
-            from keras_sam.backend.tensorflow import replicas as tf_replicas
-
-            if tf_replicas.is_multi_worker(strategy):
-                batch = tf_replicas.local_first_batch(strategy, iterator)
-                data_batch, iterator = batch, None
-        result = super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        with strategy.scope():
-            self._build_variant_state()
-        return result
+        build = super()._maybe_symbolic_build
+        return backend.module().symbolic_build(self, build, iterator, data_batch)
 
     # A private Keras hook (`_compat.BUILD_HOOK`): Keras's JAX trainer calls
     # it directly (not through `_maybe_symbolic_build`) before it gathers the
-    # stateless state, so a subclassed model's variant state must exist by then.
+    # stateless state, so a subclassed model's variant state must exist by
+    # then (TensorFlow's calls it in the strategy's scope).
     def _symbolic_build(self, iterator=None, data_batch=None):
         result = super()._symbolic_build(iterator=iterator, data_batch=data_batch)
-        if keras.backend.backend() != "tensorflow":
-            self._build_variant_state()
+        self._build_variant_state()
         return result
 
     @property
@@ -404,6 +390,17 @@ def sam(
     model = keras_sam.sam(model)
     model.fit(x, y)
     ```
+
+    The options are `SAMModel`'s; `name` defaults to ``"sam_" + model.name``.
+
+    Returns:
+        A `SAMWrapper` (for a keras-hub task, a subclass that keeps its
+        preprocessor), compiled like `model` if `model` is compiled.
+
+    Raises:
+        ValueError: for a `model` that is not a built `keras.Model`, is
+            already a `SAMModel`, or is compiled in a way this Keras cannot
+            read back; and for a bad option (see `SAMModel`).
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")

@@ -147,3 +147,55 @@ def test_importing_every_library_module_loads_no_study_module():
         f"print(sorted(m for m in sys.modules if m.startswith({STUDY!r})))\n"
     )
     assert run_fresh(check)[-1] == "[]"
+
+
+#: Public library modules still without `__all__`, each with its owner.
+WITHOUT_ALL = {
+    # The curvature helpers' area (issue 31); `keras_sam.hessian` re-exports
+    # what is public from it.
+    "keras_sam.hessian.measures",
+}
+
+
+def declares_all(path: Path) -> bool:
+    """Whether the module assigns `__all__` at its top level."""
+    tree = ast.parse(path.read_text(), str(path))
+    return any(
+        isinstance(node, ast.Assign | ast.AnnAssign)
+        and any(
+            isinstance(t, ast.Name) and t.id == "__all__"
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        )
+        for node in tree.body
+    )
+
+
+def public_library_modules(graph: dict[str, set[str]]) -> list[str]:
+    """Library modules a user may import: no part of the name is private, and
+    not a backend's own modules (its package, `keras_sam.backend.<name>`, is
+    the interface)."""
+    backend_parts = tuple(f"keras_sam.backend.{name}." for name in BACKENDS)
+    return [
+        m
+        for m in library_modules(graph)
+        if not any(part.startswith("_") for part in m.split("."))
+        and not m.startswith(backend_parts)
+    ]
+
+
+def test_every_public_library_module_declares_all(tmp_path):
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    public = public_library_modules(import_graph())
+    assert {"keras_sam.sam_step", "keras_sam.variants.gsam"} <= set(public)
+    assert "keras_sam.backend.jax" in public
+    assert "keras_sam.backend.jax.step" not in public
+    missing = sorted(
+        m for m in public if m not in WITHOUT_ALL and not declares_all(files[m])
+    )
+    assert not missing, f"public modules without __all__: {missing}"
+    # The check can fail: a module without `__all__` is found.
+    source = tmp_path / "m.py"
+    source.write_text("x = 1\n")
+    assert not declares_all(source)
+    source.write_text('__all__ = ["x"]\nx = 1\n')
+    assert declares_all(source)

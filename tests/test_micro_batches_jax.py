@@ -21,11 +21,11 @@ UNROLL = {"rolled": 0, "unrolled": None}
 
 def _unroll(monkeypatch, way):
     """Sets the step's unroll limit (read when the train step is traced)."""
-    from keras_sam.backend.jax import step
+    from keras_sam.backend.jax import micro_batches
 
-    assert step._MAX_UNROLLED_MICRO_BATCHES >= 3
+    assert micro_batches.MAX_UNROLLED_MICRO_BATCHES >= 3
     if UNROLL[way] is not None:
-        monkeypatch.setattr(step, "_MAX_UNROLLED_MICRO_BATCHES", UNROLL[way])
+        monkeypatch.setattr(micro_batches, "MAX_UNROLLED_MICRO_BATCHES", UNROLL[way])
 
 
 @pytest.mark.parametrize("way", sorted(UNROLL))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_sam
-from keras_sam.backend._gradients import stateless_gradients
+from keras_sam import backend
 from keras_sam.optimizers import L2SGD
 from tests import optimizer_reference as ref
 from tests import reference
@@ -259,7 +259,7 @@ def keras_gradients(model):
     def gradients(params, x, y):
         for variable, value in zip(model.trainable_variables, params):
             variable.assign(value.astype("float32"))
-        grads = stateless_gradients(
+        grads = backend.module().stateless_gradients(
             lambda: loss(y, model(x, training=True)), model.trainable_variables
         )
         return [keras.ops.convert_to_numpy(g).astype(np.float64) for g in grads]

@@ -38,3 +38,18 @@ def forward(model, x):
     if _compat.call_has_training_arg(model):
         return model(x, training=True)
     return model(x)
+
+
+# `SAMModel`'s fit hooks where the backend needs nothing of its own (see
+# `keras_sam.backend.tensorflow.trainer` for TensorFlow's).
+
+
+def prepare_train_function(model) -> None:
+    """Nothing to prepare: the step is one program on every device."""
+
+
+def symbolic_build(model, build, iterator=None, data_batch=None):
+    """Keras's `_maybe_symbolic_build` (`build`), then the variant's state."""
+    result = build(iterator=iterator, data_batch=data_batch)
+    model._build_variant_state()
+    return result

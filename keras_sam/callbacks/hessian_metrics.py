@@ -11,6 +11,8 @@ from keras_sam._validation import boolean
 from keras_sam.callbacks._base import CurvatureCallback, common_options
 from keras_sam.hessian import measures, solvers
 
+__all__ = ["HessianMetrics"]
+
 
 class HessianMetrics(CurvatureCallback):
     """Logs curvature of the training loss on a fixed subset of ``data``.
@@ -38,7 +40,8 @@ class HessianMetrics(CurvatureCallback):
       for each k in ``orders`` (per-example products: each costs about k
       times the examples' HVPs per Lanczos step).
     - ``stability_sharpness`` and ``stability_s2`` ... (if ``stability``):
-      Theorem 6.3's necessary stability conditions as ratios measured /
+      the necessary stability conditions of Theorem 6.3 of Shin, Lee,
+      Andriushchenko, Lee (2023, arXiv 2311.17539) as ratios measured /
       bound (> 1: unstable), with the optimizer's current learning rate and
       the model's ``rho`` (0 for a non-SAM model); one per measured
       quantity. See `keras_sam.hessian.stability_ratios`.

@@ -1,5 +1,5 @@
 """`SmoothnessEstimates`: smoothness and PL constants along the trajectory
-(paper Fig. 21)."""
+(Shin, Lee, Andriushchenko, Lee 2023, arXiv 2311.17539, Fig. 21)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import numpy as np
 from keras_sam._validation import finite_float, non_empty_tuple, unit_fraction
 from keras_sam.callbacks._base import CurvatureCallback, common_options
 from keras_sam.hessian._operators import CurvatureOperator
+
+__all__ = ["GAMMAS", "SmoothnessEstimates", "estimates"]
 
 GAMMAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -47,7 +49,8 @@ def estimates(
     With ``d = x1 - x0``:
     ``beta_hat = max_gamma ||g(x0 + gamma d) - g(x0)|| / ||gamma d||`` and
     ``alpha_hat = min_gamma ||g(x0 + gamma d)||^2 / (f(x0 + gamma d) - f*)``
-    (paper section 6.2; points with ``f <= f*`` are skipped).
+    (Shin et al. 2023, arXiv 2311.17539, section 6.2; points with
+    ``f <= f*`` are skipped).
     """
     model = op.model
     d = x1 - x0

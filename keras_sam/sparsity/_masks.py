@@ -140,9 +140,17 @@ class Prunable:
 
 
 def kernel_masks(variables: list) -> list:
-    """The `KernelMask` 0/1 variable of each variable (None where unmasked):
-    what a SAM step and the curvature operators read to stay on the
-    unpruned weights."""
+    """The `KernelMask` 0/1 variable of each of `variables`: what a SAM step
+    and the curvature operators read to stay on the unpruned weights.
+
+    ```python
+    masks = keras_sam.sparsity.kernel_masks(model.trainable_variables)
+    ```
+
+    Returns:
+        A list as long as `variables`: the mask variable, or None where the
+        variable has no `KernelMask` constraint.
+    """
     return [getattr(getattr(v, "constraint", None), "mask", None) for v in variables]
 
 
@@ -154,6 +162,12 @@ def prunable_weights(model: keras.Model) -> list[Prunable]:
     constraint attribute (`PRUNABLE`): the kernels of Dense, EinsumDense,
     Conv1D/2D/3D and their transposes, DepthwiseConv, SeparableConv and the
     RNN cells, in nested models and sublayers too.
+
+    Returns:
+        A list of `Prunable`.
+
+    Raises:
+        ValueError: for a model that is not built.
     """
     if not model.built:
         raise ValueError("`model` must be built before pruning.")
@@ -282,6 +296,12 @@ def sparsity_report(model: keras.Model) -> SparsityReport:
     print(report)               # table, one row per kernel plus "global"
     report.sparsity, report.nonzero
     ```
+
+    Returns:
+        A `SparsityReport`.
+
+    Raises:
+        ValueError: for a model that is not built.
     """
     layers = []
     for target in prunable_weights(model):
@@ -301,8 +321,9 @@ def sparsity_for_budget(reference: keras.Model | int, model: keras.Model) -> flo
     """The sparsity that gives `model` as many non-zero prunable weights as
     the dense `reference` has prunable weights.
 
-    The paper's fixed budget: a wider model pruned back to the small
-    model's count (16 -> 24/32/64 filters: about 0.56/0.75/0.94).
+    The fixed budget of Shin et al. (2023, arXiv 2311.17539): a wider model
+    pruned back to the small model's count (16 -> 24/32/64 filters: about
+    0.56/0.75/0.94).
 
     ```python
     s = keras_sam.sparsity.sparsity_for_budget(small_model, wide_model)
@@ -313,6 +334,13 @@ def sparsity_for_budget(reference: keras.Model | int, model: keras.Model) -> flo
         reference: a built model (all its prunable weights count), or the
             budget as a number of weights.
         model: the built model to prune.
+
+    Returns:
+        The sparsity, a float in [0, 1).
+
+    Raises:
+        ValueError: for a `reference` that is neither a model nor a positive
+            integer, or a budget larger than `model`'s prunable weights.
     """
     if isinstance(reference, keras.Model):
         budget = sum(
@@ -342,6 +370,13 @@ def strip_masks(model: keras.Model) -> keras.Model:
     plain = keras_sam.sparsity.strip_masks(model)
     plain.save("model.keras")
     ```
+
+    Returns:
+        The copy; `model` keeps its masks.
+
+    Raises:
+        ValueError: for a model that is not built, or where the copy's
+            weights cannot be matched with `model`'s.
     """
     for target in prunable_weights(model):
         if target.mask is not None:

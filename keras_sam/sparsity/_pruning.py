@@ -12,8 +12,7 @@ import keras
 import numpy as np
 from keras import tree
 
-from keras_sam import _compat, _validation
-from keras_sam.backend._gradients import stateless_gradients
+from keras_sam import _compat, _validation, backend
 from keras_sam.sparsity._masks import (
     Prunable,
     attach_masks,
@@ -55,7 +54,14 @@ def m_by_n_mask(weights: np.ndarray, m: int, n: int) -> np.ndarray:
     """0/1 mask keeping the `m` largest |w| in each group of `n` consecutive
     weights along the input-channel axis (axis -2: Dense's input features,
     Conv's input channels). m=2, n=4 is the 2:4 pattern of sparse tensor
-    cores."""
+    cores.
+
+    Returns:
+        A float32 array of `weights`' shape.
+
+    Raises:
+        ValueError: when the input-channel axis is not a multiple of `n`.
+    """
     moved = np.moveaxis(np.abs(weights), -2, -1)
     channels = moved.shape[-1]
     if channels % n:
@@ -92,21 +98,6 @@ def _batches(data: Any) -> Iterable[Any]:
     return data
 
 
-def _in_replica_context(fn, *args):
-    """``fn(*args)``; inside a strategy's scope (cross-replica context, where
-    distributed variables cannot be differentiated) on the first replica, with
-    the whole batch."""
-    if keras.backend.backend() != "tensorflow":
-        return fn(*args)
-    import tensorflow as tf
-
-    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
-        strategy = tf.distribute.get_strategy()
-        results = strategy.run(fn, args)
-        return [strategy.experimental_local_results(r)[0] for r in results]
-    return fn(*args)
-
-
 def _snip_scores(model, targets: list[Prunable], data, loss) -> list[np.ndarray]:
     if data is None:
         raise ValueError(
@@ -137,7 +128,7 @@ def _snip_scores(model, targets: list[Prunable], data, loss) -> list[np.ndarray]
                 )
             return loss_fn(y, y_pred, sample_weight=sample_weight)
 
-        return stateless_gradients(loss_value, variables)
+        return backend.module().stateless_gradients(loss_value, variables)
 
     on_tensorflow = keras.backend.backend() == "tensorflow"
     for batch in _batches(data):
@@ -145,9 +136,7 @@ def _snip_scores(model, targets: list[Prunable], data, loss) -> list[np.ndarray]
             batch = tree.map_structure(
                 lambda t: None if t is None else np.asarray(t), batch
             )
-        grads = _in_replica_context(
-            gradients, *keras.utils.unpack_x_y_sample_weight(batch)
-        )
+        grads = gradients(*keras.utils.unpack_x_y_sample_weight(batch))
         for total, g in zip(sums, grads):
             total += keras.ops.convert_to_numpy(g)
         count += 1
@@ -173,7 +162,8 @@ def prune_at_init(
 
     - ``"random"``: every kernel gets the same sparsity, a layer-wise cut of
       Gaussian scores;
-    - ``"snip"`` (Lee et al. 2019): scores |w * dL/dw| with the gradient
+    - ``"snip"`` (Lee, Ajanthan, Torr 2019, arXiv 1810.02340): scores
+      |w * dL/dw| with the gradient
       averaged over the batches of `data`, one global cut across kernels.
 
     ```python
@@ -196,6 +186,14 @@ def prune_at_init(
             (density = its kept fraction), so a unit's pre-activation keeps
             the variance its dense initializer gave it; without it a
             90%-sparse layer starts with about a third of the signal.
+
+    Returns:
+        `model`, pruned in place.
+
+    Raises:
+        ValueError: for a `sparsity` outside [0, 1), an unknown `method`, a
+            non-bool `rescale`, a model without prunable kernels, or SNIP
+            without `data`, without a loss, or with no batches in `data`.
     """
     sparsity = validate_sparsity(sparsity)
     _validation.boolean(rescale, "rescale")
@@ -223,7 +221,11 @@ def prune_at_init(
 def magnitude_masks(
     targets: list[Prunable], sparsity: float, m_by_n: tuple[int, int] | None = None
 ) -> list[np.ndarray]:
-    """Layer-wise magnitude masks; pruned weights stay pruned."""
+    """Layer-wise magnitude masks; pruned weights stay pruned.
+
+    Returns:
+        One 0/1 float32 array per target.
+    """
     masks = []
     for target in targets:
         weights = target.variable.numpy()
@@ -260,6 +262,10 @@ class GradualPruning(keras.callbacks.Callback):
             schedule's unstructured sparsity.
 
     With ``steps_per_execution=k`` the schedule is consulted every k steps.
+
+    Raises:
+        ValueError: for a `schedule` that is not callable or an `m_by_n` that
+            is not None or a pair of integers 0 < m < n.
     """
 
     def __init__(self, schedule: Schedule, m_by_n: tuple[int, int] | None = None):
@@ -337,7 +343,15 @@ def _preserved_keras_environment():
 
 def load_tfmot():
     """Imports `tensorflow_model_optimization` without leaving
-    ``TF_USE_LEGACY_KERAS`` changed or `tf.keras` bound to tf_keras."""
+    ``TF_USE_LEGACY_KERAS`` changed or `tf.keras` bound to tf_keras.
+
+    Returns:
+        The `tensorflow_model_optimization` module.
+
+    Raises:
+        ModuleNotFoundError: where it is not installed (with the pip extra
+            that installs it).
+    """
     with _preserved_keras_environment():
         try:
             import tensorflow_model_optimization as tfmot
@@ -358,6 +372,13 @@ def tfmot_schedule(name: str, **kwargs: Any) -> Schedule:
     schedule = keras_sam.sparsity.tfmot_schedule(
         "ConstantSparsity", target_sparsity=0.5, begin_step=0, frequency=10)
     ```
+
+    Returns:
+        The schedule object, a `Schedule`.
+
+    Raises:
+        ValueError: for another `name`.
+        ModuleNotFoundError: without tensorflow-model-optimization.
     """
     _validation.one_of(name, "name", _TFMOT_SCHEDULES)
     return getattr(load_tfmot().sparsity.keras, name)(**kwargs)

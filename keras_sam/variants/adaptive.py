@@ -1,9 +1,12 @@
-"""AE-SAM (Jiang et al., ICLR 2023): SAM only where the gradient is large."""
+"""AE-SAM (Jiang, Yang, Zhang, Kwok, ICLR 2023, arXiv 2304.14647): SAM only
+where the gradient is large."""
 
 from keras import ops
 
 from keras_sam import _validation
 from keras_sam.variants.base import Variant, check_number, dot, register
+
+__all__ = ["AESAM"]
 
 
 @register("aesam")
@@ -24,6 +27,10 @@ class AESAM(Variant):
         threshold: c, in standard deviations above the mean (a finite
             number; very negative values give SAM on every step).
         momentum: EMA decay, in [0, 1).
+
+    Raises:
+        ValueError: for a `threshold` that is not a finite number or a
+            `momentum` outside [0, 1).
     """
 
     skips_second_pass = True

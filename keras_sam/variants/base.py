@@ -15,10 +15,33 @@ from keras_sam._gradient_math import dot as dot
 from keras_sam._gradient_math import dot_kernel as dot_kernel
 from keras_sam._gradient_math import norm as norm
 
+__all__ = [
+    "Variant",
+    "axpy",
+    "check_number",
+    "dot",
+    "dot_kernel",
+    "every_kth",
+    "get",
+    "linear_combination",
+    "names",
+    "norm",
+    "register",
+    "safe_ratio",
+    "serialize",
+]
+
 
 def register(*names: str) -> Callable[[type[Variant]], type[Variant]]:
     """Class decorator: makes a `Variant` subclass available by its `names`
-    and serializable with Keras (package ``keras_sam``)."""
+    and serializable with Keras (package ``keras_sam``).
+
+    Returns:
+        The decorator, which returns the class unchanged.
+
+    Raises:
+        TypeError: when the decorated class is not a `Variant` subclass.
+    """
     return _VARIANTS.register(*names)
 
 
@@ -80,17 +103,33 @@ _VARIANTS = _registry.Registry(
 
 def get(identifier: str | Variant | dict[str, Any] | None) -> Variant | None:
     """A variant from a registered name (the paper's default options), an
-    instance, a serialized config, or None (plain SAM)."""
+    instance, a serialized config, or None (plain SAM).
+
+    Returns:
+        A `Variant`, or None.
+
+    Raises:
+        ValueError: for an unknown name or a bad identifier, naming the
+            registered variants.
+    """
     return _VARIANTS.get(identifier)
 
 
 def serialize(variant: Variant | None) -> dict[str, Any] | None:
-    """Keras serialization config of `variant`, accepted by `get`."""
+    """Keras serialization config of `variant`, accepted by `get`.
+
+    Returns:
+        A JSON-serializable dict, or None for None.
+    """
     return None if variant is None else keras.saving.serialize_keras_object(variant)
 
 
 def names() -> list[str]:
-    """Registered variant names."""
+    """Registered variant names.
+
+    Returns:
+        A sorted list of names accepted by `get`.
+    """
     return _VARIANTS.names()
 
 
@@ -114,7 +153,15 @@ def linear_combination(a: Any, x: Sequence[Any], b: Any, y: Sequence[Any]):
 
 
 def check_number(name: str, value: Any, low: float, high: float) -> float:
-    """`value` as a float in [low, high], else a ValueError naming it."""
+    """`value` as a float in [low, high].
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        ValueError: naming `name`, for a bool, a non-number or a number
+            outside [low, high].
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         ok = False
     else:

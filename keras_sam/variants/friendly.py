@@ -1,8 +1,10 @@
-"""F-SAM / FriendlySAM (Li et al., CVPR 2024): eps without the full-batch
-gradient component."""
+"""F-SAM / FriendlySAM (Li et al., CVPR 2024, arXiv 2403.12350): eps without
+the full-batch gradient component."""
 
 from keras_sam import _validation
 from keras_sam.variants.base import Variant, linear_combination, register
+
+__all__ = ["FriendlySAM"]
 
 
 @register("fsam")
@@ -23,6 +25,9 @@ class FriendlySAM(Variant):
     Args:
         sigma: weight of m subtracted from g (0 is plain SAM).
         lmbda: EMA decay of m, in [0, 1).
+
+    Raises:
+        ValueError: for a negative `sigma` or an `lmbda` outside [0, 1).
     """
 
     combines = True

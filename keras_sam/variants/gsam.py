@@ -1,4 +1,4 @@
-"""GSAM (Zhuang et al., ICLR 2022): surrogate gap guided SAM."""
+"""GSAM (Zhuang et al., ICLR 2022, arXiv 2203.08065): surrogate gap guided SAM."""
 
 from keras import ops
 
@@ -10,6 +10,8 @@ from keras_sam.variants.base import (
     register,
     safe_ratio,
 )
+
+__all__ = ["GSAM"]
 
 
 @register("gsam")
@@ -26,6 +28,9 @@ class GSAM(Variant):
 
     Args:
         alpha: weight of the ascent along g_perp (0 is plain SAM).
+
+    Raises:
+        ValueError: for a negative `alpha`.
     """
 
     combines = True

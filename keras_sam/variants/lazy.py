@@ -3,6 +3,8 @@
 from keras_sam import _validation
 from keras_sam.variants.base import Variant, every_kth, register
 
+__all__ = ["LazySAM"]
+
 
 @register("lazysam")
 class LazySAM(Variant):
@@ -16,6 +18,9 @@ class LazySAM(Variant):
 
     Args:
         every: period k of the SAM steps (1 is plain SAM).
+
+    Raises:
+        ValueError: for an `every` that is not a positive integer.
     """
 
     skips_second_pass = True

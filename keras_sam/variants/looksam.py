@@ -1,4 +1,5 @@
-"""LookSAM (Liu et al., CVPR 2022): reuse the SAM gradient's extra component."""
+"""LookSAM (Liu et al., CVPR 2022, arXiv 2203.02714): reuse the SAM gradient's
+extra component."""
 
 from keras import ops
 
@@ -12,6 +13,8 @@ from keras_sam.variants.base import (
     register,
     safe_ratio,
 )
+
+__all__ = ["LookSAM"]
 
 
 @register("looksam")

@@ -1,5 +1,5 @@
-"""Momentum-SAM (Becker, Altrock and Risse, 2024): eps along the optimizer's
-momentum, one forward-backward pass per step."""
+"""Momentum-SAM (Becker, Altrock and Risse, 2024, arXiv 2401.12033): eps along
+the optimizer's momentum, one forward-backward pass per step."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import keras
 
 from keras_sam import _compat, optimizers
 from keras_sam.variants.base import Variant, register
+
+__all__ = ["MomentumSAM", "momentum_buffers"]
 
 #: How each known momentum buffer relates to the accumulated gradient v
 #: (v <- mu v + g): +1 where the buffer is such an accumulation (Adam's

@@ -1,5 +1,5 @@
-"""SAM for one phase of training: late-phase SAM (Zhou et al., ICLR 2025)
-and its reverse, SAM early then plain steps (an ablation)."""
+"""SAM for one phase of training: late-phase SAM (Zhou et al., ICLR 2025,
+arXiv 2410.10373) and its reverse, SAM early then plain steps (an ablation)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from keras import ops
 
 from keras_sam import _validation
 from keras_sam.variants.base import Variant, check_number, register
+
+__all__ = ["EarlyPhaseSAM", "LatePhaseSAM"]
 
 
 class _Phase(Variant):
@@ -51,6 +53,10 @@ class LatePhaseSAM(_Phase):
         total_steps: the training's step count (epochs * steps per epoch).
         start: fraction of training after which SAM runs, in [0, 1]
             (0: SAM throughout; 1: plain steps throughout).
+
+    Raises:
+        ValueError: for a missing `total_steps` or one that is not a positive
+            integer, or a `start` outside [0, 1].
     """
 
     def __init__(self, total_steps: int | None = None, start: float = 0.5):
@@ -77,6 +83,10 @@ class EarlyPhaseSAM(_Phase):
         total_steps: the training's step count (epochs * steps per epoch).
         stop: fraction of training after which SAM stops, in [0, 1]
             (1: SAM throughout; 0: plain steps throughout).
+
+    Raises:
+        ValueError: for a missing `total_steps` or one that is not a positive
+            integer, or a `stop` outside [0, 1].
     """
 
     def __init__(self, total_steps: int | None = None, stop: float = 0.5):

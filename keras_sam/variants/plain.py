@@ -2,6 +2,8 @@
 
 from keras_sam.variants.base import Variant, register
 
+__all__ = ["PlainSAM"]
+
 
 @register("sam")
 class PlainSAM(Variant):

@@ -1,4 +1,4 @@
-"""RWP (Li et al., arXiv 2211.11489): random weight perturbation mixed with
+"""RWP (Li et al., 2022, arXiv 2211.11489): random weight perturbation mixed with
 the clean gradient."""
 
 import keras
@@ -11,6 +11,8 @@ from keras_sam.variants.base import (
     linear_combination,
     register,
 )
+
+__all__ = ["RWP", "filter_norms"]
 
 
 def filter_norms(weight):
@@ -41,6 +43,10 @@ class RWP(Variant):
         sigma: noise scale relative to the filter norm (>= 0).
         mix: weight of the perturbed gradient, in [0, 1].
         seed: seed of the noise (None: drawn by Keras).
+
+    Raises:
+        ValueError: for a negative `sigma`, a `mix` outside [0, 1] or a
+            `seed` that is not None or an integer.
     """
 
     combines = True

@@ -1,5 +1,5 @@
-"""SAM-ON (Mueller et al., NeurIPS 2023): perturb only the normalization
-layers."""
+"""SAM-ON (Mueller et al., NeurIPS 2023, arXiv 2306.04226): perturb only the
+normalization layers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import keras
 
 from keras_sam import _compat
 from keras_sam.variants.base import Variant, register
+
+__all__ = ["SAMON"]
 
 DEFAULT_LAYER_TYPES = (
     "BatchNormalization",
@@ -43,6 +45,10 @@ class SAMON(Variant):
         layer_types: names of layer classes (in `keras.layers` or registered
             with Keras) whose weights are perturbed; subclasses count.
         paths: regular expressions searched in each variable's `path`.
+
+    Raises:
+        ValueError: for `layer_types` or `paths` that are not lists of
+            strings, or a name that is not a Keras layer class.
     """
 
     def __init__(

@@ -9,6 +9,8 @@ from keras import ops
 
 from keras_sam import _validation
 
+__all__ = ["ProportionalRho", "rho_at", "serialize_rho", "validate_rho"]
+
 
 @keras.saving.register_keras_serializable(package="keras_sam")
 class ProportionalRho(keras.optimizers.schedules.LearningRateSchedule):

@@ -1,7 +1,10 @@
-"""WSAM (Yue et al., KDD 2023): sharpness as a weighted regularizer."""
+"""WSAM (Yue et al., KDD 2023, arXiv 2305.15817): sharpness as a weighted
+regularizer."""
 
 from keras_sam import _validation
 from keras_sam.variants.base import Variant, linear_combination, register
+
+__all__ = ["WSAM"]
 
 
 @register("wsam")

@@ -10,7 +10,8 @@ model's variables, and the new state is read back from the scope.
 Each pass is `jax.value_and_grad` over `model.compute_loss_and_updates`
 (Keras's stateless forward and loss); the perturbed pass takes the clean
 pass's input state, so the same dropout masks and batch statistics, and its
-state output is dropped. Micro-batches run in a `jax.lax.scan`.
+state output is dropped. Micro-batches run in a `jax.lax.scan`
+(`micro_batches.py`).
 
 Distribution: under `keras.distribution.DataParallel` the batch is sharded
 and the step is one jitted program over the global batch, so g is the
@@ -22,26 +23,20 @@ for the same m-sharpness).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import keras
-from keras import tree
 
 from keras_sam import sam_step
 from keras_sam.backend import PER_REPLICA
-from keras_sam.backend._common import first_tensor
-from keras_sam.sparsity._masks import kernel_masks, mask_values
-
-#: Up to this many full micro-batches the scan is unrolled: XLA on CPU runs
-#: loop bodies single-threaded and without its fast convolutions (a small CNN
-#: with 4 micro-batches: 10.5 s/step rolled, 0.28 s unrolled, and it compiles
-#: faster); above it the program would grow with the count.
-_MAX_UNROLLED_MICRO_BATCHES = 16
+from keras_sam.backend.jax import micro_batches
+from keras_sam.backend.passes import Passes
+from keras_sam.sparsity import kernel_masks
+from keras_sam.sparsity._masks import mask_values
 
 
 def train_step(model, state, data):
     """`SAMModel.train_step` for JAX: returns ``(logs, state)``."""
     _check_replica_eps(model)
-    groups = _variable_groups(model)
+    groups = _state_variables(model)
     mapping = [(v, value) for g, s in zip(groups, state) for v, value in zip(g, s)]
     with keras.StatelessScope(state_mapping=mapping) as scope:
         logs = sam_step.train_step(model, JaxPasses(model), data)
@@ -49,7 +44,7 @@ def train_step(model, state, data):
     return logs, state
 
 
-class JaxPasses(sam_step.Passes):
+class JaxPasses(Passes):
     """The passes and the micro-batch scan of `keras_sam.sam_step` on JAX
     (variables read and written inside the step's `StatelessScope`)."""
 
@@ -99,77 +94,7 @@ class JaxPasses(sam_step.Passes):
             variable.assign(value)
 
     def micro_batches(self, fn, data):
-        """floor(n/m) micro-batches of m in a `jax.lax.scan`, then one of
-        n mod m if that is not 0 (shapes are static under jit)."""
-        m = self.model.micro_batch_size
-        n = first_tensor(data).shape[0]
-        num_full, rest = divmod(n, m)
-        parts = []  # (fraction of the batch, mean terms, y_pred)
-        if num_full:
-
-            def split(t):
-                return t[: num_full * m].reshape((num_full, m) + tuple(t.shape[1:]))
-
-            batches = tree.map_structure(
-                lambda t: None if t is None else split(t), data
-            )
-            terms, y_pred = self._scanned_micro_batches(fn, batches)
-            y_pred = tree.map_structure(
-                lambda t: t.reshape((num_full * m,) + tuple(t.shape[2:])), y_pred
-            )
-            parts.append((num_full * m / n, terms, y_pred))
-        if rest:
-            tail = tree.map_structure(
-                lambda t: None if t is None else t[num_full * m :], data
-            )
-            parts.append((rest / n, *fn(*tail)))
-        terms = tree.map_structure(
-            lambda *values: sum(f * v for (f, _, _), v in zip(parts, values)),
-            *[p[1] for p in parts],
-        )
-        y_pred = tree.map_structure(
-            lambda *pieces: jnp.concatenate(pieces), *[p[2] for p in parts]
-        )
-        return terms, y_pred
-
-    def _scanned_micro_batches(self, fn, batches):
-        """`fn` on each of `batches` ([num_full, m, ...] slices) in a scan
-        that carries the state and metrics values, so each clean pass updates
-        them in order: (mean terms, y_pred [num_full, m, ...]).
-
-        A `jax.vmap` over the micro-batches measured 1.7-2.8x slower than this
-        scan on a CPU (`benchmarks/jax_micro_batches.py`): the perturbed
-        passes, each at its own w + eps, become batched matrix products."""
-        model = self.model
-        num_full = first_tensor(batches).shape[0]
-        carried = list(model.non_trainable_variables) + list(model.metrics_variables)
-        outer = [(v, v.value) for group in _variable_groups(model) for v in group]
-
-        def body(carry, batch):
-            values, sums = carry
-            override = {id(v): value for v, value in zip(carried, values)}
-            mapping = [(v, override.get(id(v), value)) for v, value in outer]
-            with keras.StatelessScope(state_mapping=mapping) as scope:
-                terms, y_pred = fn(*batch)
-            values = [scope.get_current_value(v) for v in carried]
-            sums = tree.map_structure(lambda a, b: a + b.astype(a.dtype), sums, terms)
-            return (values, sums), y_pred
-
-        zeros = [jnp.zeros(v.shape, v.dtype) for v in model.trainable_variables]
-        zero = jnp.zeros((), "float32")
-        initial = (
-            [v.value for v in carried],
-            sam_step.Terms(zeros, zeros, zero, zero, zero),
-        )
-        (values, sums), y_pred = jax.lax.scan(
-            body,
-            initial,
-            batches,
-            unroll=num_full <= _MAX_UNROLLED_MICRO_BATCHES,
-        )
-        for variable, value in zip(carried, values):
-            variable.assign(value)
-        return tree.map_structure(lambda t: t / num_full, sums), y_pred
+        return micro_batches.run(self.model, fn, data, _state_variables(self.model))
 
     def apply(self, grads):
         model = self.model
@@ -190,7 +115,7 @@ class JaxPasses(sam_step.Passes):
             variable.assign(value)
 
 
-def _variable_groups(model):
+def _state_variables(model):
     """The variables of Keras's JAX state, in its order."""
     return (
         model.trainable_variables,

@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_sam import _compat, _gradient_math, sam_step
 from keras_sam.backend import PER_REPLICA, SYNCHRONIZED
 from keras_sam.backend._common import build_before_step, forward
+from keras_sam.backend.passes import Passes
 from keras_sam.backend.tensorflow import gradient_math, micro_batches, replicas
 
 
@@ -31,7 +32,7 @@ def train_step(model, data):
     return replicas.logs_for_reduction(logs)
 
 
-class TensorFlowPasses(sam_step.Passes):
+class TensorFlowPasses(Passes):
     """The passes, loop and replica reductions of `keras_sam.sam_step` on
     TensorFlow."""
 
@@ -150,7 +151,7 @@ def _single_pass(model, x, y, sample_weight, perturbed):
 def _compiled(model, pass_fn):
     """`pass_fn` itself, or compiled with XLA per replica: under a
     multi-replica strategy Keras cannot compile the whole step
-    (`SAMModel.make_train_function` then moves `jit_compile` here)."""
+    (`trainer.prepare_train_function` then moves `jit_compile` here)."""
     if not getattr(model, "_jit_compile_per_replica", False):
         return pass_fn
     return tf.function(pass_fn, jit_compile=True, autograph=False)

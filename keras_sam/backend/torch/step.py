@@ -27,6 +27,7 @@ from keras import tree
 from keras_sam import _compat, sam_step
 from keras_sam.backend import SYNCHRONIZED
 from keras_sam.backend._common import build_before_step, first_tensor, forward
+from keras_sam.backend.passes import Passes
 
 
 def train_step(model, data):
@@ -36,7 +37,7 @@ def train_step(model, data):
     return sam_step.train_step(model, TorchPasses(model), data)
 
 
-class TorchPasses(sam_step.Passes):
+class TorchPasses(Passes):
     """The passes, loop and DDP reductions of `keras_sam.sam_step` on torch."""
 
     def __init__(self, model):
