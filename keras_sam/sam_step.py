@@ -182,16 +182,19 @@ def epsilon(model, grads, weights, masks):
         return _masked(model.perturbation(grads, weights, rho), masks), []
     selected = variant.weight_selection(model) or [True] * len(grads)
     selection = [None if s is None or s else 0.0 for s in selected]
+    state, step = _values(model.variant_state), model.variant_step.value
     seeds = _seed_variables(model)
-    # A scope that maps only the seed: the draw is read back, not written.
+    # A scope that maps only the seed, so that the draw is read back, not
+    # written; nothing else may be read inside it (on JAX nothing else is
+    # mapped there).
     with keras.StatelessScope(state_mapping=[(s, s.value) for s in seeds]) as scope:
         eps = variant.perturbation(
             model.perturbation,
             _masked(grads, selection),
             weights,
             rho,
-            _values(model.variant_state),
-            model.variant_step.value,
+            state,
+            step,
             model.variant_seed,
         )
     seed = [scope.get_current_value(s) for s in seeds]
