@@ -255,9 +255,10 @@ def test_bad_options_name_the_argument(make, argument):
 
 
 def test_global_dot_and_norm_match_numpy():
-    """The `keras.ops` form, and on TensorFlow the step's own kernels
-    (squares as `l2_loss`): the same list twice, two lists, a mix of shared
-    and distinct tensors, float16 included; the perturbation rules' norm."""
+    """The `keras.ops` form, and on TensorFlow and PyTorch the step's own
+    kernels (squares as `l2_loss`, `vector_norm`): the same list twice, two
+    lists, a mix of shared and distinct tensors, float16 included; the
+    perturbation rules' norm."""
     import contextlib
 
     from keras_sam import _gradient_math, perturbations
@@ -266,6 +267,10 @@ def test_global_dot_and_norm_match_numpy():
     kernels = [contextlib.nullcontext()]
     if keras.backend.backend() == "tensorflow":
         from keras_sam.backend.tensorflow import gradient_math
+
+        kernels.append(base.dot_kernel(gradient_math.dot))
+    if keras.backend.backend() == "torch":
+        from keras_sam.backend.torch import gradient_math
 
         kernels.append(base.dot_kernel(gradient_math.dot))
     half = [a.astype("float16") for a in GS]

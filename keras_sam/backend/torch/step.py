@@ -24,17 +24,21 @@ import keras
 import torch
 from keras import tree
 
-from keras_sam import _compat, sam_step
+from keras_sam import _compat, _gradient_math, sam_step
 from keras_sam.backend import SYNCHRONIZED
 from keras_sam.backend._common import build_before_step, first_tensor, forward
 from keras_sam.backend.passes import Passes
+from keras_sam.backend.torch import gradient_math
 
 
 def train_step(model, data):
     """`SAMModel.train_step` for PyTorch: returns the logs dict."""
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     build_before_step(model, x)
-    return sam_step.train_step(model, TorchPasses(model), data)
+    # The rules' global norms and dot products in torch calls (eager: each
+    # `keras.ops` call in their per-weight loops costs its dispatch).
+    with _gradient_math.dot_kernel(gradient_math.dot):
+        return sam_step.train_step(model, TorchPasses(model), data)
 
 
 class TorchPasses(Passes):
