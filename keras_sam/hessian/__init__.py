@@ -27,6 +27,7 @@ from keras_sam.hessian import solvers
 from keras_sam.hessian._operators import CurvatureOperator
 from keras_sam.hessian.measures import (
     StabilityMargins,
+    hessian_start,
     non_uniformity,
     non_uniformity_eigen,
     sharpness,
@@ -41,6 +42,7 @@ from keras_sam.hessian.measures import (
 __all__ = [
     "CurvatureOperator",
     "StabilityMargins",
+    "hessian_start",
     "non_uniformity",
     "non_uniformity_eigen",
     "sharpness",
