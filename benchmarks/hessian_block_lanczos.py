@@ -114,7 +114,7 @@ def main() -> None:
         _, g = op.gradient()
         start = gradient_start(g)
         for k in (1, 5):
-            exact = hessian.top_eigenvalues(op, k, tol=1e-8, max_iter=150).eigenvalues
+            exact = hessian.top_eigenvalues(op, k=k, tol=1e-8, max_iter=150).eigenvalues
 
             def plain(k=k, op=op, start=start):
                 r = solvers.lanczos(op.matvec, op.dim, k, v0=start)
