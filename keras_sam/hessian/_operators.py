@@ -6,13 +6,14 @@
 and ``H^k v``. This module is backend-neutral: it holds the data (NumPy),
 the chunking, the float64 sums, class weights and the checks. The products
 themselves are computed in float32 by the active backend's
-``keras_sam.backend.<name>.curvature.Functions`` (see that module's
-docstring for the interface), built once per model / loss / input signature
-and reused.
+``keras_sam.backend.<name>.curvature.Functions``, a subclass of
+`keras_sam.hessian._functions.CurvatureFunctions` (the interface), built
+once per model / loss / settings / input signature and reused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import weakref
@@ -23,6 +24,7 @@ import numpy as np
 from keras import tree
 
 from keras_sam._validation import boolean, one_of, positive_int
+from keras_sam.hessian._functions import CurvatureFunctions, Settings
 from keras_sam.hessian._losses import BatchLoss
 from keras_sam.sparsity._masks import kernel_masks
 
@@ -162,32 +164,29 @@ def _signature(array: np.ndarray) -> tuple:
     return (array.shape[1:], array.dtype.str)
 
 
-def _functions(model, batch_loss, training, batch, jit, masked, weighted, forward):
+def _functions(model, batch_loss, batch, settings: Settings) -> CurvatureFunctions:
     x, y, sw = batch[0], batch[1], batch[2]
     variables = model.trainable_variables
     if keras.backend.backend() != "tensorflow":
         # Options only TensorFlow's products read: one set of functions.
-        jit = forward = False
+        settings = dataclasses.replace(
+            settings, jit_compile=False, forward_over_reverse=False
+        )
     key = (
         keras.backend.backend(),
         id(batch_loss.loss),
         repr(batch_loss.loss_weights),
         batch_loss.regularization,
-        training,
-        jit,
-        weighted,
-        forward,
+        settings,
         tuple(id(v) for v in variables),
-        tuple(id(m) for m in kernel_masks(variables)) if masked else None,
+        tuple(id(m) for m in kernel_masks(variables)) if settings.masked else None,
         repr(tree.map_structure(_signature, x)),
         repr(tree.map_structure(_signature, y)),
         _signature(sw),
     )
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
-        functions = _backend_functions()(
-            model, batch_loss, training, x, y, sw, jit, masked, weighted, forward
-        )
+        functions = _backend_functions()(model, batch_loss, settings, x, y, sw)
         # Keep the loss alive so that its id stays unique.
         per_model[key] = (functions, batch_loss.loss)
     return per_model[key][0]
@@ -299,16 +298,15 @@ class CurvatureOperator:
         self.num_examples = sum(b[3] for b in self.batches)
         batch_loss = BatchLoss(model, loss, loss_weights, regularization)
         weighted = any(bool(np.any(b[2] != 1.0)) for b in self.batches)
-        self._fn = _functions(
-            model,
-            batch_loss,
-            training,
-            self.batches[0],
-            jit_compile,
-            masked,
-            weighted,
-            forward,
+        settings = Settings(
+            training=training,
+            masked=masked,
+            weighted=weighted,
+            per_token=self.batches[0][2].ndim > 1,
+            jit_compile=jit_compile,
+            forward_over_reverse=forward,
         )
+        self._fn = _functions(model, batch_loss, self.batches[0], settings)
         if vectorize and "vectorized" not in self._fn.paths:
             raise ValueError(_no_vectorized_path())
         self._vectorize = vectorize

@@ -1,5 +1,7 @@
 """Hessian-vector products against dense Hessians of tiny models."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -7,6 +9,8 @@ import pytest
 import keras_sam
 import keras_sam.hessian as hessian
 from keras_sam.hessian import CurvatureOperator
+from keras_sam.hessian._functions import CurvatureFunctions, Settings
+from keras_sam.hessian._operators import _backend_functions
 from tests.hessian import references
 
 
@@ -257,3 +261,17 @@ def test_a_solver_error_inside_shared_products_is_raised(classifier):
     assert rel_err(op.matvec(v), c.h @ v) < 1e-5
     with pytest.raises(ValueError, match="shape"):
         op.matvec.drive(iter([np.ones(op.dim + 1)]))
+
+
+def test_backend_functions_are_the_base_interface():
+    # Every backend implements the base's abstract methods (the interface)
+    # and nothing else public; the settings are one frozen object.
+    functions = _backend_functions()
+    assert issubclass(functions, CurvatureFunctions)
+    assert not functions.__abstractmethods__
+    public = {n for n in dir(functions) if not n.startswith("_")}
+    assert public <= {n for n in dir(CurvatureFunctions) if not n.startswith("_")}
+    with pytest.raises(TypeError, match="abstract"):
+        CurvatureFunctions(None, None, Settings(), None, None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().training = True

@@ -1,6 +1,6 @@
-"""Curvature products on the JAX backend (for
-`keras_sam.hessian.CurvatureOperator`; the interface is described in
-`keras_sam.backend.tensorflow.curvature`).
+"""Curvature products on the JAX backend: the autodiff of
+`keras_sam.hessian._functions.CurvatureFunctions` (the interface; the
+loss, flattening and mask projection are the base's).
 
 The loss is a pure function of the trainable values: the model is called in
 a `keras.StatelessScope` that maps the trainable variables to those values
@@ -29,16 +29,12 @@ are the scope's collected losses.
 
 from __future__ import annotations
 
-import weakref
-
 import jax
 import jax.numpy as jnp
-import keras
-import numpy as np
 from jax.experimental import io_callback
 from keras import tree
 
-from keras_sam.sparsity._masks import kernel_masks
+from keras_sam.hessian._functions import CurvatureFunctions
 
 
 def _first(structure):
@@ -50,70 +46,17 @@ def _one(structure):
     return tree.map_structure(lambda t: t[None], structure)
 
 
-class Functions:
+class Functions(CurvatureFunctions):
     """The jitted products of one model / loss."""
 
-    paths = ("vectorized", "looped")
     #: Whether the operator pads per-example chunks to one size (a new
     #: batch size costs a compilation).
     pad_chunks = True
 
-    def __init__(
-        self,
-        model,
-        batch_loss,
-        training,
-        x_example,
-        y_example,
-        sw_example,
-        jit,
-        masked,
-        weighted,
-        forward,
-    ):
-        model_ref = weakref.ref(model)
-        variables = list(model.trainable_variables)
-        trainable = {id(v) for v in variables}
-        others = [v for v in model.variables if id(v) not in trainable]
-        masks = kernel_masks(variables) if masked else [None] * len(variables)
-        self._variables = variables
-        self._others = others
-        self._masks = [m for m in masks if m is not None]
-        shapes = [tuple(v.shape) for v in variables]
-        sizes = [int(np.prod(s)) for s in shapes]
-        self.dim = int(sum(sizes))
-        collect = batch_loss.regularization
-
-        def flat(tensors):
-            return jnp.concatenate(
-                [jnp.reshape(t.astype(jnp.float32), [-1]) for t in tensors]
-            )
-
-        def unflat(vector):
-            parts, start = [], 0
-            for shape, size in zip(shapes, sizes):
-                parts.append(jnp.reshape(vector[start : start + size], shape))
-                start += size
-            return parts
-
-        def project(tensors, mask_values):
-            # P t: pruned coordinates (KernelMask zeros) set to zero.
-            values = iter(mask_values)
-            return [
-                t if m is None else t * next(values).astype(t.dtype)
-                for t, m in zip(tensors, masks)
-            ]
-
-        def loss_sum(params, state, x, y, sw):
-            # sum_i sw_i f_i = n * (Keras' batch loss).
-            mapping = list(zip(variables, params)) + list(zip(others, state))
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=collect):
-                y_pred = model_ref()(x, training=training)
-                value = batch_loss(y, y_pred, sw if weighted else None)
-            if weighted:
-                return value * _first(y_pred).shape[0]
-            # Unweighted data: the same sum, sample weights applied here.
-            return value * jnp.sum(sw)
+    def __init__(self, model, batch_loss, settings, x_example, y_example, sw_example):
+        super().__init__(model, batch_loss, settings, x_example, y_example, sw_example)
+        flat, unflat, project = self._flat, self._unflat, self._project
+        loss_sum = self._loss_sum
 
         def hvp_sum(values, x, y, sw, v):
             params, state, mask_values = values
@@ -167,7 +110,7 @@ class Functions:
 
         # Per-token weights (rank > 1) weight the tokens inside each
         # example's loss; per-example weights weight the examples' products.
-        self._per_token = per_token = len(sw_example.shape) > 1
+        per_token = settings.per_token
         one_weight = jnp.ones([1], jnp.float32)
 
         def example_hvp(values, xi, yi, swi, vi):
@@ -207,7 +150,6 @@ class Functions:
         self._hvp = jax.jit(hvp_sum)
         self._grad = jax.jit(grad_sum)
         self._shared = jax.jit(shared_products)
-        self._callback = None
         # One compiled per-example product per path, ``[H_i v_i]`` for a
         # matrix of vectors; ``H_i^k v`` applies it k times.
         self._rows = {
@@ -215,16 +157,8 @@ class Functions:
             "looped": jax.jit(looped_rows),
         }
         self._vectorized_powers = jax.jit(vectorized_powers, static_argnums=5)
+        # `jax.vmap` needs no check (`decide`): always vectorized.
         self.vectorized = True
-
-    def _values(self):
-        # The variables' values now (the products see the state as it is
-        # when they start).
-        return (
-            [v.value for v in self._variables],
-            [v.value for v in self._others],
-            [m.value for m in self._masks],
-        )
 
     @staticmethod
     def tensors(structure):
@@ -234,12 +168,6 @@ class Functions:
     def hvp(self, x, y, sw, v):
         """``(sum_i sw_i H_i v, sum_i sw_i f_i)``."""
         return self._hvp(self._values(), x, y, sw, v)
-
-    def _step(self, hv):
-        following = self._callback(np.asarray(hv))
-        if following is None:
-            return np.zeros([self.dim], np.float32), np.bool_(True)
-        return following, np.bool_(False)
 
     def drive(self, x, y, sw, v, step) -> bool:
         """Products ``sum_i sw_i H_i v`` from one linearization:
@@ -262,7 +190,9 @@ class Functions:
         # compilation less than a program of its own.
         return self.hvp(x, y, sw, jnp.zeros([self.dim], jnp.float32))[1]
 
-    def _powers(self, k, path, x, y, sw, v):
+    def example_powers(self, k, path, x, y, sw, v):
+        """``[H_i^k v]``: on the vectorized path, one linearization per
+        example applied k times; else k per-example products."""
         values = self._values()
         if path == "vectorized" and k > 1:
             return self._vectorized_powers(values, x, y, sw, v, k)
@@ -270,23 +200,3 @@ class Functions:
         for _ in range(k):
             vs = self._rows[path](values, x, y, sw, vs)
         return vs
-
-    def _frequencies(self, sw):
-        # How often each example counts in the per-example sums (padded
-        # per-token examples have zero weights, so zero products).
-        return jnp.ones(sw.shape[:1], jnp.float32) if self._per_token else sw
-
-    def power(self, k: int, path: str):
-        """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
-        return lambda x, y, sw, v: jnp.sum(
-            self._powers(k, path, x, y, sw, v) * self._frequencies(sw)[:, None],
-            axis=0,
-        )
-
-    def rows(self, path: str):
-        """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
-        return lambda x, y, sw, v: self._powers(1, path, x, y, sw, v)
-
-    def decide(self, x, y, sw, v) -> bool:
-        """`jax.vmap` needs no check: always vectorized."""
-        return True

@@ -1,12 +1,6 @@
-"""Curvature products on the TensorFlow backend (for
-`keras_sam.hessian.CurvatureOperator`).
-
-`Functions` is the interface every backend's ``curvature`` module offers
-the operator: ``dim``; ``tensors(structure)`` (NumPy to this backend);
-``hvp(x, y, sw, v) -> (sum_i sw_i H_i v, sum_i sw_i f_i)``; ``grad``;
-``loss``; ``power(k, path)`` and ``rows(path)`` (per-example products on the
-``"vectorized"`` or ``"looped"`` path); ``decide(x, y, sw, v)`` and
-``vectorized`` (the path choice). Products are flat float32 vectors.
+"""Curvature products on the TensorFlow backend: the autodiff of
+`keras_sam.hessian._functions.CurvatureFunctions` (the interface; the
+loss, flattening and mask projection are the base's).
 
 Here: reverse-over-reverse (or, on request, forward-over-reverse)
 differentiation in `tf.function`s traced once per model / loss / input
@@ -24,15 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_sam._compat import exact_tensorflow_moments, flatten_layers
-from keras_sam.sparsity._masks import kernel_masks
+from keras_sam.hessian._functions import CurvatureFunctions
 
 # Layers whose per-example products `tf.vectorized_map` gets wrong or dies
 # on: keras.ops.einsum's reshaping fast path (EinsumDense, attention) and
@@ -92,83 +84,31 @@ def _spec(array):
     return tf.TensorSpec([None, *array.shape[1:]], tf.as_dtype(array.dtype))
 
 
-class Functions:
+class Functions(CurvatureFunctions):
     """The traced functions of one model / loss / signature."""
 
-    paths = ("vectorized", "looped")
-    #: Whether the operator pads per-example chunks to one size: no, the
-    #: signatures have a None batch dimension (no retrace per size).
-    pad_chunks = False
+    vectorize_errors = (ValueError, TypeError, NotImplementedError, tf.errors.OpError)
 
-    def __init__(
-        self,
-        model,
-        batch_loss,
-        training,
-        x_example,
-        y_example,
-        sw_example,
-        jit,
-        masked,
-        weighted,
-        forward,
-    ):
+    def __init__(self, model, batch_loss, settings, x_example, y_example, sw_example):
+        super().__init__(model, batch_loss, settings, x_example, y_example, sw_example)
         x_spec = tf.nest.map_structure(_spec, x_example)
         y_spec = tf.nest.map_structure(_spec, y_example)
-        model_ref = weakref.ref(model)
-        variables = list(model.trainable_variables)
-        self.dim = int(sum(np.prod(v.shape) for v in variables))
         dim = self.dim
         zero = tf.UnconnectedGradients.ZERO
-        masks = kernel_masks(variables) if masked else [None] * len(variables)
-        collect = batch_loss.regularization
-
-        def flat(tensors):
-            return tf.concat(
-                [tf.reshape(tf.cast(_dense(t), tf.float32), [-1]) for t in tensors], 0
-            )
-
-        def unflat(vector):
-            parts, start = [], 0
-            for v in variables:
-                size = int(np.prod(v.shape))
-                parts.append(tf.reshape(vector[start : start + size], v.shape))
-                start += size
-            return parts
+        jit, forward = settings.jit_compile, settings.forward_over_reverse
+        flat, unflat = self._flat, self._unflat
 
         def loss_sum(x, y, sw, params=None):
-            # sum_i sw_i f_i = n * (Keras' batch loss), as a function of
-            # ``params`` (tensors standing for the trainable weights; their
-            # reads when None). Every product runs in a StatelessScope on the
-            # model state read at its start: batch-norm statistics and the
-            # seed states of stochastic layers (dropout, sampling) are
-            # neither updated nor advanced, so each product sees the same
-            # function (the same noise).
-            model = model_ref()
+            # The variables' values read inside the traced function.
             if params is None:
-                params = [v.value for v in variables]
-            trainable = {id(v) for v in variables}
-            state = list(zip(variables, params)) + [
-                (v, v.value) for v in model.variables if id(v) not in trainable
-            ]
-            with keras.StatelessScope(state_mapping=state, collect_losses=collect):
-                y_pred = model(x, training=training)
-                value = batch_loss(y, y_pred, sw if weighted else None)
-            n = tf.shape(tf.nest.flatten(y_pred)[0])[0]
-            if weighted:
-                return value * tf.cast(n, tf.float32)
-            # Unweighted data: the same sum, sample weights applied here.
-            return value * tf.reduce_sum(sw)
+                params = weights()
+            return self._loss_sum(params, self._state_values(), x, y, sw)
 
         def project(tensors):
-            # P t: pruned coordinates (KernelMask zeros) set to zero.
-            return [
-                t if m is None else tf.cast(t, tf.float32) * tf.cast(m, tf.float32)
-                for t, m in zip(tensors, masks)
-            ]
+            return self._project(tensors, self._mask_values())
 
         def weights():
-            return [v.value for v in variables]
+            return [v.value for v in self._variables]
 
         def hvp_sum(x, y, sw, v):
             # Reverse over reverse: works through every layer and under pfor.
@@ -257,7 +197,7 @@ class Functions:
 
         # Per-token weights (rank > 1) weight the tokens inside each
         # example's loss; per-example weights weight the examples' products.
-        per_token = len(sw_example.shape) > 1
+        per_token = settings.per_token
 
         def example_power(xi, yi, swi, v, k):
             # H_i^k v for one example (batch of one): its loss and gradient
@@ -302,13 +242,6 @@ class Functions:
                 fn_output_signature=tf.TensorSpec([dim], tf.float32),
             )
 
-        def frequencies(sw):
-            # How often each example counts in the per-example sums.
-            if per_token:
-                return tf.ones(tf.shape(sw)[:1], tf.float32)
-            return sw
-
-        self._frequencies = frequencies
         sw_spec = _spec(sw_example)
         v_spec = tf.TensorSpec([dim], tf.float32)
         # No autograph: the traced code has no data-dependent Python control
@@ -333,11 +266,10 @@ class Functions:
             self._shared_from_gradient = _exact(
                 tf.function(shared_products, input_signature=hvp_signature[:3], **kw)
             )
-        self._callback = None
-        self.grad = _exact(
+        self._grad = _exact(
             tf.function(grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw)
         )
-        self.loss = _exact(
+        self._loss = _exact(
             tf.function(loss_sum, input_signature=[x_spec, y_spec, sw_spec], **kw)
         )
         self._rows = {"vectorized": vectorized_rows, "looped": looped_rows}
@@ -345,8 +277,6 @@ class Functions:
         self._powers: dict[tuple[str, int], Any] = {}
         self._row_fns: dict[str, Any] = {}
         self._kw = kw
-        # None: not yet decided (checked on the first per-example product).
-        self.vectorized: bool | None = None
         if any(isinstance(layer, _NOT_VECTORIZABLE) for layer in flatten_layers(model)):
             self.vectorized = False
 
@@ -365,12 +295,6 @@ class Functions:
                 if len(self._hvps) == 1:
                     raise
                 self._hvps.pop(0)
-
-    def _step(self, hv):
-        following = self._callback(hv.numpy())
-        if following is None:
-            return tf.zeros([self.dim], tf.float32), tf.constant(True)
-        return tf.constant(following), tf.constant(False)
 
     def drive(self, x, y, sw, v, step) -> bool:
         """Products ``sum_i sw_i H_i v`` sharing one forward and backward
@@ -402,46 +326,45 @@ class Functions:
             self._callback = None
         return True
 
+    def grad(self, x, y, sw):
+        return self._grad(x, y, sw)
+
+    def loss(self, x, y, sw):
+        return self._loss(x, y, sw)
+
+    def _flat(self, tensors):
+        # Embedding gradients come as IndexedSlices.
+        return super()._flat([None if t is None else _dense(t) for t in tensors])
+
+    def example_powers(self, k, path, x, y, sw, v):
+        """``[H_i^k v]``: one example's gradient once, then k second
+        backward passes, by `tf.vectorized_map` or `tf.map_fn`."""
+        return self._rows[path](x, y, sw, v, k)
+
+    def _compiled(self, function):
+        return _exact(
+            tf.function(function, input_signature=self._signature, **self._kw)
+        )
+
     def power(self, k: int, path: str):
-        """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
+        """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``, traced."""
         if (path, k) not in self._powers:
-            rows, frequencies = self._rows[path], self._frequencies
-            self._powers[path, k] = _exact(
-                tf.function(
-                    lambda x, y, sw, v: tf.reduce_sum(
-                        rows(x, y, sw, v, k) * frequencies(sw)[:, None], axis=0
-                    ),
-                    input_signature=self._signature,
-                    **self._kw,
-                )
+            self._powers[path, k] = self._compiled(
+                lambda x, y, sw, v: self.power_sum(k, path, x, y, sw, v)
             )
         return self._powers[path, k]
 
     def rows(self, path: str):
-        """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
+        """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``, traced."""
         if path not in self._row_fns:
-            rows = self._rows[path]
-            self._row_fns[path] = _exact(
-                tf.function(
-                    lambda x, y, sw, v: rows(x, y, sw, v, 1),
-                    input_signature=self._signature,
-                    **self._kw,
-                )
+            self._row_fns[path] = self._compiled(
+                lambda x, y, sw, v: self.example_powers(1, path, x, y, sw, v)
             )
         return self._row_fns[path]
 
-    def decide(self, x, y, sw, v) -> bool:
-        """Whether the vectorized path may be used: it must trace and agree
-        with the looped one on this chunk (one product each)."""
-        if self.vectorized is None:
-            expected = self.power(1, "looped")(x, y, sw, v).numpy()
-            try:
-                with _quiet_tensorflow_logger():
-                    got = self.power(1, "vectorized")(x, y, sw, v).numpy()
-            except (ValueError, TypeError, NotImplementedError, tf.errors.OpError):
-                self.vectorized = False
-            else:
-                scale = max(np.abs(expected).max(), np.finfo(np.float32).tiny)
-                error = np.abs(got - expected).max() / scale
-                self.vectorized = bool(np.isfinite(error) and error <= 1e-4)
-        return self.vectorized
+    def _trial(self, path: str):
+        # The summed product (traced for the moments anyway).
+        return self.power(1, path)
+
+    def _vectorized_trial(self):
+        return _quiet_tensorflow_logger()

@@ -1,6 +1,6 @@
-"""Curvature products on the PyTorch backend (for
-`keras_sam.hessian.CurvatureOperator`; the interface is described in
-`keras_sam.backend.tensorflow.curvature`).
+"""Curvature products on the PyTorch backend: the autodiff of
+`keras_sam.hessian._functions.CurvatureFunctions` (the interface; the
+loss, flattening and mask projection are the base's).
 
 The loss is a function of leaf tensors standing for the trainable
 variables: detached aliases of their values (``requires_grad`` set on the
@@ -36,14 +36,12 @@ seeded alike in every product). ``model.losses``
 from __future__ import annotations
 
 import contextlib
-import weakref
 
 import keras
-import numpy as np
 import torch
 from keras import tree
 
-from keras_sam.sparsity._masks import kernel_masks
+from keras_sam.hessian._functions import CurvatureFunctions
 
 #: The seed of torch's global generator inside every product.
 _NOISE_SEED = 0
@@ -82,87 +80,17 @@ def _slice(structure, i):
     return tree.map_structure(lambda t: t[i : i + 1], structure)
 
 
-class Functions:
+class Functions(CurvatureFunctions):
     """The eager products of one model / loss."""
-
-    paths = ("vectorized", "looped")
-    #: Eager: a new batch size costs nothing.
-    pad_chunks = False
-
-    def __init__(
-        self,
-        model,
-        batch_loss,
-        training,
-        x_example,
-        y_example,
-        sw_example,
-        jit,
-        masked,
-        weighted,
-        forward,
-    ):
-        self._model = weakref.ref(model)
-        self._variables = list(model.trainable_variables)
-        trainable = {id(v) for v in self._variables}
-        self._others = [v for v in model.variables if id(v) not in trainable]
-        masks = kernel_masks(self._variables) if masked else []
-        self._masks = masks or [None] * len(self._variables)
-        self._shapes = [tuple(v.shape) for v in self._variables]
-        self._sizes = [int(np.prod(s)) for s in self._shapes]
-        self.dim = int(sum(self._sizes))
-        self._batch_loss = batch_loss
-        self._training = training
-        self._weighted = weighted
-        # Per-token weights (rank > 1) weight the tokens inside each
-        # example's loss; per-example weights weight the examples' products.
-        self._per_token = len(sw_example.shape) > 1
-        # None: not yet decided (checked on the first per-example product).
-        self.vectorized: bool | None = None
-
-    # -- pieces -----------------------------------------------------------
 
     def _leaves(self):
         return [v.value.detach().requires_grad_() for v in self._variables]
 
-    def _loss_sum(self, params, x, y, sw):
-        # sum_i sw_i f_i = n * (Keras' batch loss).
-        mapping = list(zip(self._variables, params)) + [
-            (v, v.value) for v in self._others
-        ]
-        with (
-            keras.StatelessScope(
-                state_mapping=mapping, collect_losses=self._batch_loss.regularization
-            ),
-            _twice_differentiable_attention(),
-            _fixed_global_generator(),
-        ):
-            y_pred = self._model()(x, training=self._training)
-            value = self._batch_loss(y, y_pred, sw if self._weighted else None)
-        if self._weighted:
-            return value * _first(y_pred).shape[0]
-        # Unweighted data: the same sum, sample weights applied here.
-        return value * torch.sum(sw)
-
-    def _project(self, tensors):
-        # P t: pruned coordinates (KernelMask zeros) set to zero.
-        return [
-            t if m is None else t * m.value.to(t.dtype)
-            for t, m in zip(tensors, self._masks)
-        ]
-
-    def _unflat(self, vector):
-        parts = torch.split(vector, self._sizes)
-        return [p.reshape(s) for p, s in zip(parts, self._shapes)]
-
-    @staticmethod
-    def _flat(tensors, params):
-        return torch.cat(
-            [
-                (torch.zeros_like(p) if t is None else t).reshape(-1).float()
-                for t, p in zip(tensors, params)
-            ]
-        )
+    def _loss_context(self):
+        context = contextlib.ExitStack()
+        context.enter_context(_twice_differentiable_attention())
+        context.enter_context(_fixed_global_generator())
+        return context
 
     # -- the interface ----------------------------------------------------
 
@@ -175,11 +103,12 @@ class Functions:
         """``(sum_i sw_i H_i v, sum_i sw_i f_i)``."""
         with torch.enable_grad():
             params = self._leaves()
-            loss = self._loss_sum(params, x, y, sw)
+            loss = self._loss_sum(params, self._state_values(), x, y, sw)
             grads = torch.autograd.grad(
                 loss, params, create_graph=True, allow_unused=True
             )
-            tangents = self._project(self._unflat(v))
+            masks = self._mask_values()
+            tangents = self._project(self._unflat(v), masks)
             products = [
                 (g.float() * t).sum()
                 for g, t in zip(grads, tangents)
@@ -189,7 +118,7 @@ class Functions:
                 hv = torch.autograd.grad(sum(products), params, allow_unused=True)
             else:  # the gradient is constant: H = 0
                 hv = [None] * len(params)
-        return self._flat(self._project(hv), params).detach(), loss.detach()
+        return self._flat(self._project(hv, masks)).detach(), loss.detach()
 
     def drive(self, x, y, sw, v, step) -> bool:
         """Products ``sum_i sw_i H_i v`` from one graph of the gradient
@@ -199,16 +128,17 @@ class Functions:
         sw_i g_i`` first and returns the first ``v``)."""
         with torch.enable_grad():
             params = self._leaves()
-            loss = self._loss_sum(params, x, y, sw)
+            loss = self._loss_sum(params, self._state_values(), x, y, sw)
             grads = torch.autograd.grad(
                 loss, params, create_graph=True, allow_unused=True
             )
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            masks = self._mask_values()
             if v is None:
-                gradient = self._flat(self._project(grads), params).detach()
+                gradient = self._flat(self._project(grads, masks)).detach()
                 v = step(gradient.cpu().numpy())
             while v is not None:
-                tangents = self._project(self._unflat(self.tensors(v)))
+                tangents = self._project(self._unflat(self.tensors(v)), masks)
                 if live:
                     hv = torch.autograd.grad(
                         [grads[i].float() for i in live],
@@ -219,24 +149,26 @@ class Functions:
                     )
                 else:  # the gradient is constant: H = 0
                     hv = [None] * len(params)
-                product = self._flat(self._project(hv), params).detach()
+                product = self._flat(self._project(hv, masks)).detach()
                 v = step(product.cpu().numpy())
         return True
 
     def grad(self, x, y, sw):
         with torch.enable_grad():
             params = self._leaves()
-            loss = self._loss_sum(params, x, y, sw)
+            loss = self._loss_sum(params, self._state_values(), x, y, sw)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return self._flat(self._project(grads), params).detach(), loss.detach()
+        return self._flat(self._project(grads, self._mask_values())).detach(), (
+            loss.detach()
+        )
 
     def loss(self, x, y, sw):
         with torch.no_grad():
-            params = [v.value for v in self._variables]
-            return self._loss_sum(params, x, y, sw)
+            params, state, _ = self._values()
+            return self._loss_sum(params, state, x, y, sw)
 
     def _example_weight(self, swi, device):
-        if self._per_token:
+        if self.settings.per_token:
             return swi
         return torch.ones([1], dtype=torch.float32, device=device)
 
@@ -257,17 +189,18 @@ class Functions:
         from torch.func import grad, jvp, vmap
 
         params = tuple(v.value.detach() for v in self._variables)
+        state, masks = self._state_values(), self._mask_values()
 
         def example(xi, yi, swi, vi):
             xi, yi = _one(xi), _one(yi)
             weight = self._example_weight(swi[None], vi.device)
-            tangents = tuple(self._project(self._unflat(vi)))
+            tangents = tuple(self._project(self._unflat(vi), masks))
             _, hv = jvp(
-                grad(lambda p: self._loss_sum(list(p), xi, yi, weight)),
+                grad(lambda p: self._loss_sum(list(p), state, xi, yi, weight)),
                 (params,),
                 (tangents,),
             )
-            return self._flat(self._project(list(hv)), params)
+            return self._flat(self._project(list(hv), masks))
 
         try:
             return vmap(example)(x, y, sw, vs)
@@ -278,42 +211,11 @@ class Functions:
                 "use vectorize=None (decides per model) or vectorize=False."
             ) from error
 
-    def _powers(self, k, path, x, y, sw, v):
+    def example_powers(self, k, path, x, y, sw, v):
+        """``[H_i^k v]``: k per-example products on ``path``."""
         rows = self._vectorized_rows if path == "vectorized" else self._looped_rows
         vs = v.expand(_first(x).shape[0], v.shape[0])
         with torch.no_grad():
             for _ in range(k):
                 vs = rows(x, y, sw, vs).detach()
         return vs
-
-    def _frequencies(self, sw):
-        # How often each example counts in the per-example sums.
-        if self._per_token:
-            return torch.ones(sw.shape[:1], dtype=torch.float32, device=sw.device)
-        return sw
-
-    def power(self, k: int, path: str):
-        """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``."""
-        return lambda x, y, sw, v: torch.sum(
-            self._powers(k, path, x, y, sw, v) * self._frequencies(sw)[:, None],
-            dim=0,
-        )
-
-    def rows(self, path: str):
-        """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
-        return lambda x, y, sw, v: self._powers(1, path, x, y, sw, v)
-
-    def decide(self, x, y, sw, v) -> bool:
-        """Whether the vectorized path may be used: it must run and agree
-        with the looped one on this chunk (one product each)."""
-        if self.vectorized is None:
-            expected = self.rows("looped")(x, y, sw, v).cpu().numpy()
-            try:
-                got = self.rows("vectorized")(x, y, sw, v).cpu().numpy()
-            except (RuntimeError, ValueError, TypeError, NotImplementedError):
-                self.vectorized = False
-            else:
-                scale = max(np.abs(expected).max(), np.finfo(np.float32).tiny)
-                error = np.abs(got - expected).max() / scale
-                self.vectorized = bool(np.isfinite(error) and error <= 1e-4)
-        return self.vectorized
