@@ -30,6 +30,7 @@ _OPERATOR_OPTIONS = (
     "jit_compile",
     "masked",
     "forward_over_reverse",
+    "curvature",
 )
 
 
