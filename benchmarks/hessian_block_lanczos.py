@@ -1,5 +1,5 @@
 """Block Lanczos (a block of start vectors) against the plain Lanczos of
-`keras_sam.hessian.top_eigenvalues`, for the top 1 and top 5 eigenvalues.
+`keras_sam.hessian.sharpness_estimate`, for the top 1 and top 5 eigenvalues.
 
     KERAS_BACKEND=jax python benchmarks/hessian_block_lanczos.py \
         [--models readme,lenet] [--examples 250] [--blocks 2,5] [--repeats 2]
@@ -114,7 +114,9 @@ def main() -> None:
         _, g = op.gradient()
         start = gradient_start(g)
         for k in (1, 5):
-            exact = hessian.top_eigenvalues(op, k=k, tol=1e-8, max_iter=150).eigenvalues
+            exact = hessian.sharpness_estimate(
+                op, k=k, tol=1e-8, max_iter=150
+            ).eigenvalues
 
             def plain(k=k, op=op, start=start):
                 r = solvers.lanczos(op.matvec, op.dim, k, v0=start)

@@ -86,12 +86,12 @@ def main() -> None:
 
             def moments(op=op):
                 before = op.num_products
-                result = hessian.non_uniformity_eigen(op, order=2)
+                result = hessian.non_uniformity_estimate(op, order=2)
                 return result.iterations, op.num_products - before
 
             def sharp(op=op):
                 before = op.num_products
-                hessian.top_eigenvalues(op)
+                hessian.sharpness_estimate(op)
                 return None, op.num_products - before
 
             runs = {"sharpness": sharp, "non_uniformity": moments}

@@ -145,8 +145,8 @@ class HessianMetrics(CurvatureCallback):
         return names
 
     def _eigen(self, key, measure, op, **options) -> float:
-        # Top eigenvalue by ``measure`` (`measures.top_eigenvalues` or
-        # `measures.non_uniformity_eigen`), warm-started from the previous
+        # Top eigenvalue by ``measure`` (`measures.sharpness_estimate` or
+        # `measures.non_uniformity_estimate`), warm-started from the previous
         # call's vector for ``key``; the first call from the measure's own
         # start (the Hessian's: the gradient; the moments': the Hessian's
         # top eigenvector, set in `_measure`).
@@ -166,7 +166,7 @@ class HessianMetrics(CurvatureCallback):
 
     def _measure(self) -> dict[str, float]:
         op = self._op()
-        values = {"sharpness": self._eigen("H", measures.top_eigenvalues, op)}
+        values = {"sharpness": self._eigen("H", measures.sharpness_estimate, op)}
         if self.trace:
             t = solvers.hutchinson(
                 op.matvec,
@@ -181,7 +181,7 @@ class HessianMetrics(CurvatureCallback):
             if k not in self._vectors:
                 # First call: from the Hessian's top eigenvector just found.
                 self._vectors[k] = measures.hessian_start(self._vectors["H"], self.seed)
-            gap = self._eigen(k, measures.non_uniformity_eigen, op, order=k)
+            gap = self._eigen(k, measures.non_uniformity_estimate, op, order=k)
             s[k] = measures.root(gap, k)
             values[f"s{k}"] = s[k]
         if self.stability:

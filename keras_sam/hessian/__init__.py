@@ -15,6 +15,13 @@ s2 = hessian.non_uniformity(model, (x, y), order=2)     # per-example spread
 m = hessian.stability_margins(model, (x, y), lr=0.1, rho=0.05)
 ```
 
+Each measure has a float form named after the quantity and a result form
+with ``_estimate`` appended, with the same arguments: the estimate with its
+error bound or standard error and its cost in products
+(`sharpness_estimate`, `trace_estimate`, `non_uniformity_estimate`; the
+former names `top_eigenvalues` and `non_uniformity_eigen` still work and
+warn).
+
 All functions take ``loss`` (default: the compiled loss, as `fit` computes
 it), ``regularization`` (default False: without ``model.losses``),
 ``training`` (default False: batch norm in inference mode) and
@@ -30,7 +37,9 @@ from keras_sam.hessian.measures import (
     hessian_start,
     non_uniformity,
     non_uniformity_eigen,
+    non_uniformity_estimate,
     sharpness,
+    sharpness_estimate,
     spectral_density,
     stability_margins,
     stability_ratios,
@@ -45,7 +54,9 @@ __all__ = [
     "hessian_start",
     "non_uniformity",
     "non_uniformity_eigen",
+    "non_uniformity_estimate",
     "sharpness",
+    "sharpness_estimate",
     "solvers",
     "spectral_density",
     "stability_margins",

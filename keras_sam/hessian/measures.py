@@ -1,9 +1,21 @@
-"""Curvature measures: operators from ``_operators`` fed to ``solvers``."""
+"""Curvature measures: operators from ``_operators`` fed to ``solvers``.
+
+The naming rule: a measure's float form is named after the quantity
+(`sharpness`, `trace`, `non_uniformity`) and returns a float; its result
+form appends ``_estimate`` (`sharpness_estimate`, `trace_estimate`,
+`non_uniformity_estimate`) and returns the estimate with its error (bound
+or standard error), its cost in products and, for eigenvalues, the
+eigenvectors. Both take the same arguments, listed in full (no hidden
+``**options``). `spectral_density` and `stability_margins` have no single
+number: they return results only.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 from typing import Any
 
 import keras
@@ -18,38 +30,63 @@ TRACE_METHODS = ("hutchinson", "hutchpp", "exact")
 START_VECTORS = ("gradient", "random")
 MOMENT_START_VECTORS = ("hessian", "random")
 
-_OPERATOR_OPTIONS = (
-    "loss",
-    "loss_weights",
-    "regularization",
-    "class_weight",
-    "training",
-    "batch_size",
-    "chunk_size",
-    "vectorize",
-    "jit_compile",
-    "masked",
-    "forward_over_reverse",
-    "curvature",
-)
+#: The arguments every measure passes to `CurvatureOperator`, with the
+#: defaults they must keep when a built operator is passed instead.
+_OPERATOR_DEFAULTS = {
+    "loss": None,
+    "loss_weights": None,
+    "regularization": False,
+    "class_weight": None,
+    "training": False,
+    "batch_size": None,
+    "chunk_size": None,
+    "vectorize": None,
+    "jit_compile": False,
+    "masked": True,
+    "forward_over_reverse": False,
+    "curvature": "hessian",
+}
+
+
+def _operator_options(arguments: dict) -> dict:
+    """The operator's arguments among a measure's (its ``locals()``)."""
+    return {name: arguments[name] for name in _OPERATOR_DEFAULTS}
 
 
 def _operator(model, data, options: dict) -> CurvatureOperator:
     if isinstance(model, CurvatureOperator):
         if data is not None:
             raise ValueError("`data` must be None when `model` is a CurvatureOperator.")
-        if options:
+        changed = sorted(
+            name
+            for name, value in options.items()
+            if value is not _OPERATOR_DEFAULTS[name]
+        )
+        if changed:
             raise ValueError(
-                f"operator options {sorted(options)} must be None when `model` is "
-                "a CurvatureOperator (they were fixed when it was built)."
+                f"operator options {changed} must keep their defaults when `model` "
+                "is a CurvatureOperator (they were fixed when it was built)."
             )
         return model
     return CurvatureOperator(model, data, **options)
 
 
-def _split_options(options: dict) -> tuple[dict, dict]:
-    op = {k: options.pop(k) for k in list(options) if k in _OPERATOR_OPTIONS}
-    return op, options
+def _deprecated(old: str, new):
+    """``new`` under its former name ``old``, warning on each call."""
+
+    @functools.wraps(new)
+    def alias(*args, **kwargs):
+        warnings.warn(
+            f"`keras_sam.hessian.{old}` is deprecated; use "
+            f"`keras_sam.hessian.{new.__name__}` (same arguments).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return new(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = f"Deprecated alias of `{new.__name__}` (same arguments)."
+    return alias
 
 
 def _check_order(order: Any) -> int:
@@ -124,7 +161,7 @@ def _lanczos_from_gradient(dim, k, max_iter, tol, seed) -> solvers.Steps:
     return (yield from solvers._lanczos_steps(dim, k, max_iter, tol, v))
 
 
-def top_eigenvalues(
+def sharpness_estimate(
     model: keras.Model | CurvatureOperator,
     data: Any = None,
     k: int = 1,
@@ -134,12 +171,60 @@ def top_eigenvalues(
     v0: np.ndarray | None = None,
     start: str = "gradient",
     seed: int | None = 0,
-    **operator_options: Any,
+    loss: Any = None,
+    loss_weights: Any = None,
+    regularization: bool = False,
+    class_weight: dict | None = None,
+    training: bool = False,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    jit_compile: bool = False,
+    masked: bool = True,
+    forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> solvers.EigenResult:
-    """Top-``k`` eigenpairs of the mean-loss Hessian H by Lanczos, with
-    residuals and iteration count (see `keras_sam.hessian.sharpness`)."""
+    """`sharpness` with its error bound and cost: the top-``k`` eigenpairs
+    of the mean-loss Hessian H by Lanczos.
+
+    ```python
+    r = keras_sam.hessian.sharpness_estimate(model, (x, y))
+    r.eigenvalues[0], r.error_bounds[0], r.iterations   # lambda_max, bound, products
+    r = keras_sam.hessian.sharpness_estimate(model, (x, y), k=3)   # top 3
+    ```
+
+    Args:
+        model: a built Keras model, or a `CurvatureOperator` (then ``data``
+            is None and the operator options keep their defaults).
+        data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays, or a
+            `tf.data.Dataset` of such batches.
+        k: number of top eigenpairs (the first is the sharpness).
+        max_iter: most Lanczos steps (one Hessian product each).
+        tol: Lanczos stops once every eigenvalue's error bound is below
+            ``tol`` relative to it (see `keras_sam.hessian.solvers.lanczos`).
+        v0: start vector (a warm start), else ``start`` decides.
+        start: ``"gradient"`` (the mean-loss gradient plus a random vector,
+            see `gradient_start`) or ``"random"``.
+        seed: seed of the random start vector.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
+    are `CurvatureOperator`'s; with a built operator as ``model`` they
+    keep their defaults.
+
+    Returns:
+        A `keras_sam.hessian.solvers.EigenResult`: ``eigenvalues``
+        (decreasing), ``eigenvectors``, ``residuals``, ``error_bounds``,
+        ``iterations`` (products) and ``converged``.
+
+    Raises:
+        ValueError: a bad argument (named in the message), ``data`` or a
+            changed operator option given with a `CurvatureOperator`.
+    """
     start = one_of(start, "start", START_VECTORS)
-    op = _operator(model, data, operator_options)
+    op = _operator(model, data, _operator_options(locals()))
     if v0 is not None or start == "random":
         return solvers.lanczos(
             op.matvec, op.dim, k, max_iter=max_iter, tol=tol, v0=v0, seed=seed
@@ -149,7 +234,26 @@ def top_eigenvalues(
 
 
 def sharpness(
-    model: keras.Model | CurvatureOperator, data: Any = None, **options
+    model: keras.Model | CurvatureOperator,
+    data: Any = None,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    v0: np.ndarray | None = None,
+    start: str = "gradient",
+    seed: int | None = 0,
+    loss: Any = None,
+    loss_weights: Any = None,
+    regularization: bool = False,
+    class_weight: dict | None = None,
+    training: bool = False,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    jit_compile: bool = False,
+    masked: bool = True,
+    forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> float:
     """Top eigenvalue ``lambda_max(H)`` of the Hessian of the mean loss.
 
@@ -159,17 +263,19 @@ def sharpness(
     ```
 
     Lanczos stops once the eigenvalue's error bound is below ``tol``
-    (default 1e-3) relative to it (see `keras_sam.hessian.solvers.lanczos`).
+    (default 1e-3) relative to it. Arguments as for `sharpness_estimate`
+    (``k`` aside), which also returns the error bound, the number of
+    products and the eigenvector.
 
-    Options: ``loss``, ``regularization`` (False), ``training`` (False),
-    ``batch_size``, ``class_weight`` for the operator (see
-    `CurvatureOperator`); ``max_iter`` (100), ``tol`` (1e-3, relative
-    accuracy), ``v0`` (warm start), ``start`` (where there is no ``v0``:
-    ``"gradient"``, the default, the gradient plus a random vector (see
-    `gradient_start`), or ``"random"``), ``seed`` for Lanczos. Use
-    `top_eigenvalues` for error bounds and iteration counts.
+    Returns:
+        ``lambda_max(H)`` as a float.
+
+    Raises:
+        ValueError: as `sharpness_estimate`.
     """
-    return float(top_eigenvalues(model, data, **options).eigenvalues[0])
+    options = {**_operator_options(locals()), "max_iter": max_iter, "tol": tol}
+    result = sharpness_estimate(model, data, v0=v0, start=start, seed=seed, **options)
+    return float(result.eigenvalues[0])
 
 
 def trace_estimate(
@@ -180,11 +286,55 @@ def trace_estimate(
     rtol: float | None = 0.01,
     num_samples: int = 1000,
     seed: int | None = 0,
-    **operator_options: Any,
+    loss: Any = None,
+    loss_weights: Any = None,
+    regularization: bool = False,
+    class_weight: dict | None = None,
+    training: bool = False,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    jit_compile: bool = False,
+    masked: bool = True,
+    forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> solvers.TraceResult:
-    """Trace of H with its standard error (see `keras_sam.hessian.trace`)."""
+    """`trace` with its standard error and cost.
+
+    ```python
+    r = keras_sam.hessian.trace_estimate(model, (x, y), rtol=0.05)
+    r.estimate, r.stderr, r.matvecs
+    ```
+
+    Args:
+        model: as for `sharpness_estimate`.
+        data: as for `sharpness_estimate`.
+        method: ``"hutchinson"`` (Rademacher probes, drawn until the
+            standard error is at most ``rtol`` of the estimate, at most
+            ``num_samples``), ``"hutchpp"`` (Hutch++, ``num_samples``
+            products in all) or ``"exact"`` (one product per weight).
+        rtol: Hutchinson's relative standard error (None: exactly
+            ``num_samples`` probes).
+        num_samples: most products (probes).
+        seed: seed of the probes.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
+    are `CurvatureOperator`'s; with a built operator as ``model`` they
+    keep their defaults.
+
+    Returns:
+        A `keras_sam.hessian.solvers.TraceResult`: ``estimate``,
+        ``stderr`` (0 when exact) and ``matvecs`` (products).
+
+    Raises:
+        ValueError: a bad argument (named in the message), ``data`` or a
+            changed operator option given with a `CurvatureOperator`.
+    """
     method = one_of(method, "method", TRACE_METHODS)
-    op = _operator(model, data, operator_options)
+    op = _operator(model, data, _operator_options(locals()))
     if method == "hutchinson":
         return solvers.hutchinson(op.matvec, op.dim, num_samples, rtol=rtol, seed=seed)
     if method == "hutchpp":
@@ -194,25 +344,56 @@ def trace_estimate(
     return solvers.TraceResult(float(total), 0.0, op.dim)
 
 
-def trace(model: keras.Model | CurvatureOperator, data: Any = None, **options) -> float:
+def trace(
+    model: keras.Model | CurvatureOperator,
+    data: Any = None,
+    *,
+    method: str = "hutchinson",
+    rtol: float | None = 0.01,
+    num_samples: int = 1000,
+    seed: int | None = 0,
+    loss: Any = None,
+    loss_weights: Any = None,
+    regularization: bool = False,
+    class_weight: dict | None = None,
+    training: bool = False,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    jit_compile: bool = False,
+    masked: bool = True,
+    forward_over_reverse: bool = False,
+    curvature: str = "hessian",
+) -> float:
     """Trace of the Hessian of the mean loss (Hutchinson by default).
 
     ```python
     t = keras_sam.hessian.trace(model, (x, y))               # 1% std. error
-    r = keras_sam.hessian.trace_estimate(model, (x, y), rtol=0.05)
-    r.estimate, r.stderr, r.matvecs
+    t = keras_sam.hessian.trace(model, (x, y), method="exact")
     ```
 
-    ``method``: ``"hutchinson"`` (Rademacher probes, drawn until the
-    standard error is at most ``rtol`` (default 0.01) of the estimate, at
-    most ``num_samples`` (1000); ``rtol=None``: exactly ``num_samples``),
-    ``"hutchpp"`` (``num_samples`` products in all) or ``"exact"`` (dim
-    products). Use `trace_estimate` for the standard error.
+    Arguments as for `trace_estimate`, which also returns the standard
+    error and the number of products.
+
+    Returns:
+        The trace estimate as a float.
+
+    Raises:
+        ValueError: as `trace_estimate`.
     """
-    return trace_estimate(model, data, **options).estimate
+    options = _operator_options(locals())
+    return trace_estimate(
+        model,
+        data,
+        method=method,
+        rtol=rtol,
+        num_samples=num_samples,
+        seed=seed,
+        **options,
+    ).estimate
 
 
-def non_uniformity_eigen(
+def non_uniformity_estimate(
     model: keras.Model | CurvatureOperator,
     data: Any = None,
     order: int = 2,
@@ -222,20 +403,63 @@ def non_uniformity_eigen(
     v0: np.ndarray | None = None,
     start: str = "hessian",
     seed: int | None = 0,
-    **operator_options: Any,
+    loss: Any = None,
+    loss_weights: Any = None,
+    regularization: bool = False,
+    class_weight: dict | None = None,
+    training: bool = False,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    jit_compile: bool = False,
+    masked: bool = True,
+    forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> solvers.EigenResult:
-    """Top algebraic eigenpair of ``M_k - H^k`` (k = ``order``) by Lanczos.
+    """`non_uniformity` before the root, with its error bound and cost: the
+    top algebraic eigenpair of ``M_k - H^k`` (k = ``order``) by Lanczos.
 
-    Without ``v0``, ``start="hessian"`` (default) starts from the Hessian's
-    top eigenvector (`hessian_start`; one `sharpness` call more, several
-    moment products fewer), ``"random"`` from a random vector. The result's
-    ``iterations`` counts the moment products only.
+    ```python
+    r = keras_sam.hessian.non_uniformity_estimate(model, (x, y), order=2)
+    r.eigenvalues[0]                     # lambda_max(M_2 - H^2) = s_2 ** 2
+    r.error_bounds[0], r.iterations      # its error bound, products
+    ```
+
+    Args:
+        model: as for `sharpness_estimate`.
+        data: as for `sharpness_estimate`.
+        order: k, 2, 3 or 4.
+        max_iter: most Lanczos steps (products with ``M_k - H^k``).
+        tol: relative accuracy, as for `sharpness_estimate`.
+        v0: start vector (default: see ``start``).
+        start: without ``v0``: ``"hessian"`` (default) from the Hessian's
+            top eigenvector (`hessian_start`; one `sharpness` call more,
+            about half the moment products), or ``"random"``.
+        seed: seed of the random start vector.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
+    are `CurvatureOperator`'s (``chunk_size`` and ``vectorize`` set up the
+    per-example products); with a built operator as ``model`` they keep
+    their defaults.
+
+    Returns:
+        A `keras_sam.hessian.solvers.EigenResult` of ``M_k - H^k`` (one
+        pair; ``iterations`` counts products with ``M_k - H^k``, each k
+        per-example and k batch products, not the start's).
+
+    Raises:
+        ValueError: a bad ``order`` or other argument (named in the
+            message), ``data`` or a changed operator option given with a
+            `CurvatureOperator`.
     """
     order = _check_order(order)
     start = one_of(start, "start", MOMENT_START_VECTORS)
-    op = _operator(model, data, operator_options)
+    op = _operator(model, data, _operator_options(locals()))
     if v0 is None and start == "hessian":
-        top = top_eigenvalues(op, max_iter=max_iter, tol=tol, seed=seed)
+        top = sharpness_estimate(op, max_iter=max_iter, tol=tol, seed=seed)
         v0 = hessian_start(top.eigenvectors[:, 0], seed)
     return solvers.lanczos(
         lambda v: op.moment_gap(v, order),
@@ -254,7 +478,27 @@ def root(value: float, order: int) -> float:
 
 
 def non_uniformity(
-    model: keras.Model | CurvatureOperator, data: Any = None, order: int = 2, **options
+    model: keras.Model | CurvatureOperator,
+    data: Any = None,
+    order: int = 2,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    v0: np.ndarray | None = None,
+    start: str = "hessian",
+    seed: int | None = 0,
+    loss: Any = None,
+    loss_weights: Any = None,
+    regularization: bool = False,
+    class_weight: dict | None = None,
+    training: bool = False,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    jit_compile: bool = False,
+    masked: bool = True,
+    forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> float:
     """Non-uniformity ``s_k = lambda_max(M_k - H^k)^(1/k)``, k = 2, 3, 4.
 
@@ -267,14 +511,20 @@ def non_uniformity(
     s2 = keras_sam.hessian.non_uniformity(model, (x[:1000], y[:1000]), order=2)
     ```
 
-    Options as for `sharpness`, plus ``chunk_size`` (examples vectorized
-    together; default: by the model's size, see `CurvatureOperator`);
-    ``start``: ``"hessian"`` (default: from the Hessian's top eigenvector,
-    see `hessian_start`) or ``"random"``.
+    Arguments as for `non_uniformity_estimate`, which also returns the
+    error bound, the number of products and the eigenvector.
+
+    Returns:
+        ``s_k`` as a float.
+
+    Raises:
+        ValueError: as `non_uniformity_estimate`.
     """
-    order = _check_order(order)
-    result = non_uniformity_eigen(model, data, order, **options)
-    return root(float(result.eigenvalues[0]), order)
+    options = {**_operator_options(locals()), "max_iter": max_iter, "tol": tol}
+    result = non_uniformity_estimate(
+        model, data, order, v0=v0, start=start, seed=seed, **options
+    )
+    return root(float(result.eigenvalues[0]), _check_order(order))
 
 
 def spectral_density(
@@ -284,7 +534,18 @@ def spectral_density(
     num_probes: int = 1,
     num_steps: int = 100,
     seed: int | None = 0,
-    **operator_options: Any,
+    loss: Any = None,
+    loss_weights: Any = None,
+    regularization: bool = False,
+    class_weight: dict | None = None,
+    training: bool = False,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    jit_compile: bool = False,
+    masked: bool = True,
+    forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> solvers.SLQResult:
     """Spectral density of H by stochastic Lanczos quadrature.
 
@@ -293,8 +554,30 @@ def spectral_density(
     grid, density = result.density()        # Gaussian-smoothed, integral 1
     result.nodes, result.weights            # quadrature per probe
     ```
+
+    Args:
+        model: as for `sharpness_estimate`.
+        data: as for `sharpness_estimate`.
+        num_probes: random start vectors (one Lanczos run each).
+        num_steps: Lanczos steps (products) per probe.
+        seed: seed of the probes.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
+    are `CurvatureOperator`'s; with a built operator as ``model`` they
+    keep their defaults.
+
+    Returns:
+        A `keras_sam.hessian.solvers.SLQResult` (``nodes``, ``weights``,
+        ``density()``).
+
+    Raises:
+        ValueError: a bad argument (named in the message), ``data`` or a
+            changed operator option given with a `CurvatureOperator`.
     """
-    op = _operator(model, data, operator_options)
+    op = _operator(model, data, _operator_options(locals()))
     return solvers.slq(op.matvec, op.dim, num_probes, num_steps, seed=seed)
 
 
@@ -367,7 +650,21 @@ def stability_margins(
     lr: float | None = None,
     rho: float | None = None,
     orders: tuple[int, ...] | None = None,
-    **options: Any,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    seed: int | None = 0,
+    loss: Any = None,
+    loss_weights: Any = None,
+    regularization: bool = False,
+    class_weight: dict | None = None,
+    training: bool = False,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    jit_compile: bool = False,
+    masked: bool = True,
+    forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> StabilityMargins:
     """Theorem 6.3's necessary stability conditions for SGD (rho = 0) or SAM.
 
@@ -376,13 +673,36 @@ def stability_margins(
     m.ratios   # {"sharpness": 0.8, "s2": 0.3, "s3": 0.01, "s4": 0.002}
     ```
 
-    ``lr`` defaults to the optimizer's current learning rate, ``rho`` to
-    ``model.rho`` (0 for a model without one). ``orders`` defaults to
-    ``(2,)`` for rho = 0 and ``(2, 3, 4)`` otherwise (s3, s4 do not enter
-    SGD's conditions). Other options as for `sharpness` / `non_uniformity`.
     The theorem analyses unnormalized SAM (eps = rho g); for normalized SAM
     the ratios are indicative only.
+
+    Args:
+        model: as for `sharpness_estimate`.
+        data: as for `sharpness_estimate`.
+        lr: step size (default: the optimizer's current learning rate).
+        rho: SAM radius (default: ``model.rho``, 0 for a model without one).
+        orders: the s_k measured (default ``(2,)`` for rho = 0, whose
+            conditions have no s3, s4, else ``(2, 3, 4)``).
+        max_iter: most Lanczos steps, for `sharpness` and `non_uniformity`.
+        tol: their relative accuracy.
+        seed: their random start's seed.
+
+    The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
+    ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
+    are `CurvatureOperator`'s (one operator serves every measure); with a
+    built operator as ``model`` they keep their defaults.
+
+    Returns:
+        `StabilityMargins`: the measured sharpness and s_k and their ratios
+        (> 1: unstable).
+
+    Raises:
+        ValueError: a bad ``lr``, ``rho``, an order or another argument
+            (named in the message), or no ``lr`` and no optimizer.
     """
+    options = _operator_options(locals())
     source = model.model if isinstance(model, CurvatureOperator) else model
     if lr is None:
         lr = current_learning_rate(source)
@@ -393,16 +713,18 @@ def stability_margins(
     if orders is None:
         orders = (2,) if rho == 0 else ORDERS
     orders = tuple(_check_order(k) for k in orders)
-    op_options, solver_options = _split_options(dict(options))
-    op = _operator(model, data, op_options)
-    top = top_eigenvalues(op, **solver_options)
+    op = _operator(model, data, options)
+    solver = {"max_iter": max_iter, "tol": tol, "seed": seed}
+    top = sharpness_estimate(op, **solver)
     a = float(top.eigenvalues[0])
-    moment_options = dict(solver_options)
-    moment_options.pop("start", None)
-    if moment_options.get("v0") is None:
-        moment_options["v0"] = hessian_start(
-            top.eigenvectors[:, 0], moment_options.get("seed", 0)
-        )
-    s = {k: non_uniformity(op, order=k, **moment_options) for k in orders}
+    start = hessian_start(top.eigenvectors[:, 0], seed)
+    s = {k: non_uniformity(op, order=k, v0=start, **solver) for k in orders}
     ratios = stability_ratios(lr, rho, a, *(s.get(k) for k in ORDERS))
     return StabilityMargins(lr, rho, a, s, ratios)
+
+
+top_eigenvalues = _deprecated("top_eigenvalues", sharpness_estimate)
+"""Deprecated: `sharpness_estimate` (same arguments; warns)."""
+
+non_uniformity_eigen = _deprecated("non_uniformity_eigen", non_uniformity_estimate)
+"""Deprecated: `non_uniformity_estimate` (same arguments; warns)."""

@@ -65,7 +65,9 @@ def test_ggn_measures_equal_dense(ggn_case):
     data = (case.x, case.y)
     top = hessian.sharpness(case.model, data, curvature="ggn", tol=1e-6)
     assert top == pytest.approx(np.linalg.eigvalsh(g)[-1], rel=1e-4)
-    result = hessian.top_eigenvalues(case.model, data, k=2, curvature="ggn", tol=1e-6)
+    result = hessian.sharpness_estimate(
+        case.model, data, k=2, curvature="ggn", tol=1e-6
+    )
     np.testing.assert_allclose(
         result.eigenvalues, np.linalg.eigvalsh(g)[::-1][:2], rtol=1e-4
     )

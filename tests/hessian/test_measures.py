@@ -1,5 +1,7 @@
 """Public measures against NumPy on dense Hessians, and a closed form."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ def test_sharpness_matches_dense_top_eigenvalue(case):
     assert abs(a - exact) <= 1e-4 * abs(exact)
     # The second eigenvalue to 1e-4 needs a tighter stopping rule than the
     # default (1e-3 relative to the top one).
-    result = hessian.top_eigenvalues(case.model, (case.x, case.y), k=2, tol=1e-6)
+    result = hessian.sharpness_estimate(case.model, (case.x, case.y), k=2, tol=1e-6)
     np.testing.assert_allclose(
         result.eigenvalues, np.linalg.eigvalsh(case.h)[::-1][:2], rtol=1e-4
     )
@@ -163,7 +165,7 @@ def test_gradient_start_is_the_mean_loss_gradient(case, batch_size, monkeypatch)
 
     monkeypatch.setattr(measures, "gradient_start", spy)
     op = CurvatureOperator(case.model, (case.x, case.y), batch_size=batch_size)
-    result = hessian.top_eigenvalues(op, tol=1e-6)
+    result = hessian.sharpness_estimate(op, tol=1e-6)
     expected = references.gradient(case.model, case.x, case.y, case.loss_fn)
     assert len(sent) == 1
     np.testing.assert_allclose(sent[0], expected, rtol=1e-4, atol=1e-6)
@@ -187,7 +189,7 @@ def test_gradient_start_vector():
 def test_random_start_is_lanczos_with_its_seed(regressor):
     c = regressor
     op = CurvatureOperator(c.model, (c.x, c.y))
-    got = hessian.top_eigenvalues(op, start="random", seed=4)
+    got = hessian.sharpness_estimate(op, start="random", seed=4)
     expected = hessian.solvers.lanczos(op.matvec, op.dim, seed=4)
     assert got.iterations == expected.iterations
     np.testing.assert_allclose(got.eigenvalues, expected.eigenvalues, rtol=1e-12)
@@ -220,3 +222,83 @@ def test_operator_can_be_shared(regressor):
 def test_bad_arguments(regressor, call, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         call(regressor.model, (regressor.x, regressor.y))
+
+
+FLOAT_AND_RESULT_FORMS = [
+    (hessian.sharpness, hessian.sharpness_estimate),
+    (hessian.trace, hessian.trace_estimate),
+    (hessian.non_uniformity, hessian.non_uniformity_estimate),
+]
+
+
+@pytest.mark.parametrize("float_form, result_form", FLOAT_AND_RESULT_FORMS)
+def test_float_and_result_forms_share_explicit_arguments(float_form, result_form):
+    # The naming rule: ``X`` -> float, ``X_estimate`` -> result, with the
+    # same arguments (``k`` aside), every one of them explicit.
+    assert result_form.__name__ == float_form.__name__ + "_estimate"
+    floats = inspect.signature(float_form).parameters
+    results = inspect.signature(result_form).parameters
+    assert set(results) - set(floats) <= {"k"}
+    assert set(floats) <= set(results)
+    for measure in (float_form, result_form):
+        kinds = {p.kind for p in inspect.signature(measure).parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD not in kinds
+        assert "Returns:" in measure.__doc__ and "Raises:" in measure.__doc__
+
+
+@pytest.mark.parametrize(
+    "measure",
+    [
+        hessian.sharpness,
+        hessian.sharpness_estimate,
+        hessian.trace,
+        hessian.trace_estimate,
+        hessian.non_uniformity,
+        hessian.non_uniformity_estimate,
+        hessian.spectral_density,
+        hessian.stability_margins,
+    ],
+)
+def test_measures_take_every_operator_option(measure):
+    parameters = inspect.signature(measure).parameters
+    operator = inspect.signature(CurvatureOperator).parameters
+    for name, default in measures._OPERATOR_DEFAULTS.items():
+        assert parameters[name].default is default is operator[name].default
+
+
+def test_float_forms_equal_their_result_forms(regressor):
+    c = regressor
+    op = CurvatureOperator(c.model, (c.x, c.y))
+    result = hessian.sharpness_estimate(op, tol=1e-6)
+    assert hessian.sharpness(op, tol=1e-6) == result.eigenvalues[0]
+    gap = hessian.non_uniformity_estimate(op, order=3, seed=2).eigenvalues[0]
+    s3 = hessian.non_uniformity(op, order=3, seed=2)
+    assert s3 == pytest.approx(np.sign(gap) * abs(gap) ** (1 / 3), rel=1e-12)
+    trace = hessian.trace_estimate(op, num_samples=12, rtol=None).estimate
+    assert hessian.trace(op, num_samples=12, rtol=None) == trace
+
+
+@pytest.mark.parametrize(
+    "old, new, kwargs",
+    [
+        ("top_eigenvalues", "sharpness_estimate", {"k": 2, "tol": 1e-6}),
+        ("non_uniformity_eigen", "non_uniformity_estimate", {"order": 2}),
+    ],
+)
+def test_former_names_warn_and_give_the_new_result(regressor, old, new, kwargs):
+    c = regressor
+    op = CurvatureOperator(c.model, (c.x, c.y))
+    with pytest.warns(DeprecationWarning, match=f"use `keras_sam.hessian.{new}`"):
+        got = getattr(hessian, old)(op, **kwargs)
+    expected = getattr(hessian, new)(op, **kwargs)
+    np.testing.assert_array_equal(got.eigenvalues, expected.eigenvalues)
+    assert old in hessian.__all__
+
+
+def test_operator_options_are_refused_with_an_operator(regressor):
+    c = regressor
+    op = CurvatureOperator(c.model, (c.x, c.y))
+    with pytest.raises(ValueError, match=r"\['training'\] must keep their defaults"):
+        hessian.sharpness(op, training=True)
+    with pytest.raises(ValueError, match="`data` must be None"):
+        hessian.trace_estimate(op, (c.x, c.y))

@@ -236,7 +236,7 @@ def test_shared_and_per_product_solvers_agree(classifier):
     several = CurvatureOperator(c.model, (c.x, c.y), batch_size=5)  # per product
     top = np.linalg.eigvalsh(c.h)[-1]
     for op in (shared, several):
-        result = hessian.top_eigenvalues(op, tol=1e-8, max_iter=op.dim)
+        result = hessian.sharpness_estimate(op, tol=1e-8, max_iter=op.dim)
         assert result.eigenvalues[0] == pytest.approx(top, rel=1e-5)
         t = hessian.trace_estimate(op, rtol=None, num_samples=20, seed=4)
         plain = hessian.solvers.hutchinson(op.hvp, op.dim, 20, seed=4)
