@@ -140,10 +140,19 @@ def hessian_start(
     part keeps every direction present, as in `gradient_start`.
 
     ```python
-    top = keras_sam.hessian.top_eigenvalues(op)
-    r = keras_sam.hessian.non_uniformity_eigen(
+    top = keras_sam.hessian.sharpness_estimate(op)
+    r = keras_sam.hessian.non_uniformity_estimate(
         op, order=2, v0=hessian_start(top.eigenvectors[:, 0]))
     ```
+
+    Args:
+        vector: the Hessian's top eigenvector (any norm; zero or non-finite:
+            the random part alone).
+        seed: seed of the random part.
+        weight: norm of the random part.
+
+    Returns:
+        The start vector, float64, of ``vector``'s length.
     """
     vector = np.asarray(vector, np.float64).reshape(-1)
     norm = float(np.sqrt(np.einsum("i,i->", vector, vector)))
