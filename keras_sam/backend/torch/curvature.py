@@ -204,9 +204,8 @@ class Functions(CurvatureFunctions):
             params = self._leaves()
             loss = self._loss_sum(params, self._state_values(), x, y, sw)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return self._flat(self._project(grads, self._mask_values())).detach(), (
-            loss.detach()
-        )
+        masks = self._mask_values()
+        return self._flat(self._project(grads, masks)).detach(), loss.detach()
 
     def loss(self, x, y, sw):
         with torch.no_grad():
