@@ -151,7 +151,8 @@ class HessianMetrics(CurvatureCallback):
         # Top eigenvalue by ``measure`` (`measures.sharpness_estimate` or
         # `measures.non_uniformity_estimate`), warm-started from the previous
         # call's vector for ``key``; the first call from the measure's own
-        # start (the Hessian's: the gradient).
+        # start (the Hessian's: the gradient; the moments': the Hessian's
+        # top eigenvector, set in `_measure`).
         result = measure(
             op,
             max_iter=self.max_iter,
@@ -180,6 +181,9 @@ class HessianMetrics(CurvatureCallback):
             values["trace"], values["trace_stderr"] = t.estimate, t.stderr
         s = {}
         for k in self.orders:
+            if k not in self._vectors:
+                # First call: from the Hessian's top eigenvector just found.
+                self._vectors[k] = measures.hessian_start(self._vectors["H"], self.seed)
             gap = self._eigen(k, measures.non_uniformity_estimate, op, order=k)
             s[k] = measures.root(gap, k)
             values[f"s{k}"] = s[k]

@@ -34,6 +34,7 @@ from keras_sam.hessian import solvers
 from keras_sam.hessian._operators import CurvatureOperator
 from keras_sam.hessian.measures import (
     StabilityMargins,
+    hessian_start,
     non_uniformity,
     non_uniformity_eigen,
     non_uniformity_estimate,
@@ -50,6 +51,7 @@ from keras_sam.hessian.measures import (
 __all__ = [
     "CurvatureOperator",
     "StabilityMargins",
+    "hessian_start",
     "non_uniformity",
     "non_uniformity_eigen",
     "non_uniformity_estimate",

@@ -146,6 +146,15 @@ class CurvatureFunctions(abc.ABC):
         are inside each example's loss, per-example ones are applied by
         `power`."""
 
+    def ggn(self, x, y, sw, v):
+        """``(sum_i sw_i G_i v, sum_i sw_i f_i)``: G_i = J_i^T Q_i J_i, the
+        generalized Gauss-Newton matrix of example i (J_i the Jacobian of
+        the model's outputs in the weights, Q_i the Hessian of the loss in
+        the outputs; the Hessian less the model's own second derivatives)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no Gauss-Newton products."
+        )
+
     # -- the neutral parts ------------------------------------------------
 
     def power(self, k: int, path: str) -> Callable:
@@ -226,6 +235,22 @@ class CurvatureFunctions(abc.ABC):
             n = ops.shape(tree.flatten(y_pred)[0])[0]
             return value * (n if isinstance(n, int) else ops.cast(n, value.dtype))
         # Unweighted data: the same sum, sample weights applied here.
+        return value * ops.sum(sw)
+
+    def _outputs(self, params, state, x):
+        """The model's outputs as a function of ``params`` and ``state``
+        (as in `_loss_sum`, without the loss)."""
+        mapping = list(zip(self._variables, params)) + list(zip(self._others, state))
+        with keras.StatelessScope(state_mapping=mapping), self._loss_context():
+            return self._model()(x, training=self.settings.training)
+
+    def _output_loss_sum(self, y, y_pred, sw):
+        """``sum_i sw_i f_i`` as a function of the outputs ``y_pred`` (the
+        data loss: Gauss-Newton products take no ``model.losses``)."""
+        value = self._batch_loss(y, y_pred, sw if self.settings.weighted else None)
+        if self.settings.weighted:
+            n = ops.shape(tree.flatten(y_pred)[0])[0]
+            return value * (n if isinstance(n, int) else ops.cast(n, value.dtype))
         return value * ops.sum(sw)
 
     def _flat(self, tensors):

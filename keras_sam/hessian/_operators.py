@@ -39,6 +39,8 @@ _DATA_HELP = (
 
 #: Keras backends with curvature products.
 BACKENDS = ("tensorflow", "jax", "torch")
+#: The curvature matrices an operator multiplies by.
+CURVATURES = ("hessian", "ggn")
 
 
 def _backend_functions():
@@ -250,6 +252,18 @@ class CurvatureOperator:
             products are ``P H P v`` and ``mean_i (P H_i P)^k v`` with P
             zeroing the pruned coordinates (default True; no effect on a
             dense model).
+        curvature: ``"hessian"`` (default) or ``"ggn"``: the generalized
+            Gauss-Newton matrix ``G = sum_i w_i J_i^T Q_i J_i / n`` (J_i the
+            Jacobian of example i's outputs in the weights, Q_i the Hessian
+            of its loss in the outputs) instead of H. G is H less the
+            model's own second derivatives (``sum_c dL/dz_c d2z_c``): a
+            different quantity, positive semidefinite wherever the loss is
+            convex in the outputs (cross-entropy, MSE), equal to H for a
+            linear model. Its products (`hvp`, `matvec`: every eigenvalue,
+            trace and density measure) cost about one forward and three
+            backward passes; per-example moments (`moment`,
+            `non_uniformity`) and ``regularization=True`` take the Hessian
+            only.
         forward_over_reverse: TensorFlow: compute ``H v`` forward over
             reverse (``tf.autodiff.ForwardAccumulator`` on the gradient):
             about 30% faster per product on an MLP, but the first call
@@ -276,6 +290,7 @@ class CurvatureOperator:
         jit_compile: bool = False,
         masked: bool = True,
         forward_over_reverse: bool = False,
+        curvature: str = "hessian",
     ):
         if not isinstance(model, keras.Model):
             raise ValueError(
@@ -286,6 +301,12 @@ class CurvatureOperator:
         jit_compile = boolean(jit_compile, "jit_compile")
         masked = boolean(masked, "masked")
         forward = boolean(forward_over_reverse, "forward_over_reverse")
+        self.curvature = one_of(curvature, "curvature", CURVATURES)
+        if self.curvature == "ggn" and regularization:
+            raise ValueError(
+                "`regularization` must be False with curvature='ggn' (the "
+                "Gauss-Newton matrix is of the data loss), got True."
+            )
         if vectorize is not None:
             vectorize = boolean(vectorize, "vectorize")
         chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
@@ -326,11 +347,13 @@ class CurvatureOperator:
         return self._fn.tensors(self._float32(v))
 
     def hvp(self, v: np.ndarray) -> np.ndarray:
-        """``H v`` with H the Hessian of the mean loss."""
+        """``H v`` with H the Hessian of the mean loss (``G v``, the
+        Gauss-Newton matrix's, with ``curvature="ggn"``)."""
         tv = self._vector(v)
         total = np.zeros(self.dim)
+        product = self._fn.ggn if self.curvature == "ggn" else self._fn.hvp
         for x, y, sw in self._tensors:
-            total += _numpy(self._fn.hvp(x, y, sw, tv)[0])
+            total += _numpy(product(x, y, sw, tv)[0])
         self.num_products += 1
         return total / self.num_examples
 
@@ -362,7 +385,7 @@ class CurvatureOperator:
         def mean_gradient():
             return self.gradient()[1]
 
-        if shared is None or len(self._tensors) != 1:
+        if shared is None or len(self._tensors) != 1 or self.curvature == "ggn":
             return _plain_drive(steps, v, self.hvp, mean_gradient)
         state = _DriveState(steps)
         wants_gradient = v is GRADIENT
@@ -444,9 +467,18 @@ class CurvatureOperator:
             total += _numpy(self._fn.power(k, chosen)(*chunk, tv))
         return total
 
+    def _check_hessian(self, what: str) -> None:
+        if self.curvature != "hessian":
+            raise ValueError(
+                f"`{what}` needs curvature='hessian' (per-example Hessian "
+                f"products); this operator was built with curvature="
+                f"{self.curvature!r}."
+            )
+
     def moment(self, v: np.ndarray, k: int) -> np.ndarray:
         """``M_k v = sum_i w_i H_i^k v / n`` (per-example Hessians)."""
         k = positive_int(k, "k")
+        self._check_hessian("moment")
         total = self._moment_sum(self._vector(v), k)
         self.num_products += k
         return total / self.num_examples
@@ -468,6 +500,7 @@ class CurvatureOperator:
         ``path``: ``"vectorized"`` or ``"looped"`` to force one (default:
         the operator's choice)."""
         path = one_of(path, "path", (None, "vectorized", "looped"))
+        self._check_hessian("per_example_hvp")
         if path is not None and path not in self._fn.paths:
             raise ValueError(_no_vectorized_path())
         tv = self._vector(v)

@@ -28,6 +28,7 @@ from keras_sam.hessian._operators import GRADIENT, CurvatureOperator
 ORDERS = (2, 3, 4)
 TRACE_METHODS = ("hutchinson", "hutchpp", "exact")
 START_VECTORS = ("gradient", "random")
+MOMENT_START_VECTORS = ("hessian", "random")
 
 #: The arguments every measure passes to `CurvatureOperator`, with the
 #: defaults they must keep when a built operator is passed instead.
@@ -43,6 +44,7 @@ _OPERATOR_DEFAULTS = {
     "jit_compile": False,
     "masked": True,
     "forward_over_reverse": False,
+    "curvature": "hessian",
 }
 
 
@@ -124,6 +126,43 @@ def gradient_start(gradient: np.ndarray, seed: int | None = 0) -> np.ndarray:
     return v
 
 
+def hessian_start(
+    vector: np.ndarray, seed: int | None = 0, weight: float = 0.3
+) -> np.ndarray:
+    """Start vector of the moments' Lanczos: the Hessian's top eigenvector
+    ``u`` (unit) plus a random Gaussian vector of norm ``weight``.
+
+    The top eigenvector of ``M_k - H^k`` lies close to the Hessian's: from
+    it, Lanczos on ``M_2 - H^2`` met the default tolerance in 4 products
+    against 10-11 from a random or gradient start (LeNet-300-100 after two
+    epochs, 100 examples; see docs/curvature.md); each of those products
+    costs many Hessian products, the start one `sharpness` call. The random
+    part keeps every direction present, as in `gradient_start`.
+
+    ```python
+    top = keras_sam.hessian.sharpness_estimate(op)
+    r = keras_sam.hessian.non_uniformity_estimate(
+        op, order=2, v0=hessian_start(top.eigenvectors[:, 0]))
+    ```
+
+    Args:
+        vector: the Hessian's top eigenvector (any norm; zero or non-finite:
+            the random part alone).
+        seed: seed of the random part.
+        weight: norm of the random part.
+
+    Returns:
+        The start vector, float64, of ``vector``'s length.
+    """
+    vector = np.asarray(vector, np.float64).reshape(-1)
+    norm = float(np.sqrt(np.einsum("i,i->", vector, vector)))
+    z = np.random.default_rng(seed).standard_normal(vector.shape[0])
+    z *= weight / np.sqrt(np.einsum("i,i->", z, z))
+    if np.isfinite(norm) and norm > 0:
+        z += vector / norm
+    return z
+
+
 def _lanczos_from_gradient(dim, k, max_iter, tol, seed) -> solvers.Steps:
     # Sent the gradient the products share (`CurvatureOperator.drive`).
     gradient = yield GRADIENT
@@ -152,6 +191,7 @@ def sharpness_estimate(
     jit_compile: bool = False,
     masked: bool = True,
     forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> solvers.EigenResult:
     """`sharpness` with its error bound and cost: the top-``k`` eigenpairs
     of the mean-loss Hessian H by Lanczos.
@@ -178,7 +218,8 @@ def sharpness_estimate(
 
     The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
     ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
-    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
     are `CurvatureOperator`'s; with a built operator as ``model`` they
     keep their defaults.
 
@@ -221,6 +262,7 @@ def sharpness(
     jit_compile: bool = False,
     masked: bool = True,
     forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> float:
     """Top eigenvalue ``lambda_max(H)`` of the Hessian of the mean loss.
 
@@ -264,6 +306,7 @@ def trace_estimate(
     jit_compile: bool = False,
     masked: bool = True,
     forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> solvers.TraceResult:
     """`trace` with its standard error and cost.
 
@@ -286,7 +329,8 @@ def trace_estimate(
 
     The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
     ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
-    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
     are `CurvatureOperator`'s; with a built operator as ``model`` they
     keep their defaults.
 
@@ -328,6 +372,7 @@ def trace(
     jit_compile: bool = False,
     masked: bool = True,
     forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> float:
     """Trace of the Hessian of the mean loss (Hutchinson by default).
 
@@ -365,6 +410,7 @@ def non_uniformity_estimate(
     max_iter: int = 100,
     tol: float = 1e-3,
     v0: np.ndarray | None = None,
+    start: str = "hessian",
     seed: int | None = 0,
     loss: Any = None,
     loss_weights: Any = None,
@@ -377,6 +423,7 @@ def non_uniformity_estimate(
     jit_compile: bool = False,
     masked: bool = True,
     forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> solvers.EigenResult:
     """`non_uniformity` before the root, with its error bound and cost: the
     top algebraic eigenpair of ``M_k - H^k`` (k = ``order``) by Lanczos.
@@ -393,12 +440,16 @@ def non_uniformity_estimate(
         order: k, 2, 3 or 4.
         max_iter: most Lanczos steps (products with ``M_k - H^k``).
         tol: relative accuracy, as for `sharpness_estimate`.
-        v0: start vector (default: random).
+        v0: start vector (default: see ``start``).
+        start: without ``v0``: ``"hessian"`` (default) from the Hessian's
+            top eigenvector (`hessian_start`; one `sharpness` call more,
+            about half the moment products), or ``"random"``.
         seed: seed of the random start vector.
 
     The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
     ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
-    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
     are `CurvatureOperator`'s (``chunk_size`` and ``vectorize`` set up the
     per-example products); with a built operator as ``model`` they keep
     their defaults.
@@ -406,7 +457,7 @@ def non_uniformity_estimate(
     Returns:
         A `keras_sam.hessian.solvers.EigenResult` of ``M_k - H^k`` (one
         pair; ``iterations`` counts products with ``M_k - H^k``, each k
-        per-example and k batch products).
+        per-example and k batch products, not the start's).
 
     Raises:
         ValueError: a bad ``order`` or other argument (named in the
@@ -414,7 +465,11 @@ def non_uniformity_estimate(
             `CurvatureOperator`.
     """
     order = _check_order(order)
+    start = one_of(start, "start", MOMENT_START_VECTORS)
     op = _operator(model, data, _operator_options(locals()))
+    if v0 is None and start == "hessian":
+        top = sharpness_estimate(op, max_iter=max_iter, tol=tol, seed=seed)
+        v0 = hessian_start(top.eigenvectors[:, 0], seed)
     return solvers.lanczos(
         lambda v: op.moment_gap(v, order),
         op.dim,
@@ -439,6 +494,7 @@ def non_uniformity(
     max_iter: int = 100,
     tol: float = 1e-3,
     v0: np.ndarray | None = None,
+    start: str = "hessian",
     seed: int | None = 0,
     loss: Any = None,
     loss_weights: Any = None,
@@ -451,6 +507,7 @@ def non_uniformity(
     jit_compile: bool = False,
     masked: bool = True,
     forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> float:
     """Non-uniformity ``s_k = lambda_max(M_k - H^k)^(1/k)``, k = 2, 3, 4.
 
@@ -473,7 +530,9 @@ def non_uniformity(
         ValueError: as `non_uniformity_estimate`.
     """
     options = {**_operator_options(locals()), "max_iter": max_iter, "tol": tol}
-    result = non_uniformity_estimate(model, data, order, v0=v0, seed=seed, **options)
+    result = non_uniformity_estimate(
+        model, data, order, v0=v0, start=start, seed=seed, **options
+    )
     return root(float(result.eigenvalues[0]), _check_order(order))
 
 
@@ -495,6 +554,7 @@ def spectral_density(
     jit_compile: bool = False,
     masked: bool = True,
     forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> solvers.SLQResult:
     """Spectral density of H by stochastic Lanczos quadrature.
 
@@ -513,7 +573,8 @@ def spectral_density(
 
     The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
     ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
-    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
     are `CurvatureOperator`'s; with a built operator as ``model`` they
     keep their defaults.
 
@@ -612,6 +673,7 @@ def stability_margins(
     jit_compile: bool = False,
     masked: bool = True,
     forward_over_reverse: bool = False,
+    curvature: str = "hessian",
 ) -> StabilityMargins:
     """Theorem 6.3's necessary stability conditions for SGD (rho = 0) or SAM.
 
@@ -636,7 +698,8 @@ def stability_margins(
 
     The operator's arguments (``loss``, ``loss_weights``, ``regularization``,
     ``class_weight``, ``training``, ``batch_size``, ``chunk_size``,
-    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``)
+    ``vectorize``, ``jit_compile``, ``masked``, ``forward_over_reverse``,
+    ``curvature``)
     are `CurvatureOperator`'s (one operator serves every measure); with a
     built operator as ``model`` they keep their defaults.
 
@@ -661,8 +724,10 @@ def stability_margins(
     orders = tuple(_check_order(k) for k in orders)
     op = _operator(model, data, options)
     solver = {"max_iter": max_iter, "tol": tol, "seed": seed}
-    a = sharpness(op, **solver)
-    s = {k: non_uniformity(op, order=k, **solver) for k in orders}
+    top = sharpness_estimate(op, **solver)
+    a = float(top.eigenvalues[0])
+    start = hessian_start(top.eigenvectors[:, 0], seed)
+    s = {k: non_uniformity(op, order=k, v0=start, **solver) for k in orders}
     ratios = stability_ratios(lr, rho, a, *(s.get(k) for k in ORDERS))
     return StabilityMargins(lr, rho, a, s, ratios)
 

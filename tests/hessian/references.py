@@ -266,3 +266,52 @@ def finite_difference_hvp(model, x, y, v, step=1e-4, training=False):
         return (grad(w + step * v, x, y) - grad(w - step * v, x, y)) / (2 * step)
     finally:
         grad(w, x, y)
+
+
+# -- Output Jacobians (for the Gauss-Newton matrix) ------------------------------
+
+
+def output_jacobians(model, x):
+    """(n, outputs, P) float64 Jacobians of each example's flattened model
+    outputs (inference mode) in the trainable weights, by plain autodiff of
+    an ordinary model call (no library code)."""
+    variables = model.trainable_variables
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape(persistent=True) as tape:
+            out = model(tf.convert_to_tensor(x), training=False)
+        blocks = tape.jacobian(out, variables, experimental_use_pfor=False)
+        n = out.shape[0]
+        jac = tf.concat(
+            [
+                tf.reshape(b, [n, -1, int(np.prod(v.shape))])
+                for b, v in zip(blocks, variables)
+            ],
+            2,
+        )
+        return np.asarray(jac, np.float64)
+    if BACKEND == "jax":
+        import jax
+        from jax.flatten_util import ravel_pytree
+
+        trainable = [v.value for v in variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        flat, unravel = ravel_pytree(trainable)
+
+        def outputs(w):
+            pred, _ = model.stateless_call(unravel(w), non_trainable, x, training=False)
+            return pred.reshape(pred.shape[0], -1)
+
+        return np.asarray(jax.jacrev(outputs)(flat), np.float64)
+    import torch
+
+    params = [v.value for v in variables]
+    out = model(torch.as_tensor(x), training=False)
+    out = out.reshape(out.shape[0], -1)
+    rows = [
+        _torch_flat_grad(out[i, o], params, retain_graph=True).detach().cpu().numpy()
+        for i in range(out.shape[0])
+        for o in range(out.shape[1])
+    ]
+    return np.asarray(rows, np.float64).reshape(out.shape[0], out.shape[1], -1)

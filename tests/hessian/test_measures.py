@@ -61,6 +61,22 @@ def test_non_uniformity_regressor_s2(regressor):
     assert s2 == pytest.approx(expected, rel=1e-4)
 
 
+def test_non_uniformity_starts_agree(classifier):
+    # Both starts reach the dense s_2; the Hessian start is the Hessian's
+    # top eigenvector plus a random part of norm 0.3.
+    c = classifier
+    gap = np.mean([h @ h for h in c.hessians], axis=0) - c.h @ c.h
+    expected = np.sqrt(np.linalg.eigvalsh(gap)[-1])
+    for start in ("hessian", "random"):
+        s2 = hessian.non_uniformity(c.model, (c.x, c.y), start=start, tol=1e-6)
+        assert s2 == pytest.approx(expected, rel=1e-4)
+    top = np.linalg.eigh(c.h)[1][:, -1]
+    v = hessian.hessian_start(top * 5.0, seed=3)
+    assert np.linalg.norm(v - top) == pytest.approx(0.3)
+    # A zero vector gives the random part alone.
+    assert np.linalg.norm(hessian.hessian_start(np.zeros(4))) == pytest.approx(0.3)
+
+
 def test_stability_ratios_hand_computed():
     lr, rho, a, s2, s3, s4 = 0.1, 0.02, 12.0, 9.0, 5.0, 4.0
     ratios = hessian.stability_ratios(lr, rho, a, s2, s3, s4)
@@ -198,6 +214,7 @@ def test_operator_can_be_shared(regressor):
         (lambda m, d: hessian.stability_margins(m, d, lr=0.1, rho="0"), "rho"),
         (lambda m, d: hessian.sharpness(m, d, tol=0), "tol"),
         (lambda m, d: hessian.sharpness(m, d, start="gradients"), "start"),
+        (lambda m, d: hessian.non_uniformity(m, d, start="gradient"), "start"),
         (lambda m, d: hessian.sharpness(m, d, training="no"), "training"),
         (lambda m, d: hessian.spectral_density(m, d, num_steps=0), "num_steps"),
     ],

@@ -108,6 +108,25 @@ class Functions(CurvatureFunctions):
             )
             return flat(project(grads, mask_values)), loss
 
+        def ggn_sum(values, x, y, sw, v):
+            # J^T Q J v: J v forward, Q (J v) as the derivative of the
+            # loss's gradient in the outputs along it, J^T by the pullback.
+            params, state, mask_values = values
+            tangents = [
+                t.astype(p.dtype)
+                for t, p in zip(project(unflat(v), mask_values), params)
+            ]
+
+            def outputs(p):
+                return self._outputs(p, state, x)
+
+            y_pred, pullback = jax.vjp(outputs, params)
+            _, jv = jax.jvp(outputs, (params,), (tangents,))
+            gradient = jax.value_and_grad(lambda z: self._output_loss_sum(y, z, sw))
+            (loss, _), (_, qjv) = jax.jvp(gradient, (y_pred,), (jv,))
+            (gv,) = pullback(qjv)
+            return flat(project(gv, mask_values)), loss
+
         # Per-token weights (rank > 1) weight the tokens inside each
         # example's loss; per-example weights weight the examples' products.
         per_token = settings.per_token
@@ -144,11 +163,44 @@ class Functions(CurvatureFunctions):
                 lambda *a: example_power(values, k, *a), in_axes=(0, 0, 0, None)
             )(x, y, sw, v)
 
+        def vectorized_power_sum(values, x, y, sw, v, k, frequencies):
+            # sum_i c_i H_i^k v without a per-example result of the last
+            # application: u_i = H_i^(k-1) v per example (linearized once),
+            # then sum_i c_i H_i u_i as the gradient in the (shared) weights
+            # of sum_i c_i <g_i, u_i>, the directional derivatives of the
+            # examples' losses along their own u_i: one batch backward pass
+            # whose per-example outer products XLA contracts over the batch.
+            params, state, mask_values = values
+            if k > 2:
+                us = vectorized_powers(values, x, y, sw, v, k - 1)
+            else:
+                us = jax.vmap(
+                    lambda *a: example_power(values, 1, *a), in_axes=(0, 0, 0, None)
+                )(x, y, sw, v)
+
+            def directional(p):
+                def one(xi, yi, swi, ui):
+                    weight = _one(swi) if per_token else one_weight
+                    tangents = [
+                        t.astype(q.dtype)
+                        for t, q in zip(project(unflat(ui), mask_values), p)
+                    ]
+                    return jax.jvp(
+                        lambda q: loss_sum(q, state, _one(xi), _one(yi), weight),
+                        (p,),
+                        (tangents,),
+                    )[1]
+
+                return jnp.sum(jax.vmap(one)(x, y, sw, us) * frequencies)
+
+            return flat(project(jax.grad(directional)(params), mask_values))
+
         def looped_rows(values, x, y, sw, vs):
             return jax.lax.map(lambda a: example_hvp(values, *a), (x, y, sw, vs))
 
         self._hvp = jax.jit(hvp_sum)
         self._grad = jax.jit(grad_sum)
+        self._ggn = jax.jit(ggn_sum)
         self._shared = jax.jit(shared_products)
         # One compiled per-example product per path, ``[H_i v_i]`` for a
         # matrix of vectors; ``H_i^k v`` applies it k times.
@@ -157,6 +209,7 @@ class Functions(CurvatureFunctions):
             "looped": jax.jit(looped_rows),
         }
         self._vectorized_powers = jax.jit(vectorized_powers, static_argnums=5)
+        self._vectorized_power_sum = jax.jit(vectorized_power_sum, static_argnums=5)
         # `jax.vmap` needs no check (`decide`): always vectorized.
         self.vectorized = True
 
@@ -168,6 +221,10 @@ class Functions(CurvatureFunctions):
     def hvp(self, x, y, sw, v):
         """``(sum_i sw_i H_i v, sum_i sw_i f_i)``."""
         return self._hvp(self._values(), x, y, sw, v)
+
+    def ggn(self, x, y, sw, v):
+        """``(sum_i sw_i G_i v, sum_i sw_i f_i)``, Gauss-Newton."""
+        return self._ggn(self._values(), x, y, sw, v)
 
     def drive(self, x, y, sw, v, step) -> bool:
         """Products ``sum_i sw_i H_i v`` from one linearization:
@@ -189,6 +246,15 @@ class Functions(CurvatureFunctions):
         # From the product's program (every instrument compiles it): one
         # compilation less than a program of its own.
         return self.hvp(x, y, sw, jnp.zeros([self.dim], jnp.float32))[1]
+
+    def power_sum(self, k, path, x, y, sw, v):
+        """``sum_i sw_i H_i^k v``; vectorized, the last application as one
+        batch gradient (no per-example result)."""
+        if path == "vectorized" and k > 1:
+            return self._vectorized_power_sum(
+                self._values(), x, y, sw, v, k, self._frequencies(sw)
+            )
+        return super().power_sum(k, path, x, y, sw, v)
 
     def example_powers(self, k, path, x, y, sw, v):
         """``[H_i^k v]``: on the vectorized path, one linearization per

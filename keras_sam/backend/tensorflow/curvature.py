@@ -187,6 +187,47 @@ class Functions(CurvatureFunctions):
             final = tf.while_loop(lambda v, done: tf.logical_not(done), product, start)
             return final[1]
 
+        def ggn_sum(x, y, sw, v):
+            # J^T Q J v by reverse mode only: J v as the derivative of the
+            # (linear) J^T u in u, Q (J v) as the gradient of the loss's
+            # output gradient along J v, J^T of that by the model's tape.
+            params = weights()
+            with tf.GradientTape(persistent=True) as model_tape:
+                model_tape.watch(params)
+                y_pred = self._outputs(params, self._state_values(), x)
+            preds = tf.nest.flatten(y_pred)
+            dummies = [tf.zeros_like(p) for p in preds]
+            with tf.GradientTape() as dual:
+                dual.watch(dummies)
+                jtu = model_tape.gradient(
+                    preds, params, output_gradients=dummies, unconnected_gradients=zero
+                )
+                jtu_v = tf.add_n(
+                    [
+                        tf.reduce_sum(tf.cast(_dense(g), tf.float32) * t)
+                        for g, t in zip(jtu, project(unflat(v)))
+                    ]
+                )
+            jv = dual.gradient(jtu_v, dummies, unconnected_gradients=zero)
+            zs = [tf.stop_gradient(p) for p in preds]
+            with tf.GradientTape() as outer:
+                outer.watch(zs)
+                with tf.GradientTape() as inner:
+                    inner.watch(zs)
+                    loss = self._output_loss_sum(
+                        y, tf.nest.pack_sequence_as(y_pred, zs), sw
+                    )
+                gz = inner.gradient(loss, zs, unconnected_gradients=zero)
+                gz_jv = tf.add_n(
+                    [tf.reduce_sum(g * tf.cast(j, g.dtype)) for g, j in zip(gz, jv)]
+                )
+            qjv = outer.gradient(gz_jv, zs, unconnected_gradients=zero)
+            gv = model_tape.gradient(
+                preds, params, output_gradients=qjv, unconnected_gradients=zero
+            )
+            del model_tape
+            return flat(project(gv)), loss
+
         def grad_sum(x, y, sw):
             params = weights()
             with tf.GradientTape() as tape:
@@ -269,6 +310,7 @@ class Functions(CurvatureFunctions):
         self._grad = _exact(
             tf.function(grad_sum, input_signature=[x_spec, y_spec, sw_spec], **kw)
         )
+        self._ggn = _exact(tf.function(ggn_sum, input_signature=hvp_signature, **kw))
         self._loss = _exact(
             tf.function(loss_sum, input_signature=[x_spec, y_spec, sw_spec], **kw)
         )
@@ -325,6 +367,10 @@ class Functions(CurvatureFunctions):
         finally:
             self._callback = None
         return True
+
+    def ggn(self, x, y, sw, v):
+        """``(sum_i sw_i G_i v, sum_i sw_i f_i)``, Gauss-Newton."""
+        return self._ggn(x, y, sw, v)
 
     def grad(self, x, y, sw):
         return self._grad(x, y, sw)

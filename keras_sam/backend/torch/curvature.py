@@ -120,6 +120,52 @@ class Functions(CurvatureFunctions):
                 hv = [None] * len(params)
         return self._flat(self._project(hv, masks)).detach(), loss.detach()
 
+    def ggn(self, x, y, sw, v):
+        """``(sum_i sw_i G_i v, sum_i sw_i f_i)``, Gauss-Newton: J v as the
+        derivative of the (linear) ``J^T u`` in u, Q (J v) by the loss's
+        double backward in the outputs, J^T of that by one more backward."""
+        with torch.enable_grad():
+            params = self._leaves()
+            y_pred = self._outputs(params, self._state_values(), x)
+            preds = tree.flatten(y_pred)
+            masks = self._mask_values()
+            tangents = self._project(self._unflat(v), masks)
+            dummies = [torch.zeros_like(p, requires_grad=True) for p in preds]
+            jtu = torch.autograd.grad(
+                preds,
+                params,
+                grad_outputs=dummies,
+                create_graph=True,
+                allow_unused=True,
+            )
+            jtu_v = [
+                (g.float() * t).sum()
+                for g, t in zip(jtu, tangents)
+                if g is not None and g.requires_grad
+            ]
+            if jtu_v:
+                jv = torch.autograd.grad(
+                    sum(jtu_v), dummies, allow_unused=True, retain_graph=True
+                )
+            else:  # the outputs do not depend on the weights
+                jv = [None] * len(preds)
+            jv = [torch.zeros_like(p) if j is None else j for p, j in zip(preds, jv)]
+            zs = [p.detach().requires_grad_() for p in preds]
+            loss = self._output_loss_sum(y, tree.pack_sequence_as(y_pred, zs), sw)
+            gz = torch.autograd.grad(loss, zs, create_graph=True, allow_unused=True)
+            gz_jv = [
+                (g * j.to(g.dtype)).sum()
+                for g, j in zip(gz, jv)
+                if g is not None and g.requires_grad
+            ]
+            if gz_jv:
+                qjv = torch.autograd.grad(sum(gz_jv), zs, allow_unused=True)
+            else:  # the loss is linear in the outputs
+                qjv = [None] * len(zs)
+            qjv = [torch.zeros_like(z) if q is None else q for z, q in zip(zs, qjv)]
+            gv = torch.autograd.grad(preds, params, grad_outputs=qjv, allow_unused=True)
+        return self._flat(self._project(gv, masks)).detach(), loss.detach()
+
     def drive(self, x, y, sw, v, step) -> bool:
         """Products ``sum_i sw_i H_i v`` from one graph of the gradient
         (``create_graph`` once, ``retain_graph`` per product: PyHessian's
@@ -201,8 +247,9 @@ class Functions(CurvatureFunctions):
             )
             return self._flat(self._project(list(hv), masks))
 
+        shared = vs.dim() == 1  # one vector for every example
         try:
-            return vmap(example)(x, y, sw, vs)
+            return vmap(example, in_dims=(0, 0, 0, None if shared else 0))(x, y, sw, vs)
         except (RuntimeError, NotImplementedError) as error:
             raise ValueError(
                 "Per-example products cannot be vectorized with torch.func.vmap "
@@ -210,10 +257,52 @@ class Functions(CurvatureFunctions):
                 "use vectorize=None (decides per model) or vectorize=False."
             ) from error
 
+    def power_sum(self, k, path, x, y, sw, v):
+        """``sum_i sw_i H_i^k v``; vectorized, the last application as one
+        batch gradient in the weights of ``sum_i sw_i <g_i, u_i>``, u_i =
+        H_i^(k-1) v (no per-example result; falls back to k per-example
+        products where `torch.func` refuses the model)."""
+        if path == "vectorized" and k > 1 and self._fused:
+            us = self.example_powers(k - 1, path, x, y, sw, v)
+            try:
+                with torch.no_grad():
+                    return self._last_application(x, y, sw, us)
+            except (RuntimeError, NotImplementedError):
+                self._fused = False
+        return super().power_sum(k, path, x, y, sw, v)
+
+    _fused = True
+
+    def _last_application(self, x, y, sw, us):
+        from torch.func import grad, jvp, vmap
+
+        params = tuple(v.value.detach() for v in self._variables)
+        state, masks = self._state_values(), self._mask_values()
+        frequencies = self._frequencies(sw)
+
+        def directional(p):
+            def one(xi, yi, swi, ui):
+                xi, yi = _one(xi), _one(yi)
+                weight = self._example_weight(swi[None], ui.device)
+                tangents = tuple(self._project(self._unflat(ui), masks))
+                return jvp(
+                    lambda q: self._loss_sum(list(q), state, xi, yi, weight),
+                    (p,),
+                    (tangents,),
+                )[1]
+
+            return (vmap(one)(x, y, sw, us) * frequencies).sum()
+
+        gradient = grad(directional)(params)
+        return self._flat(self._project(list(gradient), masks)).detach()
+
     def example_powers(self, k, path, x, y, sw, v):
         """``[H_i^k v]``: k per-example products on ``path``."""
-        rows = self._vectorized_rows if path == "vectorized" else self._looped_rows
-        vs = v.expand(_first(x).shape[0], v.shape[0])
+        if path == "vectorized":
+            # The first product's vector is shared (not batched under vmap).
+            rows, vs = self._vectorized_rows, v
+        else:
+            rows, vs = self._looped_rows, v.expand(_first(x).shape[0], v.shape[0])
         with torch.no_grad():
             for _ in range(k):
                 vs = rows(x, y, sw, vs).detach()
