@@ -14,7 +14,6 @@ once per model / loss / settings / input signature and reused.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import sys
 import weakref
 from typing import Any
@@ -23,6 +22,7 @@ import keras
 import numpy as np
 from keras import tree
 
+from keras_sam import backend
 from keras_sam._validation import boolean, one_of, positive_int
 from keras_sam.hessian._functions import CurvatureFunctions, Settings
 from keras_sam.hessian._losses import BatchLoss
@@ -52,7 +52,7 @@ def _backend_functions():
             f"keras_sam.hessian supports the Keras backends {list(BACKENDS)}; the "
             f"active one is {name!r}. Set KERAS_BACKEND to one of them."
         )
-    return importlib.import_module(f"keras_sam.backend.{name}.curvature").Functions
+    return backend.module("curvature").Functions
 
 
 def is_dataset(data) -> bool:

@@ -53,6 +53,14 @@ def _operator_options(arguments: dict) -> dict:
     return {name: arguments[name] for name in _OPERATOR_DEFAULTS}
 
 
+def _is_default(value, default) -> bool:
+    # Identity for None and booleans; equality for strings, which a caller may
+    # build at run time (arrays or dicts never equal a default here).
+    if isinstance(default, str):
+        return isinstance(value, str) and value == default
+    return value is default
+
+
 def _operator(model, data, options: dict) -> CurvatureOperator:
     if isinstance(model, CurvatureOperator):
         if data is not None:
@@ -60,7 +68,7 @@ def _operator(model, data, options: dict) -> CurvatureOperator:
         changed = sorted(
             name
             for name, value in options.items()
-            if value is not _OPERATOR_DEFAULTS[name]
+            if not _is_default(value, _OPERATOR_DEFAULTS[name])
         )
         if changed:
             raise ValueError(

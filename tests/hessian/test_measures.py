@@ -302,3 +302,8 @@ def test_operator_options_are_refused_with_an_operator(regressor):
         hessian.sharpness(op, training=True)
     with pytest.raises(ValueError, match="`data` must be None"):
         hessian.trace_estimate(op, (c.x, c.y))
+    # A default given explicitly, as a string built at run time, is no change.
+    built = "".join(["hess", "ian"])
+    assert hessian.sharpness(op, curvature=built) == hessian.sharpness(op)
+    with pytest.raises(ValueError, match=r"\['curvature'\] must keep"):
+        hessian.sharpness(op, curvature="ggn")
