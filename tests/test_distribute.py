@@ -13,22 +13,9 @@ import numpy as np
 import pytest
 
 from tests import reference
+from tests.distributed.checks import run_checks
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_checks(script, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "distributed" / script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert result.returncode == 0 and lines, result.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULTS ") :])
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +131,7 @@ def worker_weights(out):
 def multi_worker_reference(epochs):
     """Single-device SAM on the global batch, in NumPy."""
     from tests.distributed.multi_worker import BATCH, data
-    from tests.test_sam_model import mlp
+    from tests.models import mlp
 
     model = mlp(rho=0.2)
     params = [v.numpy().astype(np.float64) for v in model.trainable_variables]

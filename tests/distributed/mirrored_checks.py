@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 import keras_sam  # noqa: E402
 from tests import reference  # noqa: E402
-from tests.test_sam_model import mlp  # noqa: E402
+from tests.models import mlp  # noqa: E402
 
 LR, RHO, STEPS, BATCH = 0.1, 0.2, 3, 32
 rng = np.random.default_rng(0)
