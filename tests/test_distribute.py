@@ -15,6 +15,8 @@ import pytest
 from tests import reference
 from tests.distributed.checks import run_checks
 
+pytestmark = pytest.mark.backends("tensorflow")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -17,6 +17,8 @@ import pytest
 
 from tests import release_check
 
+pytestmark = pytest.mark.backend_independent
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: In the `study`, `tfmot` and `test` extras, never needed by the library

@@ -5,6 +5,8 @@ import pytest
 
 from tests.distributed.checks import run_checks
 
+pytestmark = pytest.mark.backends("tensorflow")
+
 
 @pytest.fixture(scope="module")
 def mirrored():

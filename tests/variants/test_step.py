@@ -16,6 +16,8 @@ from tests.variants.training import (
     train_full_batch,
 )
 
+pytestmark = pytest.mark.backends("tensorflow")
+
 
 def test_masks_compose_with_looksam(regression_data):
     """A pruned first kernel: g, eps, gs and the stored gv are masked."""
