@@ -46,7 +46,7 @@ demo: $(STAMP)
 # printed whole when it ends.
 test: $(BACKENDS_STAMP)
 	$(MAKE) --no-print-directory -j2 --output-sync=target \
-	  test-tensorflow test-jax test-torch test-independent
+	  test-tensorflow test-jax test-independent test-torch
 
 test-tensorflow: $(BACKENDS_STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(NEUTRAL)

@@ -149,16 +149,10 @@ def assert_matches_reference(weights, expected):
         np.testing.assert_allclose(value, want, atol=1e-5)
 
 
-def test_multi_worker_fit_matches_single_device_sam(tmp_path):
-    codes, errors = run_workers(tmp_path, "--epochs", "3")
-    assert codes == [0, 0], errors
-    first, second = worker_weights(tmp_path)
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
-    assert_matches_reference(first, multi_worker_reference(epochs=3))
-
-
 def test_multi_worker_resumes_after_a_killed_worker(tmp_path):
+    # Also the multi-worker step itself: the workers stay equal and end at
+    # single-device SAM on the global batch (epochs 0 and 1 from the killed
+    # run's backup, epoch 2 from the resumed one).
     backup = tmp_path / "backup"
     codes, _ = run_workers(
         tmp_path, "--epochs", "3", "--backup", str(backup), "--die-after-epoch", "1"
