@@ -13,19 +13,15 @@ CONSTRAINTS := constraints-cpu.txt
 CPU_INDEX ?=
 PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS) \
 	$(if $(CPU_INDEX),--extra-index-url $(CPU_INDEX))
-# The backend-neutral suites, run once more on JAX and on PyTorch (the whole
-# suite runs on TensorFlow). Each backend is its own process: Keras picks its
-# backend at import.
-BACKEND_SUITE := tests/test_sam_model.py tests/test_backends.py tests/test_wrap.py \
-	tests/test_perturbations.py tests/sparsity tests/variants/test_step_backends.py \
-	tests/variants/test_micro_batches.py tests/variants/test_phases_and_momentum.py \
-	tests/test_micro_batches_jax.py tests/hessian tests/test_torch_ddp.py \
-	tests/test_sam_optimizers.py tests/test_sam_step.py tests/test_randomness.py \
-	tests/variants/test_rules.py tests/test_optimizers.py \
-	tests/hub
+# Every test runs on TensorFlow, JAX and PyTorch unless a marker says otherwise
+# (pyproject.toml, tests/conftest.py): `backends(...)` runs only on those
+# backends, `backend_independent` (docs, packaging, layout, the study,
+# notebooks, examples) once, in a TensorFlow process of its own. Each backend is
+# its own process: Keras picks its backend at import.
+NEUTRAL := -m "not backend_independent"
 
-.PHONY: demo test test-tensorflow test-jax-torch test-nightly lint format bench \
-	docs package-check
+.PHONY: demo test test-tensorflow test-jax test-torch test-independent \
+	test-nightly lint format bench docs package-check
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,24 +41,32 @@ $(RELEASE_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(PY) -m keras_sam sweep synthetic --preset quick --out results/synthetic-quick
 
-# The TensorFlow suite and the JAX + PyTorch suites run side by side (one
-# process each uses little more than one core); each one's output is printed
-# whole when it ends.
+# Four processes, two at a time (each uses little more than one core), the
+# longest first: make starts the next as soon as one ends. Each one's output is
+# printed whole when it ends.
 test: $(BACKENDS_STAMP)
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-tensorflow test-jax-torch
+	$(MAKE) --no-print-directory -j2 --output-sync=target \
+	  test-tensorflow test-jax test-independent test-torch
 
 test-tensorflow: $(BACKENDS_STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(NEUTRAL)
 
-test-jax-torch: $(BACKENDS_STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q $(BACKEND_SUITE)
-	KERAS_BACKEND=torch $(PY) -m pytest -q $(BACKEND_SUITE)
+test-jax: $(BACKENDS_STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest -q $(NEUTRAL)
+
+test-torch: $(BACKENDS_STAMP)
+	KERAS_BACKEND=torch $(PY) -m pytest -q $(NEUTRAL)
+
+test-independent: $(BACKENDS_STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m backend_independent
 
 # Optional lane, not part of `make test` (a Keras master break must not block a
-# landing): the backend-neutral suites on keras-nightly, in a venv of its own
-# with the project's extras installed, then Keras 3.15 swapped for
-# keras-nightly (same `keras` module; pip can't override the pin). Each backend
-# runs even if one before it failed; the exit status is 1 if any failed.
+# landing): every backend's suite (not the backend-independent tests) on
+# keras-nightly, in a venv of its own with the project's extras installed (the
+# study and docs extras too: every test module is collected), then Keras 3.15
+# swapped for keras-nightly (same `keras` module; pip can't override the pin).
+# Each backend runs even if one before it failed; the exit status is 1 if any
+# failed.
 NIGHTLY_VENV ?= .venv-nightly
 NIGHTLY_BACKENDS ?= jax torch tensorflow
 NIGHTLY_PY := $(NIGHTLY_VENV)/bin/python
@@ -72,7 +76,7 @@ $(NIGHTLY_STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(NIGHTLY_PY) || $(PYTHON) -m venv $(NIGHTLY_VENV)
 	$(NIGHTLY_PY) -m pip install --quiet --upgrade pip
 	$(NIGHTLY_PY) -m pip uninstall --quiet -y keras keras-nightly
-	$(NIGHTLY_PY) $(PIP_INSTALL) -e ".[tensorflow,tfmot,jax,torch,test]"
+	$(NIGHTLY_PY) $(PIP_INSTALL) -e ".[tensorflow,study,jax,torch,test,docs]"
 	$(NIGHTLY_PY) -m pip uninstall --quiet -y keras
 	$(NIGHTLY_PY) -m pip install --quiet --upgrade --pre keras-nightly
 	touch $(NIGHTLY_STAMP)
@@ -81,7 +85,7 @@ test-nightly: $(NIGHTLY_STAMP)
 	@$(NIGHTLY_PY) -c "import keras; print('keras', keras.__version__)"
 	@status=0; for backend in $(NIGHTLY_BACKENDS); do \
 	  echo "== keras-nightly on $$backend"; \
-	  KERAS_BACKEND=$$backend $(NIGHTLY_PY) -m pytest -q $(BACKEND_SUITE) \
+	  KERAS_BACKEND=$$backend $(NIGHTLY_PY) -m pytest -q $(NEUTRAL) \
 	    || status=1; \
 	done; exit $$status
 

@@ -14,12 +14,26 @@ BACKEND = keras.backend.backend()
 JIT_COMPILE = (False, True) if BACKEND != "torch" else (False,)
 
 
+#: Where the tests marked `backend_independent` run (the study, the notebooks
+#: and the examples read their data with TensorFlow's tools).
+INDEPENDENT_BACKEND = "tensorflow"
+
+
 def pytest_collection_modifyitems(config, items):
+    """Every test runs on every backend unless a marker says otherwise:
+    `backends(*names)` (only there) or `backend_independent` (once, on
+    INDEPENDENT_BACKEND). The others skip it, with the reason."""
     for item in items:
         marker = item.get_closest_marker("backends")
         if marker is not None and BACKEND not in marker.args:
             only = ", ".join(marker.args)
             item.add_marker(pytest.mark.skip(reason=f"{only} only; backend {BACKEND}"))
+        elif (
+            item.get_closest_marker("backend_independent")
+            and BACKEND != INDEPENDENT_BACKEND
+        ):
+            reason = f"backend-independent: runs once, on {INDEPENDENT_BACKEND}"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -19,78 +19,9 @@ import pytest
 import keras_sam
 from keras_sam import sparsity
 from tests.conftest import BACKEND
+from tests.models import ZOO, cast_float32, mlp
 
 RNG = np.random.default_rng(7)
-
-
-def _rng():
-    return np.random.default_rng(7)
-
-
-def _attention():
-    rng = _rng()
-    inputs = keras.Input((6, 4))
-    h = keras.layers.MultiHeadAttention(2, 3)(inputs, inputs)
-    h = keras.layers.LayerNormalization()(h + inputs)
-    outputs = keras.layers.EinsumDense("btd,dk->bk", (1,))(h)
-    data = rng.normal(size=(16, 6, 4)), rng.normal(size=(16, 1))
-    return keras.Model(inputs, outputs), data, "mse"
-
-
-def _recurrent():
-    rng = _rng()
-    inputs = keras.Input((5,), dtype="int32")
-    h = keras.layers.Embedding(11, 4)(inputs)
-    h = keras.layers.LSTM(3, return_sequences=True)(h)
-    h = keras.layers.GRU(3)(h)
-    outputs = keras.layers.Dense(1)(h)
-    data = rng.integers(0, 11, size=(16, 5)), rng.integers(0, 2, size=(16,))
-    # BCE with (n,) labels against (n, 1) logits.
-    return keras.Model(inputs, outputs), data, keras.losses.BinaryCrossentropy(True)
-
-
-def _conv_multi_io():
-    rng = _rng()
-    image = keras.Input((6, 6, 2), name="image")
-    extra = keras.Input((3,), name="extra")
-    h = keras.layers.Conv2D(4, 3)(image)
-    h = keras.layers.BatchNormalization()(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    h = keras.layers.Concatenate()([h, extra])
-    first = keras.layers.Dense(1, name="first")(h)
-    second = keras.layers.Dense(2, name="second")(h)
-    x = {"image": rng.normal(size=(16, 6, 6, 2)), "extra": rng.normal(size=(16, 3))}
-    y = [rng.normal(size=(16, 1)), rng.normal(size=(16, 2))]
-    return keras.Model([image, extra], [first, second]), (x, y), ["mse", "mae"]
-
-
-class _ActivityPenalty(keras.layers.Layer):
-    def call(self, inputs):
-        self.add_loss(1e-2 * keras.ops.mean(keras.ops.square(inputs)))
-        return inputs
-
-
-def _add_loss():
-    rng = _rng()
-    inputs = keras.Input((5,))
-    h = _ActivityPenalty()(keras.layers.Dense(6, activation="tanh")(inputs))
-    outputs = keras.layers.Dense(1)(h)
-    data = rng.normal(size=(16, 5)), rng.normal(size=(16, 1))
-    return keras.Model(inputs, outputs), data, "mse"
-
-
-ZOO = {
-    "attention": _attention,
-    "recurrent": _recurrent,
-    "conv_multi_io": _conv_multi_io,
-    "add_loss": _add_loss,
-}
-
-
-def _cast(data):
-    return keras.tree.map_structure(
-        lambda a: a.astype("float32") if a.dtype == np.float64 else a, data
-    )
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -104,7 +35,7 @@ def test_zoo_rho_zero_equals_plain_keras_and_sam_moves(name):
         if rho is not None:
             model = keras_sam.sam(model, rho=rho)
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss=loss)
-        history = model.fit(*_cast(data), batch_size=8, shuffle=False, verbose=0)
+        history = model.fit(*cast_float32(data), batch_size=8, shuffle=False, verbose=0)
         assert np.isfinite(history.history["loss"]).all()
         final[rho] = [v.numpy() for v in model.weights]
     for a, b in zip(final[0.0], final[None]):
@@ -205,7 +136,7 @@ def test_keras_file_moves_to_another_backend_and_trains_on(tmp_path):
 _DATA_PARALLEL = """
 import keras, numpy as np
 import keras_sam
-from tests.test_sam_model import mlp
+from tests.models import mlp
 
 assert len(keras.distribution.list_devices()) == 2
 rng = np.random.default_rng(0)
@@ -263,7 +194,7 @@ def test_jax_data_parallel_equals_single_device():
 def test_rho_schedule_reads_the_step_against_numpy():
     """rho = 0.2 * 0.5**step: two SGD steps against NumPy SAM at 0.2, 0.1."""
     from tests import reference
-    from tests.test_sam_model import LR, mlp, weights_of
+    from tests.models import LR, weights_of
 
     x = RNG.normal(size=(16, 5)).astype("float32")
     y = RNG.normal(size=(16, 1)).astype("float32")

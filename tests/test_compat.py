@@ -100,6 +100,7 @@ def test_call_has_training_arg():
     assert _compat.call_has_training_arg(_NoTraining()) is False
 
 
+@pytest.mark.backends("tensorflow")  # the multi-worker build hook
 def test_symbolic_build_hook_is_called_by_fit():
     calls = []
 
@@ -171,6 +172,7 @@ def test_unlocked_tracker_lets_a_built_layer_take_a_sublayer():
     assert dense.extra in dense._layers
 
 
+@pytest.mark.backends("tensorflow")  # tf.distribute
 def test_in_multi_worker_mode():
     for strategy in (
         tf.distribute.get_strategy(),
@@ -288,6 +290,7 @@ def _variance_hessian(x):
     return outer.jacobian(gradient, x, experimental_use_pfor=False).numpy()
 
 
+@pytest.mark.backends("tensorflow")  # TensorFlow's moments op
 def test_exact_tensorflow_moments_gives_the_variances_second_derivative():
     module = _require_import("keras.src.backend", "tensorflow").nn
     _require_attribute(module, "_compute_moments", "tensorflow.nn._compute_moments")

@@ -13,22 +13,11 @@ import numpy as np
 import pytest
 
 from tests import reference
+from tests.distributed.checks import run_checks
+
+pytestmark = pytest.mark.backends("tensorflow")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_checks(script, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "distributed" / script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert result.returncode == 0 and lines, result.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULTS ") :])
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +25,13 @@ def mirrored():
     return run_checks("mirrored_checks.py")
 
 
+# Each rule and each mode, with and without XLA (pairs, as in
+# tests/distributed/mirrored_checks.py).
 MLP_CASES = [
-    f"mlp-{rule}-{mode}-jit{jit}"
-    for rule in ("sam", "usam")
-    for mode in ("synchronized", "per_replica")
-    for jit in (0, 1)
+    "mlp-sam-synchronized-jit0",
+    "mlp-sam-per_replica-jit1",
+    "mlp-usam-synchronized-jit1",
+    "mlp-usam-per_replica-jit0",
 ]
 
 
@@ -64,12 +55,7 @@ def test_mirrored_micro_batches_equal_single_device_micro_batches(mirrored, mode
 
 @pytest.mark.parametrize(
     "case",
-    [
-        "bn-synchronized-jit0",
-        "bn-synchronized-jit1",
-        "bn-per_replica-jit0",
-        "bn-per_replica-jit1",
-    ],
+    ["bn-synchronized-jit1", "bn-per_replica-jit0"],
 )
 def test_mirrored_with_batch_norm_matches_by_hand_shards(mirrored, case):
     assert mirrored[case]["deviation"] <= 1e-5
@@ -144,7 +130,7 @@ def worker_weights(out):
 def multi_worker_reference(epochs):
     """Single-device SAM on the global batch, in NumPy."""
     from tests.distributed.multi_worker import BATCH, data
-    from tests.test_sam_model import mlp
+    from tests.models import mlp
 
     model = mlp(rho=0.2)
     params = [v.numpy().astype(np.float64) for v in model.trainable_variables]
@@ -163,16 +149,10 @@ def assert_matches_reference(weights, expected):
         np.testing.assert_allclose(value, want, atol=1e-5)
 
 
-def test_multi_worker_fit_matches_single_device_sam(tmp_path):
-    codes, errors = run_workers(tmp_path, "--epochs", "3")
-    assert codes == [0, 0], errors
-    first, second = worker_weights(tmp_path)
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
-    assert_matches_reference(first, multi_worker_reference(epochs=3))
-
-
 def test_multi_worker_resumes_after_a_killed_worker(tmp_path):
+    # Also the multi-worker step itself: the workers stay equal and end at
+    # single-device SAM on the global batch (epochs 0 and 1 from the killed
+    # run's backup, epoch 2 from the resumed one).
     backup = tmp_path / "backup"
     codes, _ = run_workers(
         tmp_path, "--epochs", "3", "--backup", str(backup), "--die-after-epoch", "1"

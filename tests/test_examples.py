@@ -10,6 +10,8 @@ import tensorflow_datasets as tfds
 from keras_sam.study.workloads import get_preset
 from keras_sam.study.workloads.registry import Workload
 
+pytestmark = pytest.mark.backend_independent
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 TINY = ["--epochs", "1", "--batch-size", "8", "--num-train", "16", "--num-test", "8"]
 

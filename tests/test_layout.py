@@ -10,7 +10,12 @@ import ast
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.backend_independent
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keras_sam"
@@ -128,6 +133,62 @@ def test_the_graph_sees_an_import_of_the_study(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from ..study import sweep\n")
     assert "keras_sam.study.sweep" in imported_names(source, "keras_sam.hessian.m")
+
+
+def imported_test_modules(source: str, name: str) -> set[str]:
+    """The test modules (`tests. ... .test_*`) that module `name`'s `source`
+    imports: in its import statements, relative ones resolved, and in the
+    scripts of its string constants (what it runs in a subprocess)."""
+    package = name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if "import" in node.value:
+                try:
+                    found |= imported_test_modules(textwrap.dedent(node.value), name)
+                except SyntaxError:
+                    pass  # prose, not a script
+    return {
+        m for m in found if m.startswith("tests.") and m.rsplit(".")[-1][:5] == "test_"
+    }
+
+
+def test_no_test_module_imports_another():
+    # Shared builders live in helper modules (tests/models.py,
+    # tests/variants/training.py, ...), shared fixtures in conftest.py files.
+    offenders = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if path == Path(__file__).resolve():
+            continue  # its examples below of what is refused
+        imported = imported_test_modules(path.read_text(), module_name(path))
+        if imported:
+            offenders[str(path.relative_to(ROOT))] = sorted(imported)
+    assert not offenders, f"test modules imported by: {offenders}"
+
+
+def test_an_imported_test_module_is_found():
+    # The check above can fail: an import statement, a relative import, a
+    # `from package import test_module` and a subprocess script are found.
+    name = "tests.variants.helper"
+    cases = {
+        "from tests.test_sam_model import mlp\n": "tests.test_sam_model",
+        "from tests import reference, test_backends\n": "tests.test_backends",
+        "def f():\n    from .test_step import LR\n": "tests.variants.test_step",
+        'S = """\nimport sys\nfrom tests.test_x import f\n"""\n': "tests.test_x",
+    }
+    for source, expected in cases.items():
+        assert imported_test_modules(source, name) == {expected}, source
+    helpers = "from tests.models import mlp\nfrom tests import reference\n"
+    assert imported_test_modules(helpers + 'X = "not an import"\n', name) == set()
 
 
 def test_importing_every_library_module_loads_no_study_module():

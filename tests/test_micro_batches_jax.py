@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_sam
-from tests.test_sam_model import LR, _micro_batch_reference, mlp, weights_of
+from tests.models import LR, micro_batch_reference, mlp, weights_of
 
 pytestmark = pytest.mark.backends("jax")
 
@@ -38,7 +38,7 @@ def test_micro_batches_and_a_partial_one_match_numpy(regression_data, monkeypatc
     params = weights_of(model)
     model.compile(keras.optimizers.SGD(LR), loss="mse")
     logs = model.train_on_batch(x[:7], y[:7], return_dict=True)
-    expected, losses = _micro_batch_reference(params, x, y, [(0, 7)], 2)
+    expected, losses = micro_batch_reference(params, x, y, [(0, 7)], 2)
     for a, b in zip(weights_of(model), expected):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     assert logs["loss"] == pytest.approx(losses[0], rel=1e-5)

@@ -11,6 +11,8 @@ import nbclient
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.backend_independent
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 ALL = [

@@ -8,7 +8,7 @@ import pytest
 import keras_sam
 from keras_sam.optimizers import L2SGD
 from tests import reference
-from tests.test_sam_model import mlp, weights_of
+from tests.models import mlp, weights_of
 
 
 def numpy_l2sgd(params, grads_fn, lrs, momentum, l2):

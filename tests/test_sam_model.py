@@ -8,39 +8,13 @@ import pytest
 import keras_sam
 from tests import reference
 from tests.conftest import BACKEND, JIT_COMPILE
-
-LR = 0.1
-
-
-def mlp(rho=0.05, hidden=4, l2=0.0, seed=0, sam=True, **options):
-    """The 5-h-1 tanh MLP of tests/reference.py, as a SAMModel or keras.Model."""
-    keras.utils.set_random_seed(seed)
-    init = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
-    inputs = keras.Input((5,))
-    regularizer = keras.regularizers.L2(l2) if l2 else None
-    hidden_out = keras.layers.Dense(
-        hidden,
-        activation="tanh",
-        kernel_initializer=init,
-        bias_initializer=init,
-        kernel_regularizer=regularizer,
-    )(inputs)
-    outputs = keras.layers.Dense(1, kernel_initializer=init, bias_initializer=init)(
-        hidden_out
-    )
-    if sam:
-        return keras_sam.SAMModel(inputs, outputs, rho=rho, **options)
-    return keras.Model(inputs, outputs)
-
-
-def weights_of(model):
-    return [v.numpy().astype(np.float64) for v in model.trainable_variables]
-
-
-def assert_weights_close(a, b, atol=1e-6):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+from tests.models import (
+    LR,
+    assert_weights_close,
+    micro_batch_reference,
+    mlp,
+    weights_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -138,26 +112,6 @@ def test_micro_batch_graph_does_not_grow_with_count(regression_data):
     assert sizes[4] == sizes[32] > 0
 
 
-def _micro_batch_reference(params, x, y, batches, m, rho=0.2):
-    """Weights after SGD steps on `batches` (start, stop) with NumPy SAM per
-    micro-batch of `m` (the last one smaller), each gradient weighted by its
-    size; and the last batch's size-weighted clean and perturbed losses."""
-    for start, stop in batches:
-        pieces = [
-            (min(m, stop - k), reference.sam_gradient(
-                "sam", params, x[k : min(k + m, stop)], y[k : min(k + m, stop)], rho
-            ))
-            for k in range(start, stop, m)
-        ]  # fmt: skip
-        fractions = [size / (stop - start) for size, _ in pieces]
-        grads = [
-            sum(f * p[2][i] for f, (_, p) in zip(fractions, pieces)) for i in range(4)
-        ]
-        params = [p - LR * g for p, g in zip(params, grads)]
-        losses = [sum(f * p[j] for f, (_, p) in zip(fractions, pieces)) for j in (0, 1)]
-    return params, losses
-
-
 @pytest.mark.parametrize(
     "jit_compile, call",
     [(False, "fit"), (False, "train_on_batch")]
@@ -175,10 +129,10 @@ def test_partial_micro_batch_weighted_by_size_matches_numpy(
     model.compile(keras.optimizers.SGD(LR), loss="mse", jit_compile=jit_compile)
     if call == "fit":
         model.fit(x[:24], y[:24], batch_size=20, shuffle=False, verbose=0)
-        expected, _ = _micro_batch_reference(params, x, y, [(0, 20), (20, 24)], 8)
+        expected, _ = micro_batch_reference(params, x, y, [(0, 20), (20, 24)], 8)
     else:
         logs = model.train_on_batch(x[:20], y[:20], return_dict=True)
-        expected, losses = _micro_batch_reference(params, x, y, [(0, 20)], 8)
+        expected, losses = micro_batch_reference(params, x, y, [(0, 20)], 8)
         assert logs["loss"] == pytest.approx(losses[0], rel=1e-5)
         assert logs["perturbed_loss"] == pytest.approx(losses[1], rel=1e-5)
     assert_weights_close(weights_of(model), expected)

@@ -19,7 +19,7 @@ from keras_sam.optimizers import L2SGD
 from tests import optimizer_reference as ref
 from tests import reference
 from tests.conftest import BACKEND
-from tests.test_sam_model import mlp, weights_of
+from tests.models import mlp, weights_of
 
 opt = keras.optimizers
 

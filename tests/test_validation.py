@@ -8,6 +8,8 @@ import pytest
 
 from keras_sam import _validation as check
 
+pytestmark = pytest.mark.backend_independent
+
 NAN, INF = math.nan, math.inf
 CASES = [
     (check.positive_int, [1, 7, np.int64(3)], [0, -1, 2.0, True, "3", None]),

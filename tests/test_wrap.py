@@ -10,7 +10,7 @@ import pytest
 
 import keras_sam
 from tests.conftest import BACKEND
-from tests.test_sam_model import mlp
+from tests.models import mlp
 
 # Keras on torch allows only steps_per_execution=1.
 STEPS_PER_EXECUTION = 1 if BACKEND == "torch" else 2

@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tests.test_sam_model import mlp  # noqa: E402
+from tests.models import mlp  # noqa: E402
 
 BATCH, STEPS_PER_EPOCH = 32, 3
 

@@ -227,11 +227,11 @@ def test_zoo_against_dense_hessians(member):
         assert rel_err(looped, hessians @ v) < 1e-4
     top = np.linalg.eigvalsh(h)[-1]
     assert hessian.sharpness(op, tol=1e-6) == pytest.approx(top, rel=1e-4)
-    # The default tol (1e-3) is the accuracy promised, from either start.
-    for seed in range(3):
-        for start in ("gradient", "random"):
-            got = hessian.sharpness(op, seed=seed, start=start)
-            assert abs(got - top) <= 1e-3 * abs(top), (seed, start)
+    # The default tol (1e-3) is the accuracy promised, from either start
+    # (test_solvers checks more seeds on dense matrices).
+    for seed, start in ((0, "gradient"), (1, "random")):
+        got = hessian.sharpness(op, seed=seed, start=start)
+        assert abs(got - top) <= 1e-3 * abs(top), (seed, start)
     if name == "recurrent" and BACKEND == "tensorflow":
         return  # tracing M_k through the recurrent loop alone takes ~25 s
     m2 = np.mean([hi @ hi for hi in hessians], axis=0)

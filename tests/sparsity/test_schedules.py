@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from keras_sam import sparsity
-from tests.sparsity.test_pruning import kernels, masks, mlp
+from tests.sparsity.builders import kernels, masks, mlp
 
 
 class Probe(keras.callbacks.Callback):

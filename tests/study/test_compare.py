@@ -8,36 +8,14 @@ import numpy as np
 import pytest
 
 from keras_sam.study import cli, compare
-
-
-def _data(n=96):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 6, 6, 1)).astype("float32")
-    y = (x.reshape(n, -1)[:, :3].sum(1) > 0).astype("int64")
-    return (x[:64], y[:64]), (x[64:], y[64:])
-
-
-def _model(compiled=True):
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((6, 6, 1))
-    h = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    h = keras.layers.BatchNormalization()(h)
-    h = keras.layers.Dropout(0.2)(keras.layers.Flatten()(h))
-    model = keras.Model(inputs, keras.layers.Dense(2)(h))
-    if compiled:
-        model.compile(
-            keras.optimizers.SGD(0.05, momentum=0.9),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-    return model
+from tests.study.builders import compare_data, compare_model
 
 
 def test_rho_zero_arms_are_identical_and_the_model_is_left_alone():
     """With rho = 0 SAM's step is the optimizer's: the two arms must agree
     exactly, which they only do from the same weights, batches and dropout."""
-    train, test = _data()
-    model = _model()
+    train, test = compare_data()
+    model = compare_model()
     before = [v.numpy() for v in model.weights]
     result = compare.compare(model, train, test, epochs=2, batch_size=16, rho=0.0)
     assert result.base.test.keys() == {"loss", "accuracy"}
@@ -50,9 +28,9 @@ def test_rho_zero_arms_are_identical_and_the_model_is_left_alone():
 
 
 def test_sam_differs_and_a_phase_variant_gets_the_step_count():
-    train, test = _data()
+    train, test = compare_data()
     result = compare.compare(
-        _model(),
+        compare_model(),
         train,
         test,
         epochs=2,
@@ -69,11 +47,11 @@ def test_sam_differs_and_a_phase_variant_gets_the_step_count():
 
 
 def test_uncompiled_model_needs_a_loss():
-    train, test = _data()
+    train, test = compare_data()
     with pytest.raises(ValueError, match="`loss`"):
-        compare.compare(_model(compiled=False), train, test, epochs=1)
+        compare.compare(compare_model(compiled=False), train, test, epochs=1)
     result = compare.compare(
-        _model(compiled=False),
+        compare_model(compiled=False),
         train,
         test,
         epochs=1,
@@ -85,9 +63,9 @@ def test_uncompiled_model_needs_a_loss():
 
 
 def test_a_new_optimizer_keeps_the_compiled_loss_and_metrics():
-    train, test = _data()
+    train, test = compare_data()
     result = compare.compare(
-        _model(), train, test, epochs=1, optimizer="adam", sharpness_examples=0
+        compare_model(), train, test, epochs=1, optimizer="adam", sharpness_examples=0
     )
     assert result.base.name == "Adam"
     assert result.base.test.keys() == {"loss", "accuracy"}
@@ -98,9 +76,9 @@ def test_a_new_optimizer_keeps_the_compiled_loss_and_metrics():
 
 
 def test_command_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
-    (x, y), (x_test, y_test) = _data()
+    (x, y), (x_test, y_test) = compare_data()
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
-    _model().save(tmp_path / "m.keras")
+    compare_model().save(tmp_path / "m.keras")
     code = cli.main(
         [
             "compare",
@@ -135,7 +113,7 @@ def test_command_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
 
 def test_command_names_missing_arrays(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x_train=np.zeros((2, 1)))
-    _model().save(tmp_path / "m.keras")
+    compare_model().save(tmp_path / "m.keras")
     code = cli.main(
         ["compare", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz")]
     )
@@ -144,7 +122,7 @@ def test_command_names_missing_arrays(tmp_path, capsys):
 
 
 def _save_data(tmp_path, x_scale=1.0, regression=False):
-    (x, y), (x_test, y_test) = _data()
+    (x, y), (x_test, y_test) = compare_data()
     if regression:
         y, y_test = x.reshape(64, -1)[:, :1], x_test.reshape(32, -1)[:, :1]
     np.savez(tmp_path / "d.npz", x_train=x * x_scale, y_train=y,
@@ -154,9 +132,9 @@ def _save_data(tmp_path, x_scale=1.0, regression=False):
 
 def test_an_uncompiled_logits_model_takes_a_full_loss_spec(tmp_path, capsys):
     data = _save_data(tmp_path)
-    model = _model(compiled=False)
+    model = compare_model(compiled=False)
     model.save(tmp_path / "m.keras")
-    (x, y), _ = _data()
+    (x, y), _ = compare_data()
     logits = model.predict(x, verbose=0).astype("float64")
     shifted = logits - logits.max(axis=1, keepdims=True)
     expected = np.mean(

@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_sam import variants  # noqa: E402
-from tests.test_sam_model import mlp  # noqa: E402
+from tests.models import mlp  # noqa: E402
 from tests.variants import reference  # noqa: E402
 
 LR, RHO, STEPS, BATCH = 0.1, 0.2, 3, 32

@@ -3,7 +3,9 @@ replica's step equals single-device training on the global batch."""
 
 import pytest
 
-from tests.test_distribute import run_checks
+from tests.distributed.checks import run_checks
+
+pytestmark = pytest.mark.backends("tensorflow")
 
 
 @pytest.fixture(scope="module")

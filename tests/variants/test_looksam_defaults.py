@@ -12,6 +12,8 @@ import pytest
 import keras_sam
 from keras_sam import variants
 
+pytestmark = pytest.mark.backend_independent
+
 OLD_DEFAULT = variants.LookSAM(every=5, alpha=0.7)
 
 

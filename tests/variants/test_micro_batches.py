@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_sam import variants
 from tests import reference as sam_reference
-from tests.test_sam_model import assert_weights_close, mlp, weights_of
+from tests.models import assert_weights_close, mlp, weights_of
 
 LR = 0.1
 

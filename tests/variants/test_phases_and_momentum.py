@@ -9,10 +9,9 @@ import pytest
 
 from keras_sam import SAMModel, variants
 from tests.conftest import BACKEND
-from tests.test_sam_model import assert_weights_close, mlp, weights_of
+from tests.models import LR, assert_weights_close, mlp, weights_of
 from tests.variants import reference
-from tests.variants.test_step_backends import (
-    LR,
+from tests.variants.training import (
     assert_resume_equals_uninterrupted,
     train_full_batch,
 )

@@ -9,13 +9,14 @@ import tensorflow as tf
 
 import keras_sam
 from keras_sam import variants
-from tests.test_sam_model import assert_weights_close, mlp, weights_of
+from tests.models import LR, assert_weights_close, mlp, weights_of
 from tests.variants import reference
-from tests.variants.test_step_backends import (
-    LR,
+from tests.variants.training import (
     assert_resume_equals_uninterrupted,
     train_full_batch,
 )
+
+pytestmark = pytest.mark.backends("tensorflow")
 
 
 def test_masks_compose_with_looksam(regression_data):

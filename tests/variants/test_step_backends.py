@@ -10,11 +10,13 @@ import keras_sam
 from keras_sam import SAMModel, variants
 from tests import reference as sam_reference
 from tests.conftest import BACKEND
-from tests.test_sam_model import assert_weights_close, mlp, weights_of
+from tests.models import LR, assert_weights_close, mlp, weights_of
 from tests.variants import reference
-
-LR = 0.1
-STEPS = 6
+from tests.variants.training import (
+    STEPS,
+    assert_resume_equals_uninterrupted,
+    train_full_batch,
+)
 
 CASES = [
     ("sam", variants.PlainSAM(), {}),
@@ -25,12 +27,6 @@ CASES = [
     ("fsam", variants.FriendlySAM(sigma=1.0, lmbda=0.6), {"sigma": 1.0, "lmbda": 0.6}),
     ("aesam", variants.AESAM(threshold=0.5), {"threshold": 0.5, "momentum": 0.9}),
 ]
-
-
-def train_full_batch(model, x, y, steps=STEPS, **compile_options):
-    model.compile(keras.optimizers.SGD(LR), loss="mse", **compile_options)
-    model.fit(x, y, batch_size=len(x), epochs=steps, shuffle=False, verbose=0)
-    return weights_of(model)
 
 
 @pytest.mark.parametrize("name, variant, options", CASES, ids=[c[0] for c in CASES])
@@ -180,25 +176,6 @@ def test_cheap_steps_do_not_run_the_second_pass(regression_data):
     assert CountCalls.calls == 8 + 3  # steps 8..15: 9, 12, 15
     assert model.gradient_passes == 2 * 8 + 3 + 3
     assert set(history) == {"loss", "perturbed_loss"}
-
-
-def assert_resume_equals_uninterrupted(fresh, x, y, path):
-    straight = fresh()
-    straight.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-    first = fresh()
-    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    first.save(path)
-    restored = keras.models.load_model(path)
-    assert restored.variant == first.variant
-    restored.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    assert len(straight.variables) == len(restored.variables)
-    for a, b in zip(straight.variables, restored.variables):
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(a),
-            keras.ops.convert_to_numpy(b),
-            atol=1e-6,
-            err_msg=a.path,
-        )
 
 
 @pytest.mark.parametrize(

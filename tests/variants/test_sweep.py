@@ -7,6 +7,8 @@ from keras_sam.study import cli
 from keras_sam.study.sweep import cost_gain, plan_runs, read_results, run_sweep
 from keras_sam.study.workloads import get_preset
 
+pytestmark = pytest.mark.backend_independent
+
 TINY = dict(
     sizes=(4,),
     rhos=(0.1,),

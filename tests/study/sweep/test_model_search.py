@@ -13,7 +13,7 @@ import pytest
 from keras_sam.study import cli, compare, search_rho
 from keras_sam.study.sweep import model_search
 from keras_sam.study.sweep.rho_search import INTERIOR, NO_GAIN
-from tests.study.test_compare import _data, _model
+from tests.study.builders import compare_data, compare_model
 
 
 @pytest.fixture
@@ -38,8 +38,8 @@ def known_optimum(monkeypatch):
 
 
 def test_search_extends_to_the_known_optimum(known_optimum):
-    train, test = _data()
-    result = search_rho(_model(), train, test, epochs=1, batch_size=16)
+    train, test = compare_data()
+    result = search_rho(compare_model(), train, test, epochs=1, batch_size=16)
     assert result.metric == "accuracy" and result.higher_is_better
     assert sorted(result.arms) == [0.025, 0.05, 0.1, 0.2, 0.4, 0.8]
     assert result.best_rho == 0.4 and result.decision.verdict == INTERIOR
@@ -52,22 +52,22 @@ def test_search_extends_to_the_known_optimum(known_optimum):
 
 
 def test_the_loss_ranks_lower_first_and_limits_hold(known_optimum):
-    train, test = _data()
-    result = search_rho(_model(), train, test, epochs=1, metric="loss",
+    train, test = compare_data()
+    result = search_rho(compare_model(), train, test, epochs=1, metric="loss",
                         max_extensions=1)  # fmt: skip
     assert not result.higher_is_better and sorted(result.arms)[-1] == 0.2
     assert result.best_rho == 0.2 and result.decision.verdict.endswith("limit")
 
 
 def test_bad_arguments_are_named():
-    train, test = _data()
+    train, test = compare_data()
     for bad, name in (((), "rhos"), ((0.1, -1.0), "rhos"), ("0.1", "rhos")):
         with pytest.raises(ValueError, match=name):
-            search_rho(_model(), train, test, rhos=bad)
+            search_rho(compare_model(), train, test, rhos=bad)
     with pytest.raises(ValueError, match="max_extensions"):
-        search_rho(_model(), train, test, max_extensions=-1)
+        search_rho(compare_model(), train, test, max_extensions=-1)
     with pytest.raises(ValueError, match="epochs"):
-        search_rho(_model(), train, test, epochs=0)
+        search_rho(compare_model(), train, test, epochs=0)
 
 
 def _two_inputs():
@@ -84,8 +84,8 @@ def _two_inputs():
 
 def test_real_searches_on_a_zoo(tmp_path):
     # Conv + BatchNorm + Dropout, sparse labels: two rhos, one extension.
-    train, test = _data()
-    result = search_rho(_model(), train, test, rhos=(0.05, 0.1), epochs=1,
+    train, test = compare_data()
+    result = search_rho(compare_model(), train, test, rhos=(0.05, 0.1), epochs=1,
                         batch_size=16, max_extensions=1,
                         sharpness_examples=16)  # fmt: skip
     assert 2 <= len(result.arms) <= 3 and result.best_rho in result.arms
@@ -111,9 +111,9 @@ def test_real_searches_on_a_zoo(tmp_path):
 
 
 def test_compare_command_with_rho_auto(tmp_path, capsys, known_optimum):
-    (x, y), (x_test, y_test) = _data()
+    (x, y), (x_test, y_test) = compare_data()
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
-    _model().save(tmp_path / "m.keras")
+    compare_model().save(tmp_path / "m.keras")
     code = cli.main(["compare", str(tmp_path / "m.keras"), "--data",
                      str(tmp_path / "d.npz"), "--rho", "auto", "--epochs", "1",
                      "--out", str(tmp_path / "out")])  # fmt: skip

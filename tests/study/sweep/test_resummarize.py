@@ -5,10 +5,10 @@ import io
 import json
 
 from keras_sam.study.sweep import resummarize, run_sweep
-from tests.study.sweep.test_rho_search import fake, preset  # noqa: F401
+from tests.study.sweep.runs import preset
 
 
-def test_summary_from_the_folder_alone(tmp_path, fake, capsys):  # noqa: F811
+def test_summary_from_the_folder_alone(tmp_path, fake, capsys):
     grid = preset(rhos=(0.05, 0.1, 0.2, 0.4), seeds=(0, 1))
     run_sweep(grid, str(tmp_path), make_plots=False, stream=io.StringIO())
     (tmp_path / "summary.md").unlink()

@@ -3,12 +3,11 @@ it lands inside the grid, stops at a divergence and at "no gain", resumes
 after a kill, gives the same result in shards, and reuses recorded runs."""
 
 import io
-import math
 
 import pytest
 
 from keras_sam.study import cli
-from keras_sam.study.sweep import rho_search, run_sweep, train
+from keras_sam.study.sweep import rho_search, run_sweep
 from keras_sam.study.sweep.plan import plan_runs
 from keras_sam.study.sweep.results import latest_by_key, read_folder
 from keras_sam.study.sweep.rho_search import (
@@ -21,57 +20,7 @@ from keras_sam.study.sweep.rho_search import (
     SearchOptions,
     decide,
 )
-from keras_sam.study.workloads import get_preset
-
-# The test loss (lower is better) of the fake runner: the baseline's is 1 (+
-# a seed offset that every method shares, so that pairing cancels it); SAM
-# lowers it by 0.1 at rho* and less with each factor of 2 away from it.
-OPTIMUM = {4: 0.8, 8: 0.025, 16: 1.6}
-DIVERGES_FROM = {16: 0.8}  # NaN at rho >= 0.8: best 0.4, below the divergence
-HURTS = 32  # SAM worse than the baseline at every rho, more so at larger rho
-
-
-def fake_value(spec) -> float:
-    size = int(spec.size)
-    offset = 0.01 * ((3 * spec.seed + size) % 4)
-    if spec.rho is None:
-        return 1.0 + offset
-    if size == HURTS:
-        return 1.0 + offset + 0.01 * spec.rho
-    if spec.rho >= DIVERGES_FROM.get(size, math.inf):
-        return math.nan
-    distance = math.log2(spec.rho / OPTIMUM[size])
-    return 1.0 + offset - 0.1 * math.exp(-(distance**2) / 2)
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    """train.train_run replaced: records the keys it trains, raises
-    KeyboardInterrupt on the call numbered ``kill[0]`` (1-based)."""
-    calls, kill = [], []
-
-    def train_run(spec, workload, preset, data, verbose=0, strategy=None):
-        calls.append(spec.key)
-        if kill and len(calls) == kill[0]:
-            kill.clear()
-            raise KeyboardInterrupt
-        value = fake_value(spec)
-        return {
-            "params": workload.count_params(spec.size),
-            "value": value,
-            "history": {"loss": [2.0, 1.0 if math.isfinite(value) else value]},
-            "train_seconds": 0.01,
-        }
-
-    monkeypatch.setattr(train, "train_run", train_run)
-    return calls, kill
-
-
-def preset(**changes):
-    base = dict(sizes=(4, 8, 16, 32), rhos=(0.05, 0.1, 0.2), seeds=(0, 1, 2))
-    base.update(num_train=64, num_test=32, epochs=1, batch_size=32)
-    return get_preset("synthetic", "quick").replace(**{**base, **changes})
-
+from tests.study.sweep.runs import preset
 
 EXPECTED = {  # size -> (best rho, verdict, rhos added)
     4: (0.8, INTERIOR, (0.4, 0.8, 1.6)),

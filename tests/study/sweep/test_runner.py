@@ -11,44 +11,7 @@ import pytest
 from keras_sam.study import cli
 from keras_sam.study.sweep import plan_runs, read_results, run_sweep, runner, train
 from keras_sam.study.workloads import DatasetUnavailableError, get_preset
-
-ROOT = os.path.dirname(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-)
-TINY = dict(
-    sizes=(4, 8),
-    rhos=(0.1,),
-    seeds=(0,),
-    epochs=1,
-    num_train=128,
-    num_test=64,
-    batch_size=64,
-    lr=0.01,
-)
-TINY_ARGS = [
-    "--sizes", "4,8", "--rhos", "0.1,0.2", "--seeds", "0", "--epochs", "2",
-    "--num-train", "128", "--num-test", "64", "--batch-size", "32", "--lr", "0.01",
-]  # fmt: skip
-
-
-def tiny(**changes):
-    return get_preset("synthetic", "quick").replace(**{**TINY, **changes})
-
-
-@pytest.fixture
-def counted(monkeypatch):
-    """Counts train_run calls; fails the runs whose key is in `fail`."""
-    calls, fail = [], set()
-    real = train.train_run
-
-    def wrapped(spec, *args, **kwargs):
-        calls.append(spec.key)
-        if spec.key in fail:
-            raise RuntimeError("boom: injected failure")
-        return real(spec, *args, **kwargs)
-
-    monkeypatch.setattr(train, "train_run", wrapped)
-    return calls, fail
+from tests.study.sweep.runs import ROOT, TINY_ARGS, tiny
 
 
 def test_failed_run_is_recorded_and_retried(tmp_path, counted):

@@ -12,7 +12,7 @@ from keras_sam.study import cli
 from keras_sam.study.sweep import plan_runs, run_sweep, train
 from keras_sam.study.sweep.plan import parse_shard, shard_runs
 from keras_sam.study.sweep.results import read_folder, read_results
-from tests.study.sweep.test_runner import ROOT, TINY_ARGS, counted, tiny  # noqa: F401
+from tests.study.sweep.runs import ROOT, TINY_ARGS, tiny
 
 CLUSTER = os.path.join(ROOT, "docs", "cluster")
 
@@ -101,7 +101,7 @@ def test_slurm_array_task_runs_its_shard():
     assert "shard 2/2: 3 of these runs" in outputs[1][0]
 
 
-def test_killed_shard_resumes_without_redoing_finished_runs(tmp_path, counted):  # noqa: F811
+def test_killed_shard_resumes_without_redoing_finished_runs(tmp_path, counted):
     calls, _ = counted
     preset = tiny(rhos=(0.1, 0.2))
     mine = shard_runs(plan_runs(preset), (2, 2))

@@ -13,7 +13,7 @@ import submitit
 from keras_sam.study import cli, sweep
 from keras_sam.study.sweep import submitit_launcher, train
 from keras_sam.study.sweep.results import read_folder, read_results
-from tests.study.sweep.test_runner import ROOT, TINY_ARGS
+from tests.study.sweep.runs import ROOT, TINY_ARGS
 
 CALLS = "calls.jsonl"
 
