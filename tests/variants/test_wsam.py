@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_sam import variants
-from tests.test_sam_model import assert_weights_close, mlp, weights_of
+from tests.models import assert_weights_close, mlp, weights_of
 from tests.variants import reference
 
 RHO, GAMMA, STEPS = 0.2, 0.8, 4
