@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -341,7 +342,7 @@ def _preserved_keras_environment():
             os.environ["TF_USE_LEGACY_KERAS"] = previous
 
 
-def load_tfmot():
+def load_tfmot() -> types.ModuleType:
     """Imports `tensorflow_model_optimization` without leaving
     ``TF_USE_LEGACY_KERAS`` changed or `tf.keras` bound to tf_keras.
 
