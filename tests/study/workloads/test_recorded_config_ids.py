@@ -26,6 +26,7 @@ COMMANDS = {
     "sweep-mf": ["matrix-factorization --preset quick"],
     "sweep-mf-paper": ["matrix-factorization --preset paper --seeds 0"],
     "sweep-mnist1d": ["mnist1d --preset paper --hessian"],
+    "sweep-mnist1d-hessian1024": ["mnist1d --preset paper --hessian"],
     "sweep-mnist1d-cnn": ["mnist1d-cnn --preset paper --sizes 25 --rhos 0.1"],
     "sweep-mnist1d-noise15": ["mnist1d --preset noise"],
     "sweep-mnist1d-noise40": ["mnist1d --preset noise --label-noise 0.4"],
