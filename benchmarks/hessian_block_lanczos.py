@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import keras
-    from hessian_moments import MODELS
+    from hessian_moments import trained
 
     from keras_sam import hessian
     from keras_sam.hessian import solvers
@@ -103,13 +103,7 @@ def main() -> None:
 
     print(f"backend {keras.backend.backend()}, {args.examples} examples")
     for name in args.models.split(","):
-        keras.utils.set_random_seed(0)
-        model, x, y = MODELS[name]()
-        model.compile(
-            keras.optimizers.SGD(0.05),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        model.fit(x, y, batch_size=128, epochs=2, verbose=0)
+        model, x, y = trained(name)
         op = hessian.CurvatureOperator(model, (x[: args.examples], y[: args.examples]))
         _, g = op.gradient()
         start = gradient_start(g)

@@ -61,6 +61,20 @@ def _transformer():
 MODELS = {"readme": _readme, "lenet": _lenet, "transformer": _transformer}
 
 
+def trained(name: str):
+    """(model, x, y): the MODELS entry after two epochs of SGD (seed 0)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model, x, y = MODELS[name]()
+    model.compile(
+        keras.optimizers.SGD(0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, batch_size=128, epochs=2, verbose=0)
+    return model, x, y
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="readme,lenet,transformer")
@@ -74,13 +88,7 @@ def main() -> None:
 
     print(f"backend {keras.backend.backend()}")
     for name in args.models.split(","):
-        keras.utils.set_random_seed(0)
-        model, x, y = MODELS[name]()
-        model.compile(
-            keras.optimizers.SGD(0.05),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        model.fit(x, y, batch_size=128, epochs=2, verbose=0)
+        model, x, y = trained(name)
         for count in (int(c) for c in args.examples.split(",")):
             op = hessian.CurvatureOperator(model, (x[:count], y[:count]))
 
