@@ -275,3 +275,20 @@ def test_backend_functions_are_the_base_interface():
         CurvatureFunctions(None, None, Settings(), None, None, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().training = True
+
+
+@pytest.mark.backends("jax")
+def test_solver_loop_callback_is_ordered(classifier):
+    # An unordered `io_callback` in the solver loop deadlocked now and then
+    # from the second call on where XLA's CPU thread pool has one thread (a
+    # process pinned to one CPU, as a one-CPU SLURM task): seen on a loaded
+    # machine, a race, so the program is checked instead of the hang.
+    import jax
+
+    c = classifier
+    op = CurvatureOperator(c.model, (c.x, c.y))
+    fn = op._fn
+    x, y, sw = fn.tensors(op.batches[0][:3])
+    program = str(jax.make_jaxpr(fn._shared)(fn._values(), x, y, sw, None))
+    assert program.count("io_callback") == 2
+    assert "ordered=True" in program and "ordered=False" not in program

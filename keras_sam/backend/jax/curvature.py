@@ -29,6 +29,8 @@ are the scope's collected losses.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import io_callback
@@ -83,18 +85,21 @@ class Functions(CurvatureFunctions):
                 jax.ShapeDtypeStruct((), jnp.bool_),
             )
 
+            # Ordered: an unordered callback inside the loop deadlocks from
+            # the second call on where XLA's CPU thread pool has one thread
+            # (a process pinned to one CPU, e.g. a one-CPU SLURM task).
+            ask = functools.partial(io_callback, self._step, shapes, ordered=True)
+
             def product(carry):
                 tangents = [
                     t.astype(p.dtype)
                     for t, p in zip(project(unflat(carry[0]), mask_values), params)
                 ]
                 hv = flat(project(tangent_map(tangents), mask_values))
-                return io_callback(self._step, shapes, hv)
+                return ask(hv)
 
             if v is None:
-                start = io_callback(
-                    self._step, shapes, flat(project(grads, mask_values))
-                )
+                start = ask(flat(project(grads, mask_values)))
             else:
                 start = (v, jnp.bool_(False))
             return jax.lax.while_loop(
