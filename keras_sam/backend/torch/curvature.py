@@ -257,6 +257,12 @@ class Functions(CurvatureFunctions):
                 "use vectorize=None (decides per model) or vectorize=False."
             ) from error
 
+    def example_products(self, path, x, y, sw, vs):
+        """``[H_i vs_i]``: one product per example with its own vector."""
+        rows = self._vectorized_rows if path == "vectorized" else self._looped_rows
+        with torch.no_grad():
+            return rows(x, y, sw, vs).detach()
+
     # No fused last application here (JAX's `power_sum`: one batch gradient of
     # sum_i <g_i, u_i>): through torch.func its result was 24% off the dense
     # reference on the zoo's attention + LayerNormalization block.
