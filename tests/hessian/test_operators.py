@@ -95,9 +95,7 @@ def test_square_gap_centered_equals_dense_with_weights(classifier, batch_size):
     # several batches, chunks of 5 (two real, one padded on JAX).
     c = classifier
     w = np.random.default_rng(5).uniform(0.2, 2.0, size=len(c.x)).astype("float32")
-    op = CurvatureOperator(
-        c.model, (c.x, c.y, w), batch_size=batch_size, chunk_size=5
-    )
+    op = CurvatureOperator(c.model, (c.x, c.y, w), batch_size=batch_size, chunk_size=5)
     v = np.random.default_rng(6).normal(size=op.dim)
     n = len(c.x)
     h = np.einsum("i,ijk->jk", w, c.hessians) / n

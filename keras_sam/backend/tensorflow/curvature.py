@@ -271,12 +271,13 @@ class Functions(CurvatureFunctions):
             # H_i^k v for every example of the chunk, by pfor. No while-loop
             # fallback: an op pfor cannot convert raises, and the looped path
             # is used instead.
-            n = tf.shape(tf.nest.flatten(x)[0])[0]
+            # ``v`` and ``center`` are loop invariants (not tiled: no
+            # (n, dim) copy of them).
             return tf.vectorized_map(
                 lambda a: example_power(
-                    _one(a[0]), _one(a[1]), _one(a[2]), a[3], k, center
+                    _one(a[0]), _one(a[1]), _one(a[2]), v, k, center
                 ),
-                (x, y, sw, tf.tile(v[None], [n, 1])),
+                (x, y, sw),
                 fallback_to_while_loop=False,
             )
 
