@@ -67,36 +67,6 @@ def _fixed_global_generator():
         yield
 
 
-def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    # torch.nn.functional.layer_norm in plain differentiable ops.
-    axes = tuple(range(-len(normalized_shape), 0))
-    mean = x.mean(axes, keepdim=True)
-    variance = ((x - mean) ** 2).mean(axes, keepdim=True)
-    out = (x - mean) * torch.rsqrt(variance + eps)
-    if weight is not None:
-        out = out * weight
-    if bias is not None:
-        out = out + bias
-    return out
-
-
-@contextlib.contextmanager
-def _decomposed_layer_norm():
-    # Keras's torch LayerNormalization calls F.layer_norm, whose second
-    # derivatives under torch.func.vmap are wrong: the fused moments were
-    # 24% (reverse over forward) or 2% (reverse over reverse) off the dense
-    # reference on the zoo's transformer block; with plain ops they agree
-    # to 6e-8. (Per-example products, forward over reverse, and the batch
-    # double backward are right with the kernel.)
-    functional = torch.nn.functional
-    kernel = functional.layer_norm
-    functional.layer_norm = _layer_norm
-    try:
-        yield
-    finally:
-        functional.layer_norm = kernel
-
-
 def _first(structure):
     return tree.flatten(structure)[0]
 
@@ -293,45 +263,13 @@ class Functions(CurvatureFunctions):
         with torch.no_grad():
             return rows(x, y, sw, vs).detach()
 
-    #: Whether `square_gap_sum` fuses its second application (False after
-    #: torch.func refused it once).
-    _fused = True
-
-    def square_gap_sum(self, path, x, y, sw, v, center):
-        """``sum_i sw_i H_i (H_i v - center)``; vectorized, the second
-        application as one batch gradient (see `_fused_application`)."""
-        if path == "vectorized" and self._fused:
-            with torch.no_grad():
-                rows = self._vectorized_rows(x, y, sw, v).detach()
-            try:
-                with _decomposed_layer_norm():
-                    return self._fused_application(x, y, sw, rows - center[None, :])
-            except (RuntimeError, NotImplementedError):
-                self._fused = False
-        return super().square_gap_sum(path, x, y, sw, v, center)
-
-    def _fused_application(self, x, y, sw, us):
-        # sum_i c_i H_i u_i as the gradient in the shared weights of
-        # sum_i c_i <g_i, u_i>, reverse over reverse: the per-example
-        # gradients g_i by vmap, then one backward pass through them (no
-        # per-example result).
-        from torch.func import grad, vmap
-
-        params = tuple(v.value.detach() for v in self._variables)
-        state, masks = self._state_values(), self._mask_values()
-
-        def directional(p):
-            def one(xi, yi, swi, ui):
-                xi, yi = _one(xi), _one(yi)
-                weight = self._example_weight(swi[None], ui.device)
-                g = grad(lambda q: self._loss_sum(list(q), state, xi, yi, weight))(p)
-                return (self._flat(self._project(list(g), masks)) * ui).sum()
-
-            return (vmap(one)(x, y, sw, us) * self._frequencies(sw)).sum()
-
-        gradient = grad(directional)(params)
-        return self._flat(self._project(list(gradient), masks)).detach()
-
+    # No fused last application here (JAX's `power_sum`: one batch gradient of
+    # sum_i <g_i, u_i>): through torch.func its result was off the dense
+    # reference on the zoo's attention + LayerNormalization block (24% reverse
+    # over forward, 2% reverse over reverse): F.layer_norm (Keras's torch
+    # LayerNormalization) differentiated twice under vmap; a decomposed layer
+    # norm (mean, variance, rsqrt) agrees to 6e-8. The per-example products
+    # (forward over reverse) and the batch double backward are right.
     def example_powers(self, k, path, x, y, sw, v):
         """``[H_i^k v]``: k per-example products on ``path``."""
         if path == "vectorized":
