@@ -269,7 +269,9 @@ class Functions(CurvatureFunctions):
     # over forward, 2% reverse over reverse): F.layer_norm (Keras's torch
     # LayerNormalization) differentiated twice under vmap; a decomposed layer
     # norm (mean, variance, rsqrt) agrees to 6e-8. The per-example products
-    # (forward over reverse) and the batch double backward are right.
+    # (forward over reverse) and the batch double backward are right. With a
+    # decomposed layer norm it was no faster than two per-example products
+    # (docs/curvature.md).
     def example_powers(self, k, path, x, y, sw, v):
         """``[H_i^k v]``: k per-example products on ``path``."""
         if path == "vectorized":
