@@ -167,6 +167,30 @@ class CurvatureFunctions(abc.ABC):
         rows = self.example_powers(k, path, x, y, sw, v)
         return ops.sum(rows * self._frequencies(sw)[:, None], axis=0)
 
+    def square_gap(self, path: str) -> Callable:
+        """``(x, y, sw, v, center) -> sum_i sw_i H_i (H_i v - center)``
+        on ``path``: with ``center = H v`` and summed over the data, ``n
+        (M_2 - H^2) v`` where the examples' Hessians average to H."""
+        return lambda x, y, sw, v, center: self.square_gap_sum(
+            path, x, y, sw, v, center
+        )
+
+    def square_gap_sum(self, path: str, x, y, sw, v, center):
+        """``sum_i sw_i H_i (H_i v - center)`` (each example once where the
+        weights are per token): the rows ``H_i v``, centered, then one
+        product per example with its own vector (`example_products`)."""
+        rows = self.example_powers(1, path, x, y, sw, v)
+        rows = self.example_products(path, x, y, sw, rows - center[None, :])
+        return ops.sum(rows * self._frequencies(sw)[:, None], axis=0)
+
+    def example_products(self, path: str, x, y, sw, vs):
+        """``[H_i vs_i for each example i]``: each example's own vector
+        (rows of ``vs``), unweighted as in `example_powers`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no per-example products with one "
+            "vector per example."
+        )
+
     def rows(self, path: str) -> Callable:
         """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``."""
         return lambda x, y, sw, v: self.example_powers(1, path, x, y, sw, v)

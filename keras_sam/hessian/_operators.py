@@ -335,6 +335,7 @@ class CurvatureOperator:
         self.chunk_size = chunk_size or default_chunk_size(self.dim)
         self._tensors = [self._fn.tensors(b[:3]) for b in self.batches]
         self._chunk_tensors: list | None = None
+        self._mean_is_batch: bool | None = None  # see `_centered`
         self.num_products = 0  # H v products (per-example products counted per k)
 
     def _float32(self, v) -> np.ndarray:
@@ -434,8 +435,11 @@ class CurvatureOperator:
         every chunk is padded to one size with copies of its first example
         at weight 0, whose rows are dropped."""
         if self._chunk_tensors is None:
-            c = self.chunk_size
-            size = min(c, max(b[3] for b in self.batches))
+            # Chunks of balanced sizes: 250 examples at chunk_size 167 as
+            # two of 125, not 167 and 83 (padded to 167 where padded).
+            largest = max(b[3] for b in self.batches)
+            c = -(-largest // -(-largest // self.chunk_size))
+            size = min(c, largest)
             chunks = []
             for x, y, sw, n in self.batches:
                 for start in range(0, n, c):
@@ -491,8 +495,53 @@ class CurvatureOperator:
         return v
 
     def moment_gap(self, v: np.ndarray, k: int) -> np.ndarray:
-        """``(M_k - H^k) v``."""
+        """``(M_k - H^k) v``.
+
+        For k = 2, where the examples' Hessians average to H (checked once,
+        see `_centered`), ``sum_i w_i H_i (H_i v - H v) / n``: one batch
+        product and one per-example pass of two products (instead of
+        ``M_2 v`` and two batch products)."""
+        k = positive_int(k, "k")
+        if k == 2 and self.curvature == "hessian":
+            center = self.hvp(v)
+            if self._centered(v, center):
+                tv, tc = self._vector(v), self._vector(center)
+                total = np.zeros(self.dim)
+                for chunk, _ in self._chunks():
+                    path = self._path(chunk, tv)
+                    total += _numpy(self._fn.square_gap(path)(*chunk, tv, tc))
+                self.num_products += 2
+                return total / self.num_examples
+            return self.moment(v, 2) - self.hvp(center)
         return self.moment(v, k) - self.power(v, k)
+
+    def _centered(self, v: np.ndarray, hv: np.ndarray) -> bool:
+        """Whether ``H = sum_i w_i H_i / n`` (the batch Hessian is the
+        examples' mean), so that ``(M_2 - H^2) v = sum_i w_i H_i (H_i v -
+        H v) / n``. Decided once, on the first chunk's real examples: the
+        weighted sum of their rows ``H_i v`` against their batch product.
+        Not where the batch mixes examples (batch statistics in training
+        mode) or the examples' weights do not sum to the batch's count of
+        ``model.losses`` (``regularization=True`` with sample weights)."""
+        if self._mean_is_batch is None:
+            self._check_hessian("moment")
+            tv = self._vector(v)
+            chunk, real = self._chunks()[0]
+            path = self._path(chunk, tv)
+            rows = _numpy(self._fn.rows(path)(*chunk, tv))[:real]
+            x, y, sw, n = self.batches[0]
+            if real == n:  # the batch's own tensors (no new signature)
+                first = self._tensors[0]
+            else:
+                first = self._fn.tensors(_slice((x, y, sw), 0, real))
+            weights = np.ones(real) if sw.ndim > 1 else sw[:real]  # per token: once
+            got = weights @ rows
+            expected = _numpy(self._fn.hvp(*first, tv)[0])
+            scale = max(np.abs(expected).max(), np.finfo(np.float32).tiny)
+            error = np.abs(got - expected).max() / scale
+            self._mean_is_batch = bool(np.isfinite(error) and error <= 1e-4)
+            self.num_products += 2
+        return self._mean_is_batch
 
     def per_example_hvp(self, v: np.ndarray, path: str | None = None) -> np.ndarray:
         """``H_i v`` for every example i, shape ``(n, dim)`` (unweighted).

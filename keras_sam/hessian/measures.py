@@ -465,7 +465,8 @@ def non_uniformity_estimate(
     Returns:
         A `keras_sam.hessian.solvers.EigenResult` of ``M_k - H^k`` (one
         pair; ``iterations`` counts products with ``M_k - H^k``, each k
-        per-example and k batch products, not the start's).
+        per-example and k batch products, for k = 2 one batch product
+        where the examples' Hessians average to H; not the start's).
 
     Raises:
         ValueError: a bad ``order`` or other argument (named in the

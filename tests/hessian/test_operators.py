@@ -89,6 +89,40 @@ def test_moments_equal_dense(classifier, k):
     assert rel_err(op.moment_gap(v, k), gap @ v) < 1e-4
 
 
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_square_gap_centered_equals_dense_with_weights(classifier, batch_size):
+    # (M_2 - H^2) v as sum_i w_i H_i (H_i v - H v) / n: per-example weights,
+    # several batches, chunks of 5 (two real, one padded on JAX).
+    c = classifier
+    w = np.random.default_rng(5).uniform(0.2, 2.0, size=len(c.x)).astype("float32")
+    op = CurvatureOperator(c.model, (c.x, c.y, w), batch_size=batch_size, chunk_size=5)
+    v = np.random.default_rng(6).normal(size=op.dim)
+    n = len(c.x)
+    h = np.einsum("i,ijk->jk", w, c.hessians) / n
+    m2 = np.einsum("i,ijk->jk", w, c.hessians @ c.hessians) / n
+    before = op.num_products
+    assert rel_err(op.moment_gap(v, 2), (m2 - h @ h) @ v) < 1e-4
+    assert op._mean_is_batch is True
+    assert rel_err(op.moment_gap(v, 2), (m2 - h @ h) @ v) < 1e-4
+    # One batch and two per-example products a call; the first call checks
+    # (one batch and one per-example product on the first chunk).
+    assert op.num_products - before == 2 + 3 + 3
+
+
+def test_square_gap_keeps_batch_hessian_where_examples_mix(classifier):
+    # Batch norm in training mode: the batch Hessian is not the mean of the
+    # per-example ones (batch statistics), so the gap stays M_2 - H^2 with
+    # H the batch's.
+    c = classifier
+    op = CurvatureOperator(c.model, (c.x, c.y), training=True, chunk_size=5)
+    v = np.random.default_rng(7).normal(size=op.dim)
+    got = op.moment_gap(v, 2)
+    assert op._mean_is_batch is False
+    expected = op.moment(v, 2) - op.power(v, 2)
+    assert rel_err(got, expected) < 1e-6
+    assert rel_err(op.per_example_hvp(v).mean(axis=0), op.hvp(v)) > 1e-2
+
+
 def test_sam_model_wrapper_shares_weights(regressor):
     c = regressor
     wrapped = keras_sam.sam(c.model, rho=0.1)

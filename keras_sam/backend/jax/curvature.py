@@ -175,26 +175,47 @@ class Functions(CurvatureFunctions):
             # of sum_i c_i <g_i, u_i>, the directional derivatives of the
             # examples' losses along their own u_i: one batch backward pass
             # whose per-example outer products XLA contracts over the batch.
-            params, state, mask_values = values
             if k > 2:
                 us = vectorized_powers(values, x, y, sw, v, k - 1)
             else:
-                us = jax.vmap(
-                    lambda *a: example_power(values, 1, *a), in_axes=(0, 0, 0, None)
-                )(x, y, sw, v)
+                us = first_rows(values, x, y, sw, v)
+            return fused_sum(values, x, y, sw, us, frequencies)
+
+        def first_rows(values, x, y, sw, v):
+            # [H_i v] for a vector shared by every example.
+            return jax.vmap(
+                lambda *a: example_power(values, 1, *a), in_axes=(0, 0, 0, None)
+            )(x, y, sw, v)
+
+        def vectorized_square_gap(values, x, y, sw, v, center, frequencies):
+            # sum_i c_i H_i (H_i v - center): the fused last application
+            # along the rows, less its derivative along the shared center
+            # (the centered rows themselves are never formed: XLA contracts
+            # the rows' per-example outer products without writing them).
+            us = first_rows(values, x, y, sw, v)
+            return fused_sum(values, x, y, sw, us, frequencies, center)
+
+        def fused_sum(values, x, y, sw, us, frequencies, center=None):
+            params, state, mask_values = values
 
             def directional(p):
-                def one(xi, yi, swi, ui):
+                def along(xi, yi, swi, u):
                     weight = _one(swi) if per_token else one_weight
                     tangents = [
                         t.astype(q.dtype)
-                        for t, q in zip(project(unflat(ui), mask_values), p)
+                        for t, q in zip(project(unflat(u), mask_values), p)
                     ]
                     return jax.jvp(
                         lambda q: loss_sum(q, state, _one(xi), _one(yi), weight),
                         (p,),
                         (tangents,),
                     )[1]
+
+                def one(xi, yi, swi, ui):
+                    value = along(xi, yi, swi, ui)
+                    if center is not None:
+                        value = value - along(xi, yi, swi, center)
+                    return value
 
                 return jnp.sum(jax.vmap(one)(x, y, sw, us) * frequencies)
 
@@ -215,6 +236,7 @@ class Functions(CurvatureFunctions):
         }
         self._vectorized_powers = jax.jit(vectorized_powers, static_argnums=5)
         self._vectorized_power_sum = jax.jit(vectorized_power_sum, static_argnums=5)
+        self._vectorized_square_gap = jax.jit(vectorized_square_gap)
         # `jax.vmap` needs no check (`decide`): always vectorized.
         self.vectorized = True
 
@@ -260,6 +282,19 @@ class Functions(CurvatureFunctions):
                 self._values(), x, y, sw, v, k, self._frequencies(sw)
             )
         return super().power_sum(k, path, x, y, sw, v)
+
+    def square_gap_sum(self, path, x, y, sw, v, center):
+        """``sum_i sw_i H_i (H_i v - center)``; vectorized, the last
+        application as one batch gradient."""
+        if path == "vectorized":
+            return self._vectorized_square_gap(
+                self._values(), x, y, sw, v, center, self._frequencies(sw)
+            )
+        return super().square_gap_sum(path, x, y, sw, v, center)
+
+    def example_products(self, path, x, y, sw, vs):
+        """``[H_i vs_i]``, one compiled product per path."""
+        return self._rows[path](self._values(), x, y, sw, vs)
 
     def example_powers(self, k, path, x, y, sw, v):
         """``[H_i^k v]``: on the vectorized path, one linearization per

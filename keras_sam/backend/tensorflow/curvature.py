@@ -240,9 +240,10 @@ class Functions(CurvatureFunctions):
         # example's loss; per-example weights weight the examples' products.
         per_token = settings.per_token
 
-        def example_power(xi, yi, swi, v, k):
+        def example_power(xi, yi, swi, v, k, center=None):
             # H_i^k v for one example (batch of one): its loss and gradient
-            # once, then k second backward passes through a persistent tape.
+            # once, then k second backward passes through a persistent tape
+            # (with ``center``, k = 2: H_i (H_i v - center)).
             weight = swi if per_token else tf.ones([1], tf.float32)
             params = weights()
             with tf.GradientTape(persistent=k > 1) as outer:
@@ -262,23 +263,30 @@ class Functions(CurvatureFunctions):
                     unconnected_gradients=zero,
                 )
                 v = flat(project(hv))
+                if center is not None:
+                    v, center = v - center, None
             return v
 
-        def vectorized_rows(x, y, sw, v, k):
+        def vectorized_rows(x, y, sw, v, k, center=None):
             # H_i^k v for every example of the chunk, by pfor. No while-loop
             # fallback: an op pfor cannot convert raises, and the looped path
             # is used instead.
-            n = tf.shape(tf.nest.flatten(x)[0])[0]
+            # ``v`` and ``center`` are loop invariants (not tiled: no
+            # (n, dim) copy of them).
             return tf.vectorized_map(
-                lambda a: example_power(_one(a[0]), _one(a[1]), _one(a[2]), a[3], k),
-                (x, y, sw, tf.tile(v[None], [n, 1])),
+                lambda a: example_power(
+                    _one(a[0]), _one(a[1]), _one(a[2]), v, k, center
+                ),
+                (x, y, sw),
                 fallback_to_while_loop=False,
             )
 
-        def looped_rows(x, y, sw, v, k):
+        def looped_rows(x, y, sw, v, k, center=None):
             n = tf.shape(tf.nest.flatten(x)[0])[0]
             return tf.map_fn(
-                lambda i: example_power(_one(x, i), _one(y, i), _one(sw, i), v, k),
+                lambda i: example_power(
+                    _one(x, i), _one(y, i), _one(sw, i), v, k, center
+                ),
                 tf.range(n),
                 fn_output_signature=tf.TensorSpec([dim], tf.float32),
             )
@@ -317,6 +325,7 @@ class Functions(CurvatureFunctions):
         self._rows = {"vectorized": vectorized_rows, "looped": looped_rows}
         self._signature = [x_spec, y_spec, sw_spec, v_spec]
         self._powers: dict[tuple[str, int], Any] = {}
+        self._square_gaps: dict[str, Any] = {}
         self._row_fns: dict[str, Any] = {}
         self._kw = kw
         if any(isinstance(layer, _NOT_VECTORIZABLE) for layer in flatten_layers(model)):
@@ -399,6 +408,27 @@ class Functions(CurvatureFunctions):
                 lambda x, y, sw, v: self.power_sum(k, path, x, y, sw, v)
             )
         return self._powers[path, k]
+
+    def square_gap(self, path: str):
+        """``(x, y, sw, v, center) -> sum_i sw_i H_i (H_i v - center)`` on
+        ``path``, traced."""
+        if path not in self._square_gaps:
+            self._square_gaps[path] = _exact(
+                tf.function(
+                    lambda x, y, sw, v, center: self.square_gap_sum(
+                        path, x, y, sw, v, center
+                    ),
+                    input_signature=[*self._signature, self._signature[-1]],
+                    **self._kw,
+                )
+            )
+        return self._square_gaps[path]
+
+    def square_gap_sum(self, path, x, y, sw, v, center):
+        """``sum_i sw_i H_i (H_i v - center)``: one example's gradient once,
+        then two second backward passes, the rows centered between them."""
+        rows = self._rows[path](x, y, sw, v, 2, center)
+        return tf.reduce_sum(rows * self._frequencies(sw)[:, None], axis=0)
 
     def rows(self, path: str):
         """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``, traced."""

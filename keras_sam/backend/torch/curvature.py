@@ -257,9 +257,21 @@ class Functions(CurvatureFunctions):
                 "use vectorize=None (decides per model) or vectorize=False."
             ) from error
 
+    def example_products(self, path, x, y, sw, vs):
+        """``[H_i vs_i]``: one product per example with its own vector."""
+        rows = self._vectorized_rows if path == "vectorized" else self._looped_rows
+        with torch.no_grad():
+            return rows(x, y, sw, vs).detach()
+
     # No fused last application here (JAX's `power_sum`: one batch gradient of
-    # sum_i <g_i, u_i>): through torch.func its result was 24% off the dense
-    # reference on the zoo's attention + LayerNormalization block.
+    # sum_i <g_i, u_i>): through torch.func its result was off the dense
+    # reference on the zoo's attention + LayerNormalization block (24% reverse
+    # over forward, 2% reverse over reverse): F.layer_norm (Keras's torch
+    # LayerNormalization) differentiated twice under vmap; a decomposed layer
+    # norm (mean, variance, rsqrt) agrees to 6e-8. The per-example products
+    # (forward over reverse) and the batch double backward are right. With a
+    # decomposed layer norm it was no faster than two per-example products
+    # (docs/curvature.md).
     def example_powers(self, k, path, x, y, sw, v):
         """``[H_i^k v]``: k per-example products on ``path``."""
         if path == "vectorized":
