@@ -210,14 +210,6 @@ def test_importing_every_library_module_loads_no_study_module():
     assert run_fresh(check)[-1] == "[]"
 
 
-#: Public library modules still without `__all__`, each with its owner.
-WITHOUT_ALL = {
-    # The curvature helpers' area (issue 31); `keras_sam.hessian` re-exports
-    # what is public from it.
-    "keras_sam.hessian.measures",
-}
-
-
 def declares_all(path: Path) -> bool:
     """Whether the module assigns `__all__` at its top level."""
     tree = ast.parse(path.read_text(), str(path))
@@ -250,9 +242,7 @@ def test_every_public_library_module_declares_all(tmp_path):
     assert {"keras_sam.sam_step", "keras_sam.variants.gsam"} <= set(public)
     assert "keras_sam.backend.jax" in public
     assert "keras_sam.backend.jax.step" not in public
-    missing = sorted(
-        m for m in public if m not in WITHOUT_ALL and not declares_all(files[m])
-    )
+    missing = sorted(m for m in public if not declares_all(files[m]))
     assert not missing, f"public modules without __all__: {missing}"
     # The check can fail: a module without `__all__` is found.
     source = tmp_path / "m.py"

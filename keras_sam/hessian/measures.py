@@ -25,6 +25,25 @@ from keras_sam._validation import non_negative_float, one_of, positive_float
 from keras_sam.hessian import solvers
 from keras_sam.hessian._operators import GRADIENT, CurvatureOperator
 
+__all__ = [
+    "StabilityMargins",
+    "current_learning_rate",
+    "gradient_start",
+    "hessian_start",
+    "non_uniformity",
+    "non_uniformity_eigen",
+    "non_uniformity_estimate",
+    "root",
+    "sharpness",
+    "sharpness_estimate",
+    "spectral_density",
+    "stability_margins",
+    "stability_ratios",
+    "top_eigenvalues",
+    "trace",
+    "trace_estimate",
+]
+
 ORDERS = (2, 3, 4)
 TRACE_METHODS = ("hutchinson", "hutchpp", "exact")
 START_VECTORS = ("gradient", "random")
