@@ -42,6 +42,7 @@ __all__ = [
     "multi_optimizer_index",
     "optimizer_variable_index",
     "own_trainable_variables",
+    "stateless_scope",
     "unlocked_tracker",
 ]
 
@@ -200,6 +201,23 @@ def ddp_process_group(model: keras.Model) -> Any | None:
     """
     wrapper = getattr(model, "ddp_model", None)
     return None if wrapper is None else wrapper.process_group
+
+
+def stateless_scope(mapping, collect_losses: bool = False) -> keras.StatelessScope:
+    """A `keras.StatelessScope` that maps each variable of `mapping`
+    (``(variable, value)`` pairs) to its value object itself.
+
+    The public constructor converts and checks every value (one
+    `convert_to_tensor` and a shape comparison per variable: 0.2 ms of a
+    ViT's 26 ms eager PyTorch step with its 40 weights); the SAM step maps
+    values it made from the variables' own, of their dtype and shape. The
+    scope's `add_update`, which `Variable.assign` calls inside a scope,
+    records a value as it is (Keras has no public way to skip the checks).
+    """
+    scope = keras.StatelessScope(collect_losses=collect_losses)
+    for variable, value in mapping:
+        scope.add_update((variable, value))
+    return scope
 
 
 def multi_optimizer_index(

@@ -58,23 +58,32 @@ def record_step(model, terms, batch_size, eps_examples, applied) -> None:
     ran = ops.cast(terms.ran, "float32")
     # The perturbed loss averages over the micro-batches that ran the pass.
     perturbed_loss = terms.perturbed_loss / ops.maximum(ran, 1e-12)
-    finite_loss = ops.all(ops.isfinite(terms.loss))
     loss_tracker = _compat.loss_tracker(model)
-    _update_mean(
-        loss_tracker, terms.loss, batch_size, ops.logical_or(applied, finite_loss)
-    )
-    _update_mean(
-        model.perturbed_loss_tracker,
-        perturbed_loss,
-        batch_size,
-        ops.logical_and(applied, ran > 0),
-    )
-    model.skipped_steps_tracker.update_state(ops.logical_not(applied))
+    if applied is True:
+        # Without loss scaling (a Python True): the same updates, fewer ops
+        # (an eager step dispatches each one).
+        _update_mean(loss_tracker, terms.loss, batch_size, True)
+        _update_mean(model.perturbed_loss_tracker, perturbed_loss, batch_size, ran > 0)
+    else:
+        finite_loss = ops.all(ops.isfinite(terms.loss))
+        _update_mean(
+            loss_tracker, terms.loss, batch_size, ops.logical_or(applied, finite_loss)
+        )
+        _update_mean(
+            model.perturbed_loss_tracker,
+            perturbed_loss,
+            batch_size,
+            ops.logical_and(applied, ran > 0),
+        )
+        model.skipped_steps_tracker.update_state(ops.logical_not(applied))
     model.eps_batch_size_tracker.update_state(eps_examples)
     model.gradient_pass_counter.update_state(1.0 + ran)
 
 
 def _update_mean(tracker, value, batch_size, include):
+    if include is True:
+        tracker.update_state(value, ops.cast(batch_size, "float32"))
+        return
     # Not even a NaN times 0 where `include` is False.
     weight = ops.where(include, ops.cast(batch_size, "float32"), 0.0)
     tracker.update_state(ops.where(include, value, ops.zeros_like(value)), weight)

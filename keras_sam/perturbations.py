@@ -101,7 +101,7 @@ class SAM(Perturbation):
 
     def __call__(self, gradients, weights, rho):
         scale = rho / (global_norm(gradients) + TINY)
-        return [ops.multiply(g, ops.cast(scale, g.dtype)) for g in gradients]
+        return _gradient_math.scale(gradients, scale)
 
 
 @register("usam")
@@ -110,7 +110,7 @@ class USAM(Perturbation):
     Shin, Lee, Andriushchenko, Lee (2023, arXiv 2311.17539) analyses."""
 
     def __call__(self, gradients, weights, rho):
-        return [ops.multiply(g, ops.cast(rho, g.dtype)) for g in gradients]
+        return _gradient_math.scale(gradients, rho)
 
 
 @register("asam")
@@ -157,12 +157,10 @@ class ASAM(Perturbation):
             g if t is None else ops.multiply(t, g) for g, t in zip(gradients, scales)
         ]
         factor = rho / (global_norm(scaled) + TINY)
-        return [
-            ops.multiply(
-                tg if t is None else ops.multiply(t, tg), ops.cast(factor, tg.dtype)
-            )
-            for tg, t in zip(scaled, scales)
+        twice = [
+            tg if t is None else ops.multiply(t, tg) for tg, t in zip(scaled, scales)
         ]
+        return _gradient_math.scale(twice, factor)
 
     def get_config(self):
         return {"eta": self.eta, "adapt_vectors": self.adapt_vectors}

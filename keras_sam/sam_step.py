@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from keras_sam import _clipping, _trackers
+from keras_sam import _clipping, _gradient_math, _trackers
 from keras_sam.backend._common import first_tensor
 from keras_sam.backend.passes import Passes, all_finite
 from keras_sam.sparsity import kernel_masks
@@ -130,7 +130,9 @@ def sam_gradients(model, passes: Passes, x, y, sample_weight):
 
     def second_pass():
         eps, seed = epsilon(model, eps_g, weights, masks)
-        gs, perturbed_loss = passes.perturbed(x, y, sample_weight, _moved(weights, eps))
+        moved = _moved(weights, eps)
+        del eps  # eager: its memory serves the perturbed pass
+        gs, perturbed_loss = passes.perturbed(x, y, sample_weight, moved)
         gs = _masked(unscale(model.optimizer, gs), masks)
         return gs, ops.cast(perturbed_loss, "float32"), seed
 
@@ -292,11 +294,11 @@ def _masked(tensors, masks):
 
 
 def _moved(weights, eps):
-    return [w + ops.cast(e, w.dtype) for w, e in zip(weights, eps)]
+    return _gradient_math.add(weights, eps)
 
 
 def _scaled(tensors, scale):
-    return [t * ops.cast(scale, t.dtype) for t in tensors]
+    return _gradient_math.scale(tensors, scale)
 
 
 def _seed_variables(model):

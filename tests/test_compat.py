@@ -312,3 +312,26 @@ def test_exact_tensorflow_moments_gives_the_variances_second_derivative():
         "Keras's TensorFlow moments now has an exact second derivative: "
         "exact_tensorflow_moments in keras_sam/_compat.py is no longer needed."
     )
+
+
+def test_stateless_scope_maps_the_value_objects():
+    add_update = _require_attribute(
+        keras.StatelessScope(), "add_update", "StatelessScope.add_update"
+    )
+    assert callable(add_update)
+    kernel = keras.Variable(np.ones((2, 3)), dtype="float32")
+    seed = keras.Variable(np.array([1, 2]), dtype="uint32", trainable=False)
+    value = keras.ops.convert_to_tensor(np.full((2, 3), 2.0), dtype="float32")
+    with _compat.stateless_scope([(kernel, value)], collect_losses=True) as scope:
+        assert scope.collect_losses
+        assert scope.get_current_value(kernel) is value, _moved(
+            "StatelessScope.add_update", "it no longer records the value as given"
+        )
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel.value), 2.0)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(seed.value), [1, 2])
+        seed.assign(np.array([3, 4]))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel.value), 1.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(seed.value), [1, 2])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(scope.get_current_value(seed)), [3, 4]
+    )

@@ -290,3 +290,41 @@ def test_global_dot_and_norm_match_numpy():
             got = float(perturbations.global_norm(G))
             np.testing.assert_allclose(got, norm, rtol=1e-6)
     assert _gradient_math._KERNELS.dot is None  # restored on leaving
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's kernels")
+def test_torch_scale_and_add_kernels_match_keras_ops_exactly():
+    """The PyTorch step's eps (`scale`) and w + eps (`add`) in foreach calls
+    give the `keras.ops` forms' values bit for bit: one dtype (one call),
+    float16 beside float32 and a float16 addend (per-dtype calls and casts),
+    NumPy inputs (scaled); a tensor and a Python factor."""
+    import torch
+
+    from keras_sam import _gradient_math
+    from keras_sam.backend.torch import gradient_math
+
+    tensors = [torch.as_tensor(a) for a in G + GS]
+    mixed = [tensors[0], tensors[1].half(), tensors[2]]
+    addends = [tensors[3].half(), tensors[1], tensors[0]]
+    factor = torch.tensor(0.3712, dtype=torch.float32)
+    cases = [(tensors, tensors[::-1]), (mixed, addends), (G, GS)]
+    for a, b in cases:
+        for f in (factor, 0.05):
+            expected = _gradient_math.scale(a, f)
+            with _gradient_math.kernels(scale=gradient_math.scale):
+                got = _gradient_math.scale(a, f)
+            for x, y in zip(got, expected):
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x.numpy(), keras.ops.convert_to_numpy(y))
+        if isinstance(a[0], np.ndarray):
+            continue  # the step adds tensors only
+        expected = _gradient_math.add(a, b)
+        with _gradient_math.kernels(add=gradient_math.add):
+            got = _gradient_math.add(a, b)
+        for x, y in zip(got, expected):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x.numpy(), keras.ops.convert_to_numpy(y))
+    # Only what was given is replaced, and all are restored on leaving.
+    with _gradient_math.kernels(add=gradient_math.add):
+        assert _gradient_math._KERNELS.scale is None
+    assert _gradient_math._KERNELS.add is None

@@ -35,9 +35,11 @@ def train_step(model, data):
     """`SAMModel.train_step` for PyTorch: returns the logs dict."""
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     build_before_step(model, x)
-    # The rules' global norms and dot products in torch calls (eager: each
+    # The rules' norms, eps and w + eps in torch calls (eager: each
     # `keras.ops` call in their per-weight loops costs its dispatch).
-    with _gradient_math.dot_kernel(gradient_math.dot):
+    with _gradient_math.kernels(
+        dot=gradient_math.dot, scale=gradient_math.scale, add=gradient_math.add
+    ):
         return sam_step.train_step(model, TorchPasses(model), data)
 
 
@@ -46,6 +48,9 @@ class TorchPasses(Passes):
 
     def __init__(self, model):
         super().__init__(model)
+        # Read once a step: each read walks the model's layers.
+        self.trainable = model.trainable_variables
+        self.non_trainable = model.non_trainable_variables
         self.group = _compat.ddp_process_group(model)
         # Under DDP, eps from the all-reduced g, as on one device; micro-
         # batches and "per_replica" form it from this replica's examples.
@@ -56,13 +61,13 @@ class TorchPasses(Passes):
         )
 
     def weights(self):
-        return [v.value.detach() for v in self.model.trainable_variables]
+        return [v.value.detach() for v in self.trainable]
 
     def clean(self, x, y, sample_weight):
         model = self.model
-        self.state = [v.value.detach().clone() for v in model.non_trainable_variables]
+        self.state = [v.value.detach().clone() for v in self.non_trainable]
         self.randomness = global_randomness()
-        weights = [v.value for v in model.trainable_variables]
+        weights = [v.value for v in self.trainable]
         y_pred = forward(model, x)
         loss = _compat.compute_loss(model, x, y, y_pred, sample_weight)
         grads = _gradients(model.optimizer.scale_loss(loss), weights)
@@ -71,11 +76,11 @@ class TorchPasses(Passes):
     def perturbed(self, x, y, sample_weight, weights):
         model = self.model
         leaves = [w.detach().requires_grad_() for w in weights]
-        mapping = list(zip(model.trainable_variables, leaves))
-        mapping += list(zip(model.non_trainable_variables, self.state))
+        mapping = list(zip(self.trainable, leaves))
+        mapping += list(zip(self.non_trainable, self.state))
         with (
             replayed_randomness(self.randomness),
-            keras.StatelessScope(state_mapping=mapping, collect_losses=True),
+            _compat.stateless_scope(mapping, collect_losses=True),
         ):
             y_pred = forward(model, x)
             loss = _compat.compute_loss(model, x, y, y_pred, sample_weight)
@@ -85,12 +90,12 @@ class TorchPasses(Passes):
     def single(self, x, y, sample_weight, weights):
         model = self.model
         leaves = [w.detach().requires_grad_() for w in weights]
-        mapping = list(zip(model.trainable_variables, leaves))
-        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+        mapping = list(zip(self.trainable, leaves))
+        with _compat.stateless_scope(mapping, collect_losses=True) as scope:
             y_pred = forward(model, x)
             loss = _compat.compute_loss(model, x, y, y_pred, sample_weight)
             scaled = model.optimizer.scale_loss(loss)
-        for variable in model.non_trainable_variables:
+        for variable in self.non_trainable:
             value = scope.get_current_value(variable)
             if value is not None:
                 variable.assign(value)
@@ -114,7 +119,7 @@ class TorchPasses(Passes):
 
     def apply(self, grads):
         with torch.no_grad():
-            self.model.optimizer.apply(grads, self.model.trainable_variables)
+            self.model.optimizer.apply(grads, self.trainable)
 
     def eps_gradients(self, grads):
         return self.replica_mean(grads) if self.synchronized else grads
