@@ -25,14 +25,16 @@ NEUTRAL := -m "not backend_independent"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) $(PIP_INSTALL) -e ".[tensorflow,study,test,docs]"
 	touch $(STAMP)
 
-# JAX (CPU) and the CPU build of PyTorch ($(CONSTRAINTS)).
-$(BACKENDS_STAMP): $(STAMP)
+# Everything above plus JAX (CPU) and the CPU build of PyTorch ($(CONSTRAINTS)),
+# in one pip run (one resolution, one editable build): a fresh clone's
+# `make test` does not install the smaller set first. It stands for $(STAMP) too.
+$(BACKENDS_STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) $(PIP_INSTALL) -e ".[tensorflow,study,test,docs,jax,torch]"
-	touch $(BACKENDS_STAMP)
+	touch $(STAMP) $(BACKENDS_STAMP)
 
 $(RELEASE_STAMP): $(STAMP)
 	$(PY) $(PIP_INSTALL) -e ".[release]"
