@@ -27,6 +27,8 @@ INDEPENDENT := -m backend_independent
 HEAVY := tests/hub tests/hessian
 NOT_HEAVY := $(addprefix --ignore=,$(HEAVY))
 STUDY := tests/study
+# More pytest options for every test process, e.g. PYTEST_ARGS=--durations=30.
+PYTEST_ARGS ?=
 SPLIT_TARGETS := test-tensorflow-heavy test-tensorflow-rest test-jax-heavy \
 	test-jax-rest test-independent-study test-independent-rest
 .PHONY: demo test test-tensorflow test-jax test-torch test-independent \
@@ -69,19 +71,19 @@ test-jax: test-jax-heavy test-jax-rest
 test-independent: test-independent-study test-independent-rest
 
 test-tensorflow-heavy test-jax-heavy: test-%-heavy: $(BACKENDS_STAMP)
-	KERAS_BACKEND=$* $(PY) -m pytest -q $(NEUTRAL) $(HEAVY)
+	KERAS_BACKEND=$* $(PY) -m pytest -q $(NEUTRAL) $(HEAVY) $(PYTEST_ARGS)
 
 test-tensorflow-rest test-jax-rest: test-%-rest: $(BACKENDS_STAMP)
-	KERAS_BACKEND=$* $(PY) -m pytest -q $(NEUTRAL) $(NOT_HEAVY)
+	KERAS_BACKEND=$* $(PY) -m pytest -q $(NEUTRAL) $(NOT_HEAVY) $(PYTEST_ARGS)
 
 test-torch: $(BACKENDS_STAMP)
-	KERAS_BACKEND=torch $(PY) -m pytest -q $(NEUTRAL)
+	KERAS_BACKEND=torch $(PY) -m pytest -q $(NEUTRAL) $(PYTEST_ARGS)
 
 test-independent-study: $(BACKENDS_STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(INDEPENDENT) $(STUDY)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(INDEPENDENT) $(STUDY) $(PYTEST_ARGS)
 
 test-independent-rest: $(BACKENDS_STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(INDEPENDENT) --ignore=$(STUDY)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(INDEPENDENT) --ignore=$(STUDY) $(PYTEST_ARGS)
 
 # Optional lane, not part of `make test` (a Keras master break must not block a
 # landing): every backend's suite (not the backend-independent tests) on
