@@ -57,12 +57,12 @@ demo: $(STAMP)
 	$(PY) -m keras_sam sweep synthetic --preset quick --out results/synthetic-quick
 
 # Seven processes, two at a time (each uses little more than one core): make
-# starts the next as soon as one ends, in this order (the longest first, the
-# short ones last to fill the gaps; tests28c's note has the durations). Each
+# starts the next as soon as one ends, in this order (the best packing of the
+# parts' measured shares of their lanes; tests28c's note has the numbers). Each
 # one's output is printed whole when it ends. `make test-jax` etc. run a whole
 # lane (its parts one after the other).
-TEST_PARTS := test-tensorflow-rest test-jax-heavy test-jax-rest \
-	test-tensorflow-heavy test-independent-study test-independent-rest test-torch
+TEST_PARTS := test-tensorflow-rest test-jax-rest test-independent-study \
+	test-tensorflow-heavy test-independent-rest test-jax-heavy test-torch
 test: $(BACKENDS_STAMP)
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(TEST_PARTS)
 
