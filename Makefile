@@ -16,12 +16,23 @@ PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS) \
 # Every test runs on TensorFlow, JAX and PyTorch unless a marker says otherwise
 # (pyproject.toml, tests/conftest.py): `backends(...)` runs only on those
 # backends, `backend_independent` (docs, packaging, layout, the study,
-# notebooks, examples) once, in a TensorFlow process of its own. Each backend is
-# its own process: Keras picks its backend at import.
-NEUTRAL := -m "not backend_independent"
-
+# notebooks, examples) once, in TensorFlow processes of their own. Each backend is
+# its own process: Keras picks its backend at import. Every test of tests/study
+# is backend-independent (tests/study/conftest.py): the backend lanes do not
+# collect it.
+NEUTRAL := -m "not backend_independent" --ignore=tests/study
+INDEPENDENT := -m backend_independent
+# The longer lanes run in two processes each, a set of paths and its complement
+# (nothing falls between them), so that `make test` can pack two slots evenly.
+HEAVY := tests/hub tests/hessian
+NOT_HEAVY := $(addprefix --ignore=,$(HEAVY))
+STUDY := tests/study
+# More pytest options for every test process, e.g. PYTEST_ARGS=--durations=30.
+PYTEST_ARGS ?=
+SPLIT_TARGETS := test-tensorflow-heavy test-tensorflow-rest test-jax-heavy \
+	test-jax-rest test-independent-study test-independent-rest
 .PHONY: demo test test-tensorflow test-jax test-torch test-independent \
-	test-nightly lint format bench docs package-check
+	$(SPLIT_TARGETS) test-nightly lint format bench docs package-check
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,10 +40,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) $(PIP_INSTALL) -e ".[tensorflow,study,test,docs]"
 	touch $(STAMP)
 
-# JAX (CPU) and the CPU build of PyTorch ($(CONSTRAINTS)).
-$(BACKENDS_STAMP): $(STAMP)
+# Everything above plus JAX (CPU) and the CPU build of PyTorch ($(CONSTRAINTS)),
+# in one pip run (one resolution, one editable build): a fresh clone's
+# `make test` does not install the smaller set first. It stands for $(STAMP) too.
+$(BACKENDS_STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) $(PIP_INSTALL) -e ".[tensorflow,study,test,docs,jax,torch]"
-	touch $(BACKENDS_STAMP)
+	touch $(STAMP) $(BACKENDS_STAMP)
 
 $(RELEASE_STAMP): $(STAMP)
 	$(PY) $(PIP_INSTALL) -e ".[release]"
@@ -41,24 +56,34 @@ $(RELEASE_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(PY) -m keras_sam sweep synthetic --preset quick --out results/synthetic-quick
 
-# Four processes, two at a time (each uses little more than one core), the
-# longest first: make starts the next as soon as one ends. Each one's output is
-# printed whole when it ends.
+# Seven processes, two at a time (each uses little more than one core): make
+# starts the next as soon as one ends, in this order (the best packing of the
+# parts' measured shares of their lanes; tests28c's note has the numbers). Each
+# one's output is printed whole when it ends. `make test-jax` etc. run a whole
+# lane (its parts one after the other).
+TEST_PARTS := test-tensorflow-rest test-jax-rest test-independent-study \
+	test-tensorflow-heavy test-independent-rest test-jax-heavy test-torch
 test: $(BACKENDS_STAMP)
-	$(MAKE) --no-print-directory -j2 --output-sync=target \
-	  test-tensorflow test-jax test-independent test-torch
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(TEST_PARTS)
 
-test-tensorflow: $(BACKENDS_STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(NEUTRAL)
+test-tensorflow: test-tensorflow-heavy test-tensorflow-rest
+test-jax: test-jax-heavy test-jax-rest
+test-independent: test-independent-study test-independent-rest
 
-test-jax: $(BACKENDS_STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q $(NEUTRAL)
+test-tensorflow-heavy test-jax-heavy: test-%-heavy: $(BACKENDS_STAMP)
+	KERAS_BACKEND=$* $(PY) -m pytest -q $(NEUTRAL) $(HEAVY) $(PYTEST_ARGS)
+
+test-tensorflow-rest test-jax-rest: test-%-rest: $(BACKENDS_STAMP)
+	KERAS_BACKEND=$* $(PY) -m pytest -q $(NEUTRAL) $(NOT_HEAVY) $(PYTEST_ARGS)
 
 test-torch: $(BACKENDS_STAMP)
-	KERAS_BACKEND=torch $(PY) -m pytest -q $(NEUTRAL)
+	KERAS_BACKEND=torch $(PY) -m pytest -q $(NEUTRAL) $(PYTEST_ARGS)
 
-test-independent: $(BACKENDS_STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m backend_independent
+test-independent-study: $(BACKENDS_STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(INDEPENDENT) $(STUDY) $(PYTEST_ARGS)
+
+test-independent-rest: $(BACKENDS_STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(INDEPENDENT) --ignore=$(STUDY) $(PYTEST_ARGS)
 
 # Optional lane, not part of `make test` (a Keras master break must not block a
 # landing): every backend's suite (not the backend-independent tests) on

@@ -1,12 +1,25 @@
 """Fixtures of the sweep tests: `train.train_run` counted (and failed on
-demand) or replaced by the rho search's fake runner."""
+demand) or replaced by the rho search's fake runner; the uninterrupted tiny
+sweep that the sharded, killed and requeued sweeps are compared with."""
 
 import math
 
 import pytest
 
+from keras_sam.study import cli
 from keras_sam.study.sweep import train
-from tests.study.sweep.runs import fake_value
+from tests.study.sweep.runs import TINY_ARGS, fake_value
+
+
+@pytest.fixture(scope="session")
+def whole_sweep(tmp_path_factory):
+    """The folder of `keras-sam sweep synthetic TINY_ARGS --no-plots`, run once
+    in this process with the real `train_run` (a session fixture is set up
+    before a test's own fixtures and patches)."""
+    out = tmp_path_factory.mktemp("whole") / "sweep"
+    args = ["sweep", "synthetic", *TINY_ARGS, "--out", str(out), "--no-plots"]
+    assert cli.main(args) == 0
+    return out
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_hessian_metrics_at_the_end(tmp_path):
     assert "sharpness" in (tmp_path / "summary.md").read_text()
 
 
-def test_killed_sweep_resumes_without_redoing_runs(tmp_path, counted):
+def test_killed_sweep_resumes_without_redoing_runs(tmp_path, counted, whole_sweep):
     calls, _ = counted
     out = tmp_path / "killed"
     results = out / "results.jsonl"
@@ -88,11 +88,9 @@ def test_killed_sweep_resumes_without_redoing_runs(tmp_path, counted):
                      "--no-plots"]) == 0  # fmt: skip
     assert set(calls).isdisjoint(done) and len(calls) == 6 - len(done)
     # Same table as an uninterrupted sweep.
-    fresh = tmp_path / "fresh"
-    assert cli.main(["sweep", "synthetic", *TINY_ARGS, "--out", str(fresh),
-                     "--no-plots"]) == 0  # fmt: skip
     table = (out / "summary.md").read_text().split("Total run time")[0]
-    assert table == (fresh / "summary.md").read_text().split("Total run time")[0]
+    fresh = (whole_sweep / "summary.md").read_text().split("Total run time")[0]
+    assert table == fresh
 
 
 def test_dry_run_prints_plan_and_counts(capsys, tmp_path):

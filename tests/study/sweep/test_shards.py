@@ -45,14 +45,11 @@ def _by_key(records):
     return {r["key"]: r for r in records}
 
 
-def _check_equals_whole_sweep(out, tmp_path):
+def _check_equals_whole_sweep(out, whole):
     records = read_folder(str(out))
     keys = [r["key"] for r in records]
     assert len(keys) == len(set(keys)) == 6  # each run recorded once
     assert all(r["status"] == "ok" for r in records)
-    whole = tmp_path / "whole"
-    assert cli.main(["sweep", "synthetic", *TINY_ARGS, "--out", str(whole),
-                     "--no-plots"]) == 0  # fmt: skip
     expected = _by_key(read_results(str(whole / "results.jsonl")))
     assert set(expected) == set(keys)
     for key, record in _by_key(records).items():
@@ -60,7 +57,9 @@ def _check_equals_whole_sweep(out, tmp_path):
     return records
 
 
-def test_workstation_launcher_runs_one_shard_per_gpu_into_one_folder(tmp_path):
+def test_workstation_launcher_runs_one_shard_per_gpu_into_one_folder(
+    tmp_path, whole_sweep
+):
     out = tmp_path / "sweep"
     script = os.path.join(CLUSTER, "workstation_sweep.sh")
     env = _env(GPUS="0,1", LOG_DIR=str(tmp_path / "logs"))
@@ -69,7 +68,7 @@ def test_workstation_launcher_runs_one_shard_per_gpu_into_one_folder(tmp_path):
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    records = _check_equals_whole_sweep(out, tmp_path)
+    records = _check_equals_whole_sweep(out, whole_sweep)
     for record in records:  # shard k ran on the k-th listed GPU
         k = record["shard"].split("/")[0]
         assert record["cuda_visible_devices"] == {"1": "0", "2": "1"}[k]
