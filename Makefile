@@ -11,10 +11,7 @@ RELEASE_STAMP := $(VENV)/.keras-sam-release-installed
 # CPU torch locally: make test CPU_INDEX=https://download.pytorch.org/whl/cpu
 CONSTRAINTS := constraints-cpu.txt
 CPU_INDEX ?=
-# --no-compile: byte-compiling every installed file (TensorFlow, PyTorch and
-# JAX ship tens of thousands) was ~40% of the install; Python compiles the few
-# modules a run imports on first import.
-PIP_INSTALL = -m pip install --quiet --no-compile -c $(CONSTRAINTS) \
+PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS) \
 	$(if $(CPU_INDEX),--extra-index-url $(CPU_INDEX))
 # Every test runs on TensorFlow, JAX and PyTorch unless a marker says otherwise
 # (pyproject.toml, tests/conftest.py): `backends(...)` runs only on those
