@@ -62,20 +62,16 @@ def record_step(model, terms, batch_size, eps_examples, applied) -> None:
     if applied is True:
         # Without loss scaling (a Python True): the same updates, fewer ops
         # (an eager step dispatches each one).
-        _update_mean(loss_tracker, terms.loss, batch_size, True)
-        _update_mean(model.perturbed_loss_tracker, perturbed_loss, batch_size, ran > 0)
+        include_loss, include_perturbed = True, ran > 0
     else:
         finite_loss = ops.all(ops.isfinite(terms.loss))
-        _update_mean(
-            loss_tracker, terms.loss, batch_size, ops.logical_or(applied, finite_loss)
-        )
-        _update_mean(
-            model.perturbed_loss_tracker,
-            perturbed_loss,
-            batch_size,
-            ops.logical_and(applied, ran > 0),
-        )
+        include_loss = ops.logical_or(applied, finite_loss)
+        include_perturbed = ops.logical_and(applied, ran > 0)
         model.skipped_steps_tracker.update_state(ops.logical_not(applied))
+    _update_mean(loss_tracker, terms.loss, batch_size, include_loss)
+    _update_mean(
+        model.perturbed_loss_tracker, perturbed_loss, batch_size, include_perturbed
+    )
     model.eps_batch_size_tracker.update_state(eps_examples)
     model.gradient_pass_counter.update_state(1.0 + ran)
 

@@ -44,13 +44,12 @@ def scale(tensors: Sequence[Any], factor: Any) -> list:
         f = torch.as_tensor(factor, device=kind[1]).to(kind[0])
         return list(torch._foreach_mul(tensors, f))
     tensors = [torch.as_tensor(t) for t in tensors]
-    out = [None] * len(tensors)
-    for (dtype, device), indices in _groups(tensors).items():
+
+    def products(indices, dtype, device):
         f = torch.as_tensor(factor, device=device).to(dtype)
-        products = torch._foreach_mul([tensors[i] for i in indices], f)
-        for i, product in zip(indices, products):
-            out[i] = product
-    return out
+        return torch._foreach_mul([tensors[i] for i in indices], f)
+
+    return _per_group(tensors, products)
 
 
 def add(a: Sequence[Any], b: Sequence[Any]) -> list:
@@ -59,13 +58,12 @@ def add(a: Sequence[Any], b: Sequence[Any]) -> list:
     if kind is not None and _kind(b) == kind:  # the step's case: one call
         return list(torch._foreach_add(a, b))
     a = [torch.as_tensor(x) for x in a]
-    out = [None] * len(a)
-    for (dtype, device), indices in _groups(a).items():
+
+    def sums(indices, dtype, device):
         ys = [torch.as_tensor(b[i], device=device).to(dtype) for i in indices]
-        sums = torch._foreach_add([a[i] for i in indices], ys)
-        for i, total in zip(indices, sums):
-            out[i] = total
-    return out
+        return torch._foreach_add([a[i] for i in indices], ys)
+
+    return _per_group(a, sums)
 
 
 def _kind(tensors):
@@ -77,9 +75,14 @@ def _kind(tensors):
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def _groups(tensors):
-    # Indices by (dtype, device): a foreach call takes one of each.
+def _per_group(tensors, call) -> list:
+    # `call(indices, dtype, device)` on each (dtype, device) group of
+    # `tensors` (a foreach call takes one of each), results back in order.
     groups = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.dtype, t.device), []).append(i)
-    return groups
+    out = [None] * len(tensors)
+    for (dtype, device), indices in groups.items():
+        for i, result in zip(indices, call(indices, dtype, device)):
+            out[i] = result
+    return out
