@@ -307,23 +307,25 @@ def test_torch_scale_and_add_kernels_match_keras_ops_exactly():
     mixed = [tensors[0], tensors[1].half(), tensors[2]]
     addends = [tensors[3].half(), tensors[1], tensors[0]]
     factor = torch.tensor(0.3712, dtype=torch.float32)
+
+    def assert_same(got, expected):
+        for x, y in zip(got, expected):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x.numpy(), keras.ops.convert_to_numpy(y))
+
     cases = [(tensors, tensors[::-1]), (mixed, addends), (G, GS)]
     for a, b in cases:
         for f in (factor, 0.05):
             expected = _gradient_math.scale(a, f)
             with _gradient_math.kernels(scale=gradient_math.scale):
                 got = _gradient_math.scale(a, f)
-            for x, y in zip(got, expected):
-                assert x.dtype == y.dtype
-                np.testing.assert_array_equal(x.numpy(), keras.ops.convert_to_numpy(y))
+            assert_same(got, expected)
         if isinstance(a[0], np.ndarray):
             continue  # the step adds tensors only
         expected = _gradient_math.add(a, b)
         with _gradient_math.kernels(add=gradient_math.add):
             got = _gradient_math.add(a, b)
-        for x, y in zip(got, expected):
-            assert x.dtype == y.dtype
-            np.testing.assert_array_equal(x.numpy(), keras.ops.convert_to_numpy(y))
+        assert_same(got, expected)
     # Only what was given is replaced, and all are restored on leaving.
     with _gradient_math.kernels(add=gradient_math.add):
         assert _gradient_math._KERNELS.scale is None
