@@ -1,0 +1,62 @@
+"""PyTorch's fused s_2 step (`Functions._fused_gap`) against dense
+per-example Hessians on the zoo, and the check that keeps two per-example
+products where the fused step is wrong."""
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from keras_sam.hessian import CurvatureOperator
+from tests.hessian.test_zoo import NOT_VECTORIZED, ZOO, build, rel_err
+
+pytestmark = pytest.mark.backends("torch")
+
+VECTORIZED = sorted(set(ZOO) - NOT_VECTORIZED)
+
+
+def dense_gap(hessians):
+    h = hessians.mean(axis=0)
+    return np.mean([hi @ hi for hi in hessians], axis=0) - h @ h
+
+
+@pytest.mark.parametrize("name", VECTORIZED)
+def test_fused_gap_equals_dense(name):
+    _, model, x, y, hessians = build(name)
+    regularization = name == "nested_with_penalties"
+    op = CurvatureOperator(model, (x, y), regularization=regularization, chunk_size=3)
+    rng = np.random.default_rng(2)
+    expected = dense_gap(hessians)
+    v = rng.normal(size=op.dim)
+    assert rel_err(op.moment_gap(v, 2), expected @ v) < 1e-4
+    # The first chunk's check chose the fused step (LayerNormalization too:
+    # its kernel runs as plain ops inside it); later steps take it.
+    assert op._fn._fused is True
+    for _ in range(2):
+        v = rng.normal(size=op.dim)
+        assert rel_err(op.moment_gap(v, 2), expected @ v) < 1e-4
+
+
+def test_layer_norm_kernel_fails_the_check_and_keeps_two_products(monkeypatch):
+    # Without the plain-ops layer norm, F.layer_norm differentiated under
+    # vmap makes the fused step wrong on the transformer block: the check
+    # must see it and keep the per-example products (right, but slower).
+    from keras_sam.backend.torch import curvature
+
+    _, model, x, y, hessians = build("transformer_block")
+    op = CurvatureOperator(model, (x, y), chunk_size=4)
+    v = np.random.default_rng(3).normal(size=op.dim)
+    expected = dense_gap(hessians) @ v
+    center = op._vector(op.hvp(v))
+    chunk, _ = op._chunks()[0]
+    tv = op._vector(v)
+    n = len(x)
+    with_plain = op._fn._fused_gap(*chunk, tv, center).numpy() / n
+    assert rel_err(with_plain, expected) < 1e-4
+    monkeypatch.setattr(curvature, "_PlainNormalization", contextlib.nullcontext)
+    with_kernel = op._fn._fused_gap(*chunk, tv, center).numpy() / n
+    assert rel_err(with_kernel, expected) > 1e-2
+    op._fn._fused = None  # decided again (the functions are cached per model)
+    assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
+    assert op._fn._fused is False
+    assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
