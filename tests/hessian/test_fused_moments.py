@@ -4,10 +4,12 @@ products where the fused step is wrong."""
 
 import contextlib
 
+import keras
 import numpy as np
 import pytest
 
 from keras_sam.hessian import CurvatureOperator
+from tests.hessian.references import per_example_hessians
 from tests.hessian.test_zoo import NOT_VECTORIZED, ZOO, build, rel_err
 
 pytestmark = pytest.mark.backends("torch")
@@ -60,3 +62,50 @@ def test_layer_norm_kernel_fails_the_check_and_keeps_two_products(monkeypatch):
     assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
     assert op._fn._fused is False
     assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
+
+
+def test_fused_gap_with_per_token_weights_equals_dense():
+    # (n, seq) weights inside each example's loss, each example once.
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(6)
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            keras.layers.Embedding(5, 3),
+            keras.layers.Dense(3, activation="tanh"),
+            keras.layers.Dense(4),
+        ]
+    )
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = rng.integers(0, 5, size=(4, 3)).astype("int32")
+    y = rng.integers(0, 4, size=(4, 3))
+    mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0.5, 2, 0]], "float32")
+    hessians = per_example_hessians(model, x, y, sample_weight=mask)
+    op = CurvatureOperator(model, (x, y, mask), chunk_size=3)
+    v = np.random.default_rng(7).normal(size=op.dim)
+    expected = dense_gap(hessians) @ v
+    assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
+    assert op._fn._fused is True
+    assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
+
+
+def test_rows_are_centered_in_place_only_where_they_own_their_memory():
+    import torch
+
+    from keras_sam.backend.torch.curvature import _centered_rows
+
+    own = torch.ones(2, 3)
+    shared = torch.ones(2, 3)
+    expanded = torch.ones(3).expand(2, 3)
+    center = (torch.full((3,), 0.5), torch.full((3,), 0.25), torch.full((3,), 2.0))
+    rows = (own, shared, shared, expanded)
+    got = _centered_rows(rows, center + (torch.zeros(3),))
+    assert got[0] is own and torch.equal(own, torch.full((2, 3), 0.5))
+    # Two rows on one tensor, and a broadcast view: new tensors, inputs kept.
+    assert torch.equal(got[1], torch.full((2, 3), 0.75))
+    assert torch.equal(got[2], torch.full((2, 3), -1.0))
+    assert torch.equal(shared, torch.ones(2, 3))
+    assert torch.equal(expanded, torch.ones(2, 3))

@@ -35,7 +35,9 @@ seeded alike in every product). ``model.losses``
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 
 import keras
 import torch
@@ -105,6 +107,20 @@ class _PlainNormalization(torch.overrides.TorchFunctionMode):
         if func is torch.nn.functional.rms_norm:
             return _rms_norm(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _centered_rows(rows, center):
+    """``rows - center``, in place where a row tensor is its own memory
+    (a new weight-sized (n, dim) tensor costs its page faults): not an
+    expanded view (an unbatched vmap result), nor memory another row
+    shares (autograd may hand one gradient tensor to two weights)."""
+    counts = collections.Counter(r.untyped_storage().data_ptr() for r in rows)
+    return tuple(
+        r.sub_(c)
+        if r.is_contiguous() and counts[r.untyped_storage().data_ptr()] == 1
+        else r - c
+        for r, c in zip(rows, center)
+    )
 
 
 def _first(structure):
@@ -329,12 +345,12 @@ class Functions(CurvatureFunctions):
 
     def _fused_gap(self, x, y, sw, v, center):
         """``sum_i c_i H_i (H_i v - center)`` in two passes over the chunk,
-        without a second per-example result: the rows ``r_i = H_i v`` (per
-        example, the gradient of the directional derivative along v:
-        reverse over forward, no per-example gradient), then one batch
-        gradient in the shared weights of ``sum_i c_i (D f_i [r_i] - D f_i
-        [center])`` (forward products along each example's own row, then
-        one backward pass: the sum over examples is the backward's)."""
+        without a second per-example result: the rows ``u_i = H_i v -
+        center`` (per example, the gradient of the directional derivative
+        along v: reverse over forward, no per-example gradient), then one
+        batch gradient in the shared weights of ``sum_i c_i D f_i [u_i]``
+        (a forward product along each example's own row, then one backward
+        pass: the sum over examples is the backward's)."""
         from torch.func import grad, jvp, vmap
 
         state, masks = self._state_values(), self._mask_values()
@@ -354,16 +370,13 @@ class Functions(CurvatureFunctions):
 
         with _PlainNormalization():
             with torch.no_grad():
-                rows = vmap(row)(x, y, sw)
+                rows = _centered_rows(vmap(row)(x, y, sw), along_center)
             with torch.enable_grad():
                 params = tuple(self._leaves())
 
                 def centered(xi, yi, swi, *ri):
-                    f = lambda q: example_loss(q, xi, yi, swi)  # noqa: E731
-                    return (
-                        jvp(f, (params,), (ri,))[1]
-                        - jvp(f, (params,), (along_center,))[1]
-                    )
+                    loss = functools.partial(example_loss, xi=xi, yi=yi, swi=swi)
+                    return jvp(loss, (params,), (ri,))[1]
 
                 total = (vmap(centered)(x, y, sw, *rows) * self._frequencies(sw)).sum()
                 gradient = torch.autograd.grad(total, params, allow_unused=True)
