@@ -109,3 +109,42 @@ def test_rows_are_centered_in_place_only_where_they_own_their_memory():
     assert torch.equal(got[2], torch.full((2, 3), -1.0))
     assert torch.equal(shared, torch.ones(2, 3))
     assert torch.equal(expanded, torch.ones(2, 3))
+
+
+def test_plain_normalizations_equal_the_kernels():
+    import torch
+    import torch.nn.functional as F
+
+    from keras_sam.backend.torch.curvature import _layer_norm, _rms_norm
+
+    x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+    w, b = torch.rand(3, 5) + 0.5, torch.randn(3, 5)
+    for shape, weight, bias in (((5,), w[0], b[0]), ((3, 5), w, b), ((5,), None, None)):
+        torch.testing.assert_close(
+            _layer_norm(x, shape, weight, bias, 1e-3),
+            F.layer_norm(x, shape, weight, bias, 1e-3),
+        )
+        torch.testing.assert_close(
+            _rms_norm(x, shape, weight, 1e-3), F.rms_norm(x, shape, weight, 1e-3)
+        )
+    torch.testing.assert_close(_rms_norm(x, (5,)), F.rms_norm(x, (5,)))
+
+
+def test_fused_gap_through_rms_normalization_equals_dense():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(8)
+    inputs = keras.Input((3, 4))
+    h = keras.layers.Dense(4, activation="tanh")(inputs)
+    h = keras.layers.RMSNormalization()(keras.layers.Add()([inputs, h]))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(1)(h))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = rng.normal(size=(4, 3, 4)).astype("float32")
+    y = rng.normal(size=(4, 1)).astype("float32")
+    hessians = per_example_hessians(model, x, y)
+    op = CurvatureOperator(model, (x, y), chunk_size=2)
+    v = np.random.default_rng(9).normal(size=op.dim)
+    expected = dense_gap(hessians) @ v
+    assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
+    assert op._fn._fused is True
+    assert rel_err(op.moment_gap(v, 2), expected) < 1e-4

@@ -31,6 +31,10 @@ seeded alike in every product). ``model.losses``
   training mode) are refused under vmap. So,
   as on TensorFlow, the first chunk decides (``vectorize=None``): the
   vectorized path is used if it runs and agrees with the looped one.
+- the s_2 step ``sum_i c_i H_i (H_i v - H v)``, vectorized: fused
+  (`Functions._fused_gap`: the rows reverse over forward, then one batch
+  gradient) where it agrees with two per-example products on the first
+  chunk.
 """
 
 from __future__ import annotations
@@ -95,10 +99,9 @@ class _PlainNormalization(torch.overrides.TorchFunctionMode):
     """Inside the fused products only: ``F.layer_norm`` and ``F.rms_norm``
     (Keras's torch LayerNormalization / RMSNormalization kernels) as plain
     ops. The kernels' derivatives of a per-example product, differentiated
-    once more under `torch.func.vmap`, are wrong (24% off on the zoo's
-    transformer block, reverse over forward); plain ops agree with the
-    dense Hessians. A function mode, not a patch: it holds on this thread
-    inside the ``with`` only."""
+    once more under `torch.func.vmap`, are wrong (40% off on the zoo's
+    transformer block); plain ops agree with the dense Hessians. A function
+    mode, not a patch: it holds on this thread inside the ``with`` only."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
