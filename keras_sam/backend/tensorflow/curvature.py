@@ -54,8 +54,10 @@ class _exact:  # noqa: N801 (used as a function wrapper)
     """``function`` (a `tf.function`) traced and run with Keras's
     normalization moments on a plain variance: Keras's own `tf.nn.moments`
     drops a term of the second derivative (see
-    `keras_sam._compat.exact_tensorflow_moments`). Other attributes are the
-    function's (``experimental_get_tracing_count``)."""
+    `keras_sam._compat.exact_tensorflow_moments`); with ``vectorized``,
+    ``keras.ops.einsum`` as one ``tf.einsum`` too (pfor gets Keras's rewrite
+    wrong: `keras_sam._compat.vectorizable_tensorflow_einsum`). Other
+    attributes are the function's (``experimental_get_tracing_count``)."""
 
     def __init__(self, function, vectorized=False):
         self._function = function
