@@ -44,6 +44,7 @@ __all__ = [
     "own_trainable_variables",
     "stateless_scope",
     "unlocked_tracker",
+    "vectorizable_tensorflow_einsum",
 ]
 
 #: The `keras.Model` hook, called by `fit`, `evaluate` and `predict` (on
@@ -241,6 +242,57 @@ def multi_optimizer_index(
 #: up at call time.
 _TF_MOMENTS_MODULE = "keras.src.backend.tensorflow.nn"
 _TF_MOMENTS_FUNCTION = "_compute_moments"
+
+
+#: Where Keras's TensorFlow backend implements ``keras.ops.einsum`` (looked
+#: up at call time by the op).
+_TF_NUMPY_MODULE = "keras.src.backend.tensorflow.numpy"
+
+
+def _plain_einsum(subscripts, *operands, **kwargs):
+    # Keras's own general branch (the one it takes for any subscripts it has
+    # no reshape/matmul rewrite for): tf.einsum in the operands' result type
+    # (integers computed in floatx), cast to that type.
+    import tensorflow as tf
+
+    result_dtype = keras.backend.result_type(*(x.dtype for x in operands))
+    compute_dtype = keras.config.floatx() if "int" in result_dtype else result_dtype
+    operands = [tf.cast(x, compute_dtype) for x in operands]
+    return tf.cast(tf.einsum(subscripts, *operands, **kwargs), result_dtype)
+
+
+@contextlib.contextmanager
+def vectorizable_tensorflow_einsum():
+    """``keras.ops.einsum`` as one ``tf.einsum`` while the context is active
+    (a no-op on other backends; int8 operands keep Keras's op).
+
+    Keras's TensorFlow einsum rewrites common subscripts (EinsumDense,
+    MultiHeadAttention) as reshapes and matmuls; `tf.vectorized_map` (pfor)
+    gets the per-example second derivatives of that rewrite wrong, and gets
+    ``tf.einsum``'s right. No public hook replaces a backend op, so the
+    vectorized per-example products trace inside this context (and only
+    they). A swap of a module global: not thread-safe, like
+    `exact_tensorflow_moments` (the same values either way).
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import importlib
+
+    module = importlib.import_module(_TF_NUMPY_MODULE)
+    keras_einsum = module.einsum
+
+    def einsum(subscripts, *operands, **kwargs):
+        operands = [keras.ops.convert_to_tensor(x) for x in operands]
+        if all(keras.backend.standardize_dtype(x.dtype) == "int8" for x in operands):
+            return keras_einsum(subscripts, *operands, **kwargs)
+        return _plain_einsum(subscripts, *operands, **kwargs)
+
+    module.einsum = einsum
+    try:
+        yield
+    finally:
+        module.einsum = keras_einsum
 
 
 def _plain_moments(x, axes, keepdims):

@@ -75,7 +75,8 @@ def multi_output_dict(rng):
 
 
 def attention(rng):
-    # MultiHeadAttention (EinsumDense inside): pfor gets einsum wrong.
+    # MultiHeadAttention (EinsumDense inside): pfor gets Keras's einsum
+    # rewrite wrong (`_compat.vectorizable_tensorflow_einsum`).
     inputs = keras.Input((3, 4))
     h = keras.layers.MultiHeadAttention(num_heads=1, key_dim=2)(inputs, inputs)
     h = keras.layers.GlobalAveragePooling1D()(h)
@@ -176,11 +177,12 @@ ZOO = {
     "nested_with_penalties": nested_with_penalties,
 }
 # Members whose per-example products loop: TensorFlow's pfor is refused or
-# fails the check on them; JAX's vmap takes every member; torch.func.vmap
-# refuses DepthwiseConv2D's clone (after a convolution) and the in-place
-# add of Keras's L1L2 regularizer (ActivityRegularization).
+# fails the check on them (recurrent, Conv + DepthwiseConv); JAX's vmap
+# takes every member; torch.func.vmap refuses DepthwiseConv2D's clone
+# (after a convolution) and the in-place add of Keras's L1L2 regularizer
+# (ActivityRegularization).
 NOT_VECTORIZED = {
-    "tensorflow": {"attention", "transformer_block", "recurrent", "convolutions"},
+    "tensorflow": {"recurrent", "convolutions"},
     "jax": set(),
     "torch": {"convolutions", "nested_with_penalties"},
 }[BACKEND]

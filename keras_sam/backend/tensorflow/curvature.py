@@ -9,9 +9,11 @@ call: the loss and its gradient once, then a `tf.while_loop` of second
 backward passes through a persistent tape, the solver called back through
 `tf.py_function` (not under XLA). Per-example products are vectorized with
 `tf.vectorized_map` (pfor) where the layers allow it and the first chunk
-agrees with the looped path (`tf.map_fn`); pfor gets keras.ops.einsum's
-reshaping fast path wrong and dies on recurrent while-loops, so those
-layers loop without a try.
+agrees with the looped path (`tf.map_fn`); pfor dies on recurrent
+while-loops, so those layers loop without a try. pfor gets keras.ops.einsum's
+reshape/matmul rewrite wrong, so the vectorized products trace with one
+``tf.einsum`` instead (`keras_sam._compat.vectorizable_tensorflow_einsum`):
+EinsumDense and attention vectorize.
 """
 
 from __future__ import annotations
@@ -23,18 +25,16 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_sam._compat import exact_tensorflow_moments, flatten_layers
+from keras_sam._compat import (
+    exact_tensorflow_moments,
+    flatten_layers,
+    vectorizable_tensorflow_einsum,
+)
 from keras_sam.hessian._functions import CurvatureFunctions
 
-# Layers whose per-example products `tf.vectorized_map` gets wrong or dies
-# on: keras.ops.einsum's reshaping fast path (EinsumDense, attention) and
-# the recurrent while-loops. They take the looped path without a try.
-_NOT_VECTORIZABLE = (
-    keras.layers.EinsumDense,
-    keras.layers.MultiHeadAttention,
-    keras.layers.RNN,
-    keras.layers.Bidirectional,
-)
+# Layers whose per-example products `tf.vectorized_map` dies on: the
+# recurrent while-loops. They take the looped path without a try.
+_NOT_VECTORIZABLE = (keras.layers.RNN, keras.layers.Bidirectional)
 
 
 @contextlib.contextmanager
@@ -54,14 +54,22 @@ class _exact:  # noqa: N801 (used as a function wrapper)
     """``function`` (a `tf.function`) traced and run with Keras's
     normalization moments on a plain variance: Keras's own `tf.nn.moments`
     drops a term of the second derivative (see
-    `keras_sam._compat.exact_tensorflow_moments`). Other attributes are the
-    function's (``experimental_get_tracing_count``)."""
+    `keras_sam._compat.exact_tensorflow_moments`); with ``vectorized``,
+    ``keras.ops.einsum`` as one ``tf.einsum`` too (pfor gets Keras's rewrite
+    wrong: `keras_sam._compat.vectorizable_tensorflow_einsum`). Other
+    attributes are the function's (``experimental_get_tracing_count``)."""
 
-    def __init__(self, function):
+    def __init__(self, function, vectorized=False):
         self._function = function
+        self._vectorized = vectorized
 
     def __call__(self, *args):
-        with exact_tensorflow_moments():
+        einsum = (
+            vectorizable_tensorflow_einsum()
+            if self._vectorized
+            else contextlib.nullcontext()
+        )
+        with exact_tensorflow_moments(), einsum:
             return self._function(*args)
 
     def __getattr__(self, name):
@@ -396,16 +404,17 @@ class Functions(CurvatureFunctions):
         backward passes, by `tf.vectorized_map` or `tf.map_fn`."""
         return self._rows[path](x, y, sw, v, k)
 
-    def _compiled(self, function):
+    def _compiled(self, function, path: str):
         return _exact(
-            tf.function(function, input_signature=self._signature, **self._kw)
+            tf.function(function, input_signature=self._signature, **self._kw),
+            vectorized=path == "vectorized",
         )
 
     def power(self, k: int, path: str):
         """``(x, y, sw, v) -> sum_i sw_i H_i^k v`` on ``path``, traced."""
         if (path, k) not in self._powers:
             self._powers[path, k] = self._compiled(
-                lambda x, y, sw, v: self.power_sum(k, path, x, y, sw, v)
+                lambda x, y, sw, v: self.power_sum(k, path, x, y, sw, v), path
             )
         return self._powers[path, k]
 
@@ -420,7 +429,8 @@ class Functions(CurvatureFunctions):
                     ),
                     input_signature=[*self._signature, self._signature[-1]],
                     **self._kw,
-                )
+                ),
+                vectorized=path == "vectorized",
             )
         return self._square_gaps[path]
 
@@ -434,7 +444,7 @@ class Functions(CurvatureFunctions):
         """``(x, y, sw, v) -> [H_i v for each i]`` on ``path``, traced."""
         if path not in self._row_fns:
             self._row_fns[path] = self._compiled(
-                lambda x, y, sw, v: self.example_powers(1, path, x, y, sw, v)
+                lambda x, y, sw, v: self.example_powers(1, path, x, y, sw, v), path
             )
         return self._row_fns[path]
 

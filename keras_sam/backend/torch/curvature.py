@@ -31,11 +31,17 @@ seeded alike in every product). ``model.losses``
   training mode) are refused under vmap. So,
   as on TensorFlow, the first chunk decides (``vectorize=None``): the
   vectorized path is used if it runs and agrees with the looped one.
+- the s_2 step ``sum_i c_i H_i (H_i v - H v)``, vectorized: fused
+  (`Functions._fused_gap`: the rows reverse over forward, then one batch
+  gradient) where it agrees with two per-example products on the first
+  chunk.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 
 import keras
 import torch
@@ -65,6 +71,59 @@ def _fixed_global_generator():
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(_NOISE_SEED)
         yield
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    # torch.nn.functional.layer_norm in plain differentiable ops.
+    axes = tuple(range(-len(normalized_shape), 0))
+    mean = x.mean(axes, keepdim=True)
+    variance = ((x - mean) ** 2).mean(axes, keepdim=True)
+    out = (x - mean) * torch.rsqrt(variance + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def _rms_norm(x, normalized_shape, weight=None, eps=None):
+    # torch.nn.functional.rms_norm in plain differentiable ops.
+    axes = tuple(range(-len(normalized_shape), 0))
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    out = x * torch.rsqrt((x * x).mean(axes, keepdim=True) + eps)
+    return out if weight is None else out * weight
+
+
+class _PlainNormalization(torch.overrides.TorchFunctionMode):
+    """Inside the fused products only: ``F.layer_norm`` and ``F.rms_norm``
+    (Keras's torch LayerNormalization / RMSNormalization kernels) as plain
+    ops. The kernels' derivatives of a per-example product, differentiated
+    once more under `torch.func.vmap`, are wrong (40% off on the zoo's
+    transformer block); plain ops agree with the dense Hessians. A function
+    mode, not a patch: it holds on this thread inside the ``with`` only."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.layer_norm:
+            return _layer_norm(*args, **kwargs)
+        if func is torch.nn.functional.rms_norm:
+            return _rms_norm(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _centered_rows(rows, center):
+    """``rows - center``, in place where a row tensor is its own memory
+    (a new weight-sized (n, dim) tensor costs its page faults): not an
+    expanded view (an unbatched vmap result), nor memory another row
+    shares (autograd may hand one gradient tensor to two weights)."""
+    counts = collections.Counter(r.untyped_storage().data_ptr() for r in rows)
+    return tuple(
+        r.sub_(c)
+        if r.is_contiguous() and counts[r.untyped_storage().data_ptr()] == 1
+        else r - c
+        for r, c in zip(rows, center)
+    )
 
 
 def _first(structure):
@@ -263,15 +322,69 @@ class Functions(CurvatureFunctions):
         with torch.no_grad():
             return rows(x, y, sw, vs).detach()
 
-    # No fused last application here (JAX's `power_sum`: one batch gradient of
-    # sum_i <g_i, u_i>): through torch.func its result was off the dense
-    # reference on the zoo's attention + LayerNormalization block (24% reverse
-    # over forward, 2% reverse over reverse): F.layer_norm (Keras's torch
-    # LayerNormalization) differentiated twice under vmap; a decomposed layer
-    # norm (mean, variance, rsqrt) agrees to 6e-8. The per-example products
-    # (forward over reverse) and the batch double backward are right. With a
-    # decomposed layer norm it was no faster than two per-example products
-    # (docs/curvature.md).
+    #: Whether the vectorized s_2 step takes `_fused_gap` (None: decided on
+    #: the first chunk, see `square_gap_sum`).
+    _fused: bool | None = None
+
+    def square_gap_sum(self, path, x, y, sw, v, center):
+        """``sum_i c_i H_i (H_i v - center)``; vectorized, by `_fused_gap`
+        where it agrees with two per-example products on the first chunk
+        (checked once: a kernel whose derivatives under vmap are wrong
+        keeps the two products)."""
+        if path != "vectorized" or self._fused is False:
+            return super().square_gap_sum(path, x, y, sw, v, center)
+        if self._fused is None:
+            expected = super().square_gap_sum(path, x, y, sw, v, center)
+            try:
+                got = self._fused_gap(x, y, sw, v, center)
+            except (RuntimeError, NotImplementedError):
+                self._fused = False
+            else:
+                scale = max(expected.abs().max().item(), 1e-30)
+                error = (got - expected).abs().max().item() / scale
+                self._fused = bool(error <= 1e-4)  # NaN: False
+            return expected
+        return self._fused_gap(x, y, sw, v, center)
+
+    def _fused_gap(self, x, y, sw, v, center):
+        """``sum_i c_i H_i (H_i v - center)`` in two passes over the chunk,
+        without a second per-example result: the rows ``u_i = H_i v -
+        center`` (per example, the gradient of the directional derivative
+        along v: reverse over forward, no per-example gradient), then one
+        batch gradient in the shared weights of ``sum_i c_i D f_i [u_i]``
+        (a forward product along each example's own row, then one backward
+        pass: the sum over examples is the backward's)."""
+        from torch.func import grad, jvp, vmap
+
+        state, masks = self._state_values(), self._mask_values()
+        values = tuple(var.value.detach() for var in self._variables)
+        along_v = tuple(self._project(self._unflat(v), masks))
+        along_center = tuple(self._project(self._unflat(center), masks))
+
+        def example_loss(p, xi, yi, swi):
+            weight = self._example_weight(swi[None], swi.device)
+            return self._loss_sum(list(p), state, _one(xi), _one(yi), weight)
+
+        def row(xi, yi, swi):
+            def directional(p):
+                return jvp(lambda q: example_loss(q, xi, yi, swi), (p,), (along_v,))[1]
+
+            return tuple(self._project(list(grad(directional)(values)), masks))
+
+        with _PlainNormalization():
+            with torch.no_grad():
+                rows = _centered_rows(vmap(row)(x, y, sw), along_center)
+            with torch.enable_grad():
+                params = tuple(self._leaves())
+
+                def centered(xi, yi, swi, *ri):
+                    loss = functools.partial(example_loss, xi=xi, yi=yi, swi=swi)
+                    return jvp(loss, (params,), (ri,))[1]
+
+                total = (vmap(centered)(x, y, sw, *rows) * self._frequencies(sw)).sum()
+                gradient = torch.autograd.grad(total, params, allow_unused=True)
+        return self._flat(self._project(list(gradient), masks)).detach()
+
     def example_powers(self, k, path, x, y, sw, v):
         """``[H_i^k v]``: k per-example products on ``path``."""
         if path == "vectorized":
