@@ -68,6 +68,11 @@ from keras_sam import sparsity
 path, data_path, out_path = sys.argv[1:4]
 data = np.load(data_path)
 model = keras.models.load_model(path)
+if keras.backend.backend() == "torch":
+    # The file keeps the jit_compile its backend resolved ("auto" is True on
+    # JAX): torch.compile takes minutes on a CPU and is not run in the suite
+    # (tests/conftest.py JIT_COMPILE); the eager step reads the same state.
+    model.jit_compile = False
 targets = sparsity.prunable_weights(model)
 model.fit(data["x"], data["y"], batch_size=16, epochs=1, shuffle=False, verbose=0)
 np.savez(out_path, *[v.numpy() for v in model.weights])
@@ -176,7 +181,8 @@ def test_jax_data_parallel_equals_single_device():
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+        + " --xla_force_host_platform_device_count=2",
         TF_CPP_MIN_LOG_LEVEL="3",
     )
     result = subprocess.run(

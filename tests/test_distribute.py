@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def mirrored():
-    return run_checks("mirrored_checks.py")
+    return run_checks("distributed/mirrored_checks.py")
 
 
 # Each rule and each mode, with and without XLA (pairs, as in

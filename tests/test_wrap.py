@@ -1,8 +1,5 @@
-"""`keras_sam.sam` on every kind of Keras model, subclassing, and import hygiene."""
-
-import os
-import subprocess
-import sys
+"""`keras_sam.sam` on every kind of Keras model, and subclassing (the import
+guard against TF-MOT's legacy-Keras switch: tests/sparsity/test_schedules.py)."""
 
 import keras
 import numpy as np
@@ -128,26 +125,6 @@ def test_sam_rejects_what_it_cannot_wrap(model, message):
 def test_sam_rejects_sam_model():
     with pytest.raises(ValueError, match="already a SAMModel"):
         keras_sam.sam(mlp())
-
-
-@pytest.mark.backends("tensorflow")  # the TF-MOT import guard
-def test_import_leaves_tf_keras_resolution_alone():
-    """TF-MOT sets TF_USE_LEGACY_KERAS=1 on import; keras_sam must not."""
-    code = (
-        "import os, keras_sam, tensorflow as tf\n"
-        "print(os.environ.get('TF_USE_LEGACY_KERAS'), tf.keras.__version__)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    legacy, version = result.stdout.split()
-    assert legacy == "None"
-    assert version.split(".")[0] == "3"
 
 
 def conv_bn_classifier():

@@ -15,11 +15,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import tensorflow as tf  # noqa: E402
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-)
+from tests.distributed.two_cpus import STRATEGY  # noqa: E402
 
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -31,7 +29,6 @@ LR, RHO, STEPS, BATCH = 0.1, 0.2, 3, 32
 rng = np.random.default_rng(0)
 X = rng.normal(size=(BATCH * STEPS, 5)).astype("float32")
 Y = rng.normal(size=(BATCH * STEPS, 1)).astype("float32")
-STRATEGY = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
 
 
 def numpy_sam(params, rule, groups):
@@ -268,8 +265,8 @@ def main():
     results["mixed-float16-skip"] = mixed_precision_case()
     with tempfile.TemporaryDirectory() as directory:
         results["backup-and-restore"] = backup_and_restore_case(directory)
-    print("RESULTS " + json.dumps(results))
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    print("RESULTS " + json.dumps(main()))

@@ -58,20 +58,22 @@ def test_lora_sam_moves_only_the_trainable_weights(initial_weights):
 @pytest.mark.parametrize("name", ("bert_lora", "vit"))
 def test_save_load_resume_equals_uninterrupted(name, initial_weights, tmp_path):
     x, y = zoo.raw_data(name)
-    straight = keras_sam.sam(adam(zoo.build(name, initial_weights[name])))
-    straight.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
-
     first = keras_sam.sam(adam(zoo.build(name, initial_weights[name])))
     first.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     first.save(tmp_path / "task.keras")
     loaded = keras.saving.load_model(tmp_path / "task.keras")
+    # The uninterrupted run: the saved task's second epoch, in the same
+    # objects (no EMA, no shuffling: two fits of one epoch are one of two).
+    saved = numpy(first.optimizer.variables)
+    straight = first
+    straight.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert zoo.max_difference(straight.weights, initial_weights[name]) > 1e-3
     assert type(loaded).__name__ == type(first).__name__
     assert [w.shape for w in loaded.trainable_weights] == [
         w.shape for w in first.trainable_weights
     ]
     assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == 2
-    optimizer_state = loaded.optimizer.variables, first.optimizer.variables
-    assert zoo.max_difference(*optimizer_state) == 0
+    assert zoo.max_difference(loaded.optimizer.variables, saved) == 0
     # Raw inputs again: the preprocessor (its vocabulary) came back with it.
     loaded.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     assert zoo.max_difference(loaded.weights, straight.weights) < 1e-6

@@ -113,11 +113,15 @@ def _run(code):
 
 @pytest.mark.backends("tensorflow")  # the TF-MOT import guard
 def test_tfmot_import_leaves_tf_keras_on_keras_3():
+    """TF-MOT sets TF_USE_LEGACY_KERAS=1 on import; neither keras_sam's own
+    import nor its TF-MOT schedules may (one interpreter for both checks)."""
     result = _run(
         """
         import os
         import keras
         import numpy as np
+        import keras_sam
+        assert "TF_USE_LEGACY_KERAS" not in os.environ, "set by import keras_sam"
         from keras_sam import sparsity
         schedule = sparsity.tfmot_schedule("ConstantSparsity", target_sparsity=0.5,
                                            begin_step=0, frequency=1)

@@ -12,13 +12,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-import tensorflow as tf  # noqa: E402
+from tests.distributed.two_cpus import STRATEGY  # noqa: E402
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-)
-
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -30,7 +26,6 @@ LR, RHO, STEPS, BATCH = 0.1, 0.2, 3, 32
 rng = np.random.default_rng(0)
 X = rng.normal(size=(BATCH, 5)).astype("float32")
 Y = rng.normal(size=(BATCH, 1)).astype("float32")
-STRATEGY = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
 
 CASES = {
     "looksam": (variants.LookSAM(every=2, alpha=0.7), {"every": 2, "alpha": 0.7}),
@@ -78,13 +73,16 @@ def run_wsam(jit):
     }
 
 
-if __name__ == "__main__":
+def main():
     # LookSAM: skipped passes, stored state, the step index; GSAM: the
     # all-reduced combine, with each replica's passes compiled by XLA.
     # WSAM: the decoupled term written outside the optimizer, on each device.
-    results = {
+    return {
         "looksam-jit0": run("looksam", False),
         "gsam-jit1": run("gsam", True),
         "wsam-jit0": run_wsam(False),
     }
-    print("RESULTS " + json.dumps(results))
+
+
+if __name__ == "__main__":
+    print("RESULTS " + json.dumps(main()))

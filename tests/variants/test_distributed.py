@@ -10,7 +10,7 @@ pytestmark = pytest.mark.backends("tensorflow")
 
 @pytest.fixture(scope="module")
 def mirrored():
-    return run_checks("../variants/distributed_checks.py")
+    return run_checks("variants/distributed_checks.py")
 
 
 @pytest.mark.parametrize("case", ["looksam-jit0", "gsam-jit1", "wsam-jit0"])
