@@ -10,38 +10,9 @@ import pytest
 
 from keras_sam.hessian import CurvatureOperator
 from tests.hessian.references import per_example_hessians
-from tests.hessian.zoo import build, rel_err
+from tests.hessian.zoo import build, dense_gap, rel_err
 
 pytestmark = pytest.mark.backends("torch")
-
-# test_zoo runs non_uniformity against the dense reference on every member
-# (the fused step where it is taken, and asserts it is); here, more vectors
-# and two chunks on the members whose paths differ most: LayerNormalization
-# + attention, and several outputs with loss weights.
-FUSED_MEMBERS = ["multi_output_dict", "transformer_block"]
-
-
-def dense_gap(hessians):
-    h = hessians.mean(axis=0)
-    return np.mean([hi @ hi for hi in hessians], axis=0) - h @ h
-
-
-@pytest.mark.parametrize("name", FUSED_MEMBERS)
-def test_fused_gap_equals_dense(name):
-    _, model, x, y, hessians = build(name)
-    regularization = name == "nested_with_penalties"
-    op = CurvatureOperator(model, (x, y), regularization=regularization, chunk_size=3)
-    op._fn._fused = None  # the functions are cached per model: decide here
-    rng = np.random.default_rng(2)
-    expected = dense_gap(hessians)
-    v = rng.normal(size=op.dim)
-    assert rel_err(op.moment_gap(v, 2), expected @ v) < 1e-4
-    # The first chunk's check chose the fused step (LayerNormalization too:
-    # its kernel runs as plain ops inside it); later steps take it.
-    assert op._fn._fused is True
-    for _ in range(2):
-        v = rng.normal(size=op.dim)
-        assert rel_err(op.moment_gap(v, 2), expected @ v) < 1e-4
 
 
 def test_layer_norm_kernel_fails_the_check_and_keeps_two_products(monkeypatch):
@@ -66,34 +37,6 @@ def test_layer_norm_kernel_fails_the_check_and_keeps_two_products(monkeypatch):
     op._fn._fused = None  # decided again (the functions are cached per model)
     assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
     assert op._fn._fused is False
-    assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
-
-
-def test_fused_gap_with_per_token_weights_equals_dense():
-    # (n, seq) weights inside each example's loss, each example once.
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(6)
-    model = keras.Sequential(
-        [
-            keras.Input((3,), dtype="int32"),
-            keras.layers.Embedding(5, 3),
-            keras.layers.Dense(3, activation="tanh"),
-            keras.layers.Dense(4),
-        ]
-    )
-    model.compile(
-        keras.optimizers.SGD(0.1),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    x = rng.integers(0, 5, size=(4, 3)).astype("int32")
-    y = rng.integers(0, 4, size=(4, 3))
-    mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0.5, 2, 0]], "float32")
-    hessians = per_example_hessians(model, x, y, sample_weight=mask)
-    op = CurvatureOperator(model, (x, y, mask), chunk_size=3)
-    v = np.random.default_rng(7).normal(size=op.dim)
-    expected = dense_gap(hessians) @ v
-    assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
-    assert op._fn._fused is True
     assert rel_err(op.moment_gap(v, 2), expected) < 1e-4
 
 

@@ -26,6 +26,7 @@ from tests.hessian.zoo import (
     N,
     build,
     compiled,
+    per_token_model,
     rel_err,
 )
 
@@ -131,21 +132,7 @@ def test_per_token_weights_follow_keras():
     # A causal-LM-shaped model: per-token logits (n, seq, vocab) against
     # (n, seq) labels, weighted by a (n, seq) padding mask (and other
     # values), reduced as Keras's compiled loss reduces them.
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(6)
-    model = keras.Sequential(
-        [
-            keras.Input((3,), dtype="int32"),
-            keras.layers.Embedding(5, 3),
-            keras.layers.Dense(3, activation="tanh"),
-            keras.layers.Dense(4),
-        ]
-    )
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model = compiled(model, loss)
-    x = rng.integers(0, 5, size=(N, 3)).astype("int32")
-    y = rng.integers(0, 4, size=(N, 3))
-    mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0.5, 2, 0]], "float32")
+    model, x, y, mask = per_token_model()
     op = CurvatureOperator(model, (x, y, mask), chunk_size=3)
     expected = model.compute_loss(x, y, model(x), sample_weight=mask, training=False)
     assert op.loss() == pytest.approx(float(expected), rel=1e-5)

@@ -192,3 +192,31 @@ def build(name):
     # derivative.
     with exact_tensorflow_moments():
         return name, model, x, y, dense_hessians(model, x, y)
+
+
+def dense_gap(hessians):
+    """Dense ``M_2 - H^2`` of per-example Hessians (N, P, P)."""
+    h = hessians.mean(axis=0)
+    return np.mean([hi @ hi for hi in hessians], axis=0) - h @ h
+
+
+def per_token_model():
+    """(model, x, y, mask): a causal-LM-shaped model, per-token logits (N,
+    seq, vocab) against (N, seq) labels, and a (N, seq) padding mask (with
+    other values) as sample weights."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(6)
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            keras.layers.Embedding(5, 3),
+            keras.layers.Dense(3, activation="tanh"),
+            keras.layers.Dense(4),
+        ]
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = compiled(model, loss)
+    x = rng.integers(0, 5, size=(N, 3)).astype("int32")
+    y = rng.integers(0, 4, size=(N, 3))
+    mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0.5, 2, 0]], "float32")
+    return model, x, y, mask
