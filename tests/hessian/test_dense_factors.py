@@ -1,5 +1,5 @@
 """The s_2 step from per-layer Dense factors (`_dense_factors.DenseFactors`,
-JAX's `Functions._structured_square_gap`) against dense per-example
+`Functions._structured_gap` on JAX and PyTorch) against dense per-example
 Hessians: which models qualify, that the first chunk's check takes it and
 that it stays exact (two chunks, padding, per-example and per-token weights,
 several outputs with loss weights, a layer called twice), and that models
@@ -15,7 +15,7 @@ from keras_sam.hessian._dense_factors import DenseFactors
 from tests.hessian.references import per_example_hessians
 from tests.hessian.zoo import N, build, compiled, dense_gap, rel_err
 
-pytestmark = pytest.mark.backends("jax")
+pytestmark = pytest.mark.backends("jax", "torch")
 
 
 def _operator(model, data, **options):
@@ -86,16 +86,15 @@ def test_structured_gap_with_per_example_weights_equals_dense():
     assert op._fn._structured is True
 
 
-def test_wrong_structured_step_falls_back_and_stays_exact():
+def test_wrong_structured_step_falls_back_and_stays_exact(monkeypatch):
     _, model, x, y, hessians = build("bce_vector_labels")
     op = _operator(model, (x, y))
-    right = op._fn._structured_square_gap
-    op._fn._structured_square_gap = lambda *a: right(*a) * 1.01
+    right = op._fn._structured_gap
+    monkeypatch.setattr(op._fn, "_structured_gap", lambda *a: right(*a) * 1.01)
     try:
         _check(op, dense_gap(hessians))
         assert op._fn._structured is False
     finally:
-        op._fn._structured_square_gap = right
         op._fn._structured = None
 
 

@@ -23,6 +23,9 @@ def test_fused_gap_equals_dense(name):
     _, model, x, y, hessians = build(name)
     op = CurvatureOperator(model, (x, y), chunk_size=3)
     op._fn._fused = None  # the functions are cached per model: decide here
+    # The fused step itself, not the Dense factors that PyTorch takes on
+    # Dense-only models (tests/hessian/test_dense_factors.py).
+    op._fn._structured = False
     rng = np.random.default_rng(2)
     expected = dense_gap(hessians)
     v = rng.normal(size=op.dim)

@@ -36,7 +36,6 @@ import jax.numpy as jnp
 from jax.experimental import io_callback
 from keras import tree
 
-from keras_sam.hessian._dense_factors import DenseFactors
 from keras_sam.hessian._functions import CurvatureFunctions
 
 
@@ -222,16 +221,7 @@ class Functions(CurvatureFunctions):
 
             return flat(project(jax.grad(directional)(params), mask_values))
 
-        # Models whose weights are all Dense kernels and biases: the s_2
-        # step from per-layer factors (`DenseFactors`), no per-example
-        # weight-sized array. Not with ``model.losses`` (a penalty's
-        # derivatives do not pass through the layers' pre-activations).
-        factors = (
-            None
-            if batch_loss.regularization
-            else DenseFactors.find(model, self._variables, self._masks)
-        )
-        self._factors = factors
+        factors = self._factors
 
         def structured_square_gap(values, x, y, sw, v, center, frequencies):
             # The layers' inputs x and errors d (the gradient of the
@@ -285,7 +275,7 @@ class Functions(CurvatureFunctions):
         self._vectorized_powers = jax.jit(vectorized_powers, static_argnums=5)
         self._vectorized_power_sum = jax.jit(vectorized_power_sum, static_argnums=5)
         self._vectorized_square_gap = jax.jit(vectorized_square_gap)
-        self._structured_square_gap = (
+        self._structured_gap = (
             None if factors is None else jax.jit(structured_square_gap)
         )
         # `jax.vmap` needs no check (`decide`): always vectorized.
@@ -346,12 +336,12 @@ class Functions(CurvatureFunctions):
         if path != "vectorized":
             return super().square_gap_sum(path, x, y, sw, v, center)
         arguments = (self._values(), x, y, sw, v, center, self._frequencies(sw))
-        if self._structured_square_gap is None or self._structured is False:
+        if self._structured_gap is None or self._structured is False:
             return self._vectorized_square_gap(*arguments)
         if self._structured is None:
             expected = self._vectorized_square_gap(*arguments)
             try:
-                got = self._structured_square_gap(*arguments)
+                got = self._structured_gap(*arguments)
             except self.vectorize_errors:
                 self._structured = False
             else:
@@ -359,7 +349,7 @@ class Functions(CurvatureFunctions):
                 error = float(jnp.abs(got - expected).max()) / scale
                 self._structured = bool(error <= 1e-4)  # NaN: False
             return expected
-        return self._structured_square_gap(*arguments)
+        return self._structured_gap(*arguments)
 
     def example_products(self, path, x, y, sw, vs):
         """``[H_i vs_i]``, one compiled product per path."""
