@@ -87,14 +87,17 @@ class DenseFactors:
         """``(loss_of_model(), inputs, outputs)``: the loss computed with
         every Dense call routed, each layer's inputs and pre-activations
         (one list of calls per layer), ``probes[l][k]`` added to layer l's
-        k-th call's pre-activation where given."""
+        k-th call's pre-activation where given (a callable: ``probes(l,
+        z)``, the probe made during the call)."""
         index = {id(layer): i for i, layer in enumerate(self.layers)}
         inputs = [[] for _ in self.layers]
         outputs = [[] for _ in self.layers]
 
         def hook(layer, x, z):
             i = index[id(layer)]
-            if probes is not None:
+            if callable(probes):
+                z = z + probes(i, z)
+            elif probes is not None:
                 z = z + probes[i][len(inputs[i])]
             inputs[i].append(x)
             outputs[i].append(z)

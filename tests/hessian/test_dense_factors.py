@@ -1,5 +1,5 @@
 """The s_2 step from per-layer Dense factors (`_dense_factors.DenseFactors`,
-`Functions._structured_gap` on JAX and PyTorch) against dense per-example
+`Functions._structured_gap` on every backend) against dense per-example
 Hessians: which models qualify, that the first chunk's check takes it and
 that it stays exact (two chunks, padding, per-example and per-token weights,
 several outputs with loss weights, a layer called twice), and that models
@@ -15,7 +15,6 @@ from keras_sam.hessian._dense_factors import DenseFactors
 from tests.hessian.references import per_example_hessians
 from tests.hessian.zoo import N, build, compiled, dense_gap, rel_err
 
-pytestmark = pytest.mark.backends("jax", "torch")
 
 
 def _operator(model, data, **options):
