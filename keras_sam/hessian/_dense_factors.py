@@ -22,6 +22,8 @@ two derivatives (forward mode of ``(x, d)``, the gradient of ``h``).
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -111,10 +113,19 @@ class DenseFactors:
     def tokens(calls):
         """A layer's calls (each ``(n, ..., features)``) as one ``(n, T,
         features)`` tensor, every call's tokens side by side."""
-        return ops.concatenate(
-            [ops.reshape(c, (ops.shape(c)[0], -1, ops.shape(c)[-1])) for c in calls],
-            axis=1,
-        )
+        parts = []
+        for c in calls:
+            middle = tuple(c.shape[1:-1])
+            t = -1 if None in middle else int(math.prod(middle))
+            parts.append(ops.reshape(c, (-1, t, c.shape[-1])))
+        return ops.concatenate(parts, axis=1)
+
+    @staticmethod
+    def by_gram(tokens, fan_in, fan_out) -> bool:
+        """Whether a layer's part of `contraction` goes through per-example
+        Grams of its T tokens (about ``T^2 (in + out)`` per example) rather
+        than its rows formed as (in, out) matrices (about ``T in out``)."""
+        return tokens is None or 2 * tokens * (fan_in + fan_out) <= 3 * fan_in * fan_out
 
     def contraction(self, live, rows, center, frequencies):
         """``h = sum_i c_i <g_i, u_i>``: ``live`` the layers' ``(x, d)``
@@ -124,16 +135,27 @@ class DenseFactors:
         total = 0.0
         c = ops.cast(frequencies, "float32")
         for (x, d), (x0, dx, d0, dd), (kernel, bias) in zip(live, rows, self.slots):
-            gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
-            gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
-            error_primal = ops.einsum("nto,nso->nts", d, d0)
-            error_tangent = ops.einsum("nto,nso->nts", d, dd)
-            per_example = ops.sum(
-                gram_tangent * error_primal + gram_inputs * error_tangent, axis=(1, 2)
-            )
-            per_example = per_example - ops.sum(
-                ops.matmul(x, center[kernel]) * d, axis=(1, 2)
-            )
+            tokens, fan_in, fan_out = x.shape[1], x.shape[2], d.shape[2]
+            if self.by_gram(tokens, fan_in, fan_out):
+                gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
+                gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
+                error_primal = ops.einsum("nto,nso->nts", d, d0)
+                error_tangent = ops.einsum("nto,nso->nts", d, dd)
+                per_example = ops.sum(
+                    gram_tangent * error_primal + gram_inputs * error_tangent,
+                    axis=(1, 2),
+                )
+                per_example = per_example - ops.sum(
+                    ops.matmul(x, center[kernel]) * d, axis=(1, 2)
+                )
+            else:
+                # Many tokens: each example's row in the kernel, formed.
+                rows_in_kernel = (
+                    ops.einsum("nsi,nso->nio", dx, d0)
+                    + ops.einsum("nsi,nso->nio", x0, dd)
+                    - center[kernel][None]
+                )
+                per_example = ops.einsum("nti,nio,nto->n", x, rows_in_kernel, d)
             if bias is not None:
                 d_sum = ops.sum(d, axis=1)
                 per_example = per_example + ops.sum(

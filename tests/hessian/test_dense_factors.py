@@ -16,7 +16,6 @@ from tests.hessian.references import per_example_hessians
 from tests.hessian.zoo import N, build, compiled, dense_gap, rel_err
 
 
-
 def _operator(model, data, **options):
     op = CurvatureOperator(model, data, chunk_size=3, **options)
     op._fn._structured = None  # the functions are cached per model
@@ -57,7 +56,16 @@ def _token_model():
     return compiled(model, loss), x, y
 
 
-def test_structured_gap_with_per_token_weights_equals_dense():
+@pytest.fixture(params=["gram", "rows"])
+def route(request, monkeypatch):
+    # Each layer's part of the contraction through per-example Grams of its
+    # tokens, or through its rows formed (what many tokens take).
+    gram = request.param == "gram"
+    monkeypatch.setattr(DenseFactors, "by_gram", staticmethod(lambda *a: gram))
+    return request.param
+
+
+def test_structured_gap_with_per_token_weights_equals_dense(route):
     model, x, y = _token_model()
     mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0.5, 2, 0]], "float32")
     hessians = per_example_hessians(model, x, y, sample_weight=mask)
@@ -67,7 +75,7 @@ def test_structured_gap_with_per_token_weights_equals_dense():
     assert op._fn._structured is True
 
 
-def test_structured_gap_with_a_layer_called_twice_equals_dense():
+def test_structured_gap_with_a_layer_called_twice_equals_dense(route):
     model, x, y = _token_model()
     op = _operator(model, (x, y))
     _check(op, dense_gap(per_example_hessians(model, x, y)))
@@ -135,6 +143,8 @@ def test_only_plain_float32_dense_layers_qualify(mixed_precision):
     ]
     assert factors.slots == [(0, 1), (2, 3)]
     assert find(model(keras.layers.Dense(2), Scaled(1))) is None
+    assert DenseFactors.by_gram(1, 784, 512) and DenseFactors.by_gram(None, 2, 2)
+    assert not DenseFactors.by_gram(512, 64, 64)
     assert find(model(keras.layers.Dense(2), keras.layers.LayerNormalization())) is None
     frozen = model(keras.layers.Dense(2), keras.layers.Dense(1))
     frozen.layers[0].trainable = False
