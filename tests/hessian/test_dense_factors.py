@@ -32,7 +32,7 @@ def _check(op, expected, vectors=3, seed=2):
 @pytest.mark.parametrize("name", ["bce_vector_labels", "multi_output_dict"])
 def test_structured_gap_equals_dense_on_dense_members(name):
     # Dense-only zoo members: (n,) labels against a sigmoid (n, 1); two
-    # outputs with loss weights. Chunks of 3 and a padded one of 1.
+    # outputs with loss weights. Chunks of 3 and one of 1 (padded on JAX).
     _, model, x, y, hessians = build(name)
     op = _operator(model, (x, y))
     assert op._fn._factors is not None

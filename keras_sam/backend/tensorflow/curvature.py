@@ -375,7 +375,6 @@ class Functions(CurvatureFunctions):
                 )
             return flat(outer.gradient(total, params, unconnected_gradients=zero))
 
-        self._structured_gap_sum = structured_gap_sum
         sw_spec = _spec(sw_example)
         v_spec = tf.TensorSpec([dim], tf.float32)
         # No autograph: the traced code has no data-dependent Python control
@@ -414,9 +413,13 @@ class Functions(CurvatureFunctions):
         self._square_gaps: dict[str, Any] = {}
         self._row_fns: dict[str, Any] = {}
         self._kw = kw
-        self._structured_gap = _exact(
-            tf.function(
-                structured_gap_sum, input_signature=[*hvp_signature, v_spec], **kw
+        self._structured_gap = (
+            None
+            if factors is None
+            else _exact(
+                tf.function(
+                    structured_gap_sum, input_signature=[*hvp_signature, v_spec], **kw
+                )
             )
         )
         if any(isinstance(layer, _NOT_VECTORIZABLE) for layer in flatten_layers(model)):
