@@ -42,6 +42,7 @@ __all__ = [
     "multi_optimizer_index",
     "optimizer_variable_index",
     "own_trainable_variables",
+    "routed_dense_calls",
     "stateless_scope",
     "unlocked_tracker",
     "vectorizable_tensorflow_einsum",
@@ -334,3 +335,49 @@ def exact_tensorflow_moments():
         yield
     finally:
         setattr(module, _TF_MOMENTS_FUNCTION, previous)
+
+
+def _routed_dense_call(layer, hook, inputs, training=None):
+    # `keras.layers.Dense.call` (Keras 3.15) with `hook` between the bias
+    # and the activation.
+    z = keras.ops.matmul(inputs, layer.kernel)
+    if layer.bias is not None:
+        z = keras.ops.add(z, layer.bias)
+    z = hook(layer, inputs, z)
+    if layer.activation is not None:
+        z = layer.activation(z)
+    return z
+
+
+@contextlib.contextmanager
+def routed_dense_calls(layers, hook):
+    """Calls of the given `keras.layers.Dense` layers (plain ones: Keras's
+    own ``call``, no LoRA, no quantization) run ``hook(layer, inputs, z)``
+    on their pre-activation ``z = inputs @ kernel + bias`` while the
+    context is active; its result goes on to the activation.
+
+    The structured curvature products read each Dense layer's inputs and add
+    a zero "probe" to its pre-activation (whose gradient is the per-example
+    backpropagated error of every example at once). No public hook reaches a
+    layer's pre-activation, so each layer's ``call`` is replaced by an
+    instance attribute that repeats Keras's `Dense.call` with the hook
+    (`tests/test_compat.py` checks that it equals Keras's). Instance
+    attributes set outside Keras's tracker (they are functions, not state),
+    removed on exit; not thread-safe (another thread calling these layers
+    meanwhile would run the hook too).
+    """
+    routed = []
+    try:
+        for layer in layers:
+            object.__setattr__(
+                layer,
+                "call",
+                lambda inputs, training=None, layer=layer: _routed_dense_call(
+                    layer, hook, inputs, training
+                ),
+            )
+            routed.append(layer)
+        yield
+    finally:
+        for layer in routed:
+            object.__delattr__(layer, "call")

@@ -386,3 +386,49 @@ def test_stateless_scope_maps_the_value_objects():
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(scope.get_current_value(seed)), [3, 4]
     )
+
+
+def test_routed_dense_calls_repeat_kerass_dense_call():
+    # The routed call repeats Keras's `Dense.call`: with an identity hook the
+    # outputs equal Keras's own (activation, no bias, token axes), the hook
+    # sees the inputs and the pre-activation, and the layers' own `call` is
+    # back on exit.
+    rng = np.random.default_rng(0)
+    layers = [
+        keras.layers.Dense(3, activation="tanh"),
+        keras.layers.Dense(2, use_bias=False),
+        keras.layers.Dense(4, activation="relu", bias_initializer="ones"),
+    ]
+    inputs = [
+        rng.normal(size=(5, 4)).astype("float32"),
+        rng.normal(size=(5, 2, 3)).astype("float32"),
+        rng.normal(size=(2, 3, 2, 4)).astype("float32"),
+    ]
+    seen = []
+
+    def hook(layer, x, z):
+        seen.append((layer, x, z))
+        return z
+
+    for layer, x in zip(layers, inputs):
+        expected = keras.ops.convert_to_numpy(layer(x))
+        with _compat.routed_dense_calls([layer], hook):
+            got = keras.ops.convert_to_numpy(layer(x))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        assert seen[-1][0] is layer
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(seen[-1][1]), x)
+        pre = x @ keras.ops.convert_to_numpy(layer.kernel)
+        if layer.bias is not None:
+            pre = pre + keras.ops.convert_to_numpy(layer.bias)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(seen[-1][2]), pre, rtol=1e-5, atol=1e-6
+        )
+        assert "call" not in vars(layer)  # restored
+        assert type(layer).call is keras.layers.Dense.call
+    # A hook's result goes on to the activation.
+    layer = layers[0]
+    with _compat.routed_dense_calls([layer], lambda layer, x, z: z + 1.0):
+        shifted = keras.ops.convert_to_numpy(layer(inputs[0]))
+    pre = inputs[0] @ keras.ops.convert_to_numpy(layer.kernel)
+    pre = pre + keras.ops.convert_to_numpy(layer.bias)
+    np.testing.assert_allclose(shifted, np.tanh(pre + 1.0), rtol=1e-5, atol=1e-6)

@@ -31,6 +31,9 @@ def test_a_wrong_or_failing_fused_step_keeps_two_products(monkeypatch, wrong):
     fn = op._fn
     fn._fused = None
     fn._square_gaps.pop("fused", None)
+    # The fused step and its fallback, not the Dense factors this Dense-only
+    # model takes (tests/hessian/test_dense_factors.py).
+    monkeypatch.setattr(fn, "_structured", False)
     right = fn._fused_gap_sum
 
     def fused(*args):
@@ -50,7 +53,7 @@ def test_a_wrong_or_failing_fused_step_keeps_two_products(monkeypatch, wrong):
         fn._square_gaps.pop("fused", None)
 
 
-def test_fused_gap_with_per_example_weights_equals_dense():
+def test_fused_gap_with_per_example_weights_equals_dense(monkeypatch):
     _, model, x, y, _ = build("bce_vector_labels")
     sw = np.linspace(0.5, 2.0, len(x)).astype("float32")
     hessians = per_example_hessians(model, x, y)
@@ -58,6 +61,7 @@ def test_fused_gap_with_per_example_weights_equals_dense():
     h = weighted.mean(axis=0)
     expected = np.mean([w * hi @ hi for w, hi in zip(sw, hessians)], axis=0) - h @ h
     op = CurvatureOperator(model, (x, y, sw), chunk_size=3)
+    monkeypatch.setattr(op._fn, "_structured", False)  # the fused step
     v = np.random.default_rng(8).normal(size=op.dim)
     assert rel_err(op.moment_gap(v, 2), expected @ v) < 1e-4
     assert op._fn._fused is True

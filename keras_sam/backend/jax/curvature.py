@@ -221,6 +221,44 @@ class Functions(CurvatureFunctions):
 
             return flat(project(jax.grad(directional)(params), mask_values))
 
+        factors = self._factors
+
+        def structured_square_gap(values, x, y, sw, v, center, frequencies):
+            # The layers' inputs x and errors d (the gradient of the
+            # unweighted loss sum in zero probes on the pre-activations),
+            # forward mode along v for the rows' factors, then the gradient
+            # of the factored sum_i c_i <g_i, u_i>.
+            params, state, _ = values
+            unit = sw if per_token else jnp.ones_like(sw)
+
+            def run(p, probes):
+                return factors.record(lambda: loss_sum(p, state, x, y, unit), probes)
+
+            shapes = jax.eval_shape(lambda: run(params, None)[2])
+            zeros = jax.tree_util.tree_map(
+                lambda s: jnp.zeros(s.shape, s.dtype), shapes
+            )
+
+            def live(p):
+                def loss_of_probes(probes):
+                    value, inputs, _ = run(p, probes)
+                    return value, [factors.tokens(c) for c in inputs]
+
+                deltas, xs = jax.grad(loss_of_probes, has_aux=True)(zeros)
+                return [(a, factors.tokens(d)) for a, d in zip(xs, deltas)]
+
+            tangents = [t.astype(p.dtype) for t, p in zip(unflat(v), params)]
+            primal, tangent = jax.jvp(live, (params,), (tangents,))
+            rows = jax.lax.stop_gradient(
+                [(a, da, d, dd) for (a, d), (da, dd) in zip(primal, tangent)]
+            )
+            parts = unflat(center)
+
+            def h(p):
+                return factors.contraction(live(p), rows, parts, frequencies)
+
+            return flat(jax.grad(h)(params))
+
         def looped_rows(values, x, y, sw, vs):
             return jax.lax.map(lambda a: example_hvp(values, *a), (x, y, sw, vs))
 
@@ -237,6 +275,9 @@ class Functions(CurvatureFunctions):
         self._vectorized_powers = jax.jit(vectorized_powers, static_argnums=5)
         self._vectorized_power_sum = jax.jit(vectorized_power_sum, static_argnums=5)
         self._vectorized_square_gap = jax.jit(vectorized_square_gap)
+        self._structured_gap = (
+            None if factors is None else jax.jit(structured_square_gap)
+        )
         # `jax.vmap` needs no check (`decide`): always vectorized.
         self.vectorized = True
 
@@ -283,14 +324,32 @@ class Functions(CurvatureFunctions):
             )
         return super().power_sum(k, path, x, y, sw, v)
 
+    #: Whether the s_2 step takes the per-layer factors (None: decided on
+    #: the first vectorized chunk, see `square_gap_sum`).
+    _structured: bool | None = None
+
     def square_gap_sum(self, path, x, y, sw, v, center):
         """``sum_i sw_i H_i (H_i v - center)``; vectorized, the last
-        application as one batch gradient."""
-        if path == "vectorized":
-            return self._vectorized_square_gap(
-                self._values(), x, y, sw, v, center, self._frequencies(sw)
-            )
-        return super().square_gap_sum(path, x, y, sw, v, center)
+        application as one batch gradient, or, for a model of Dense layers,
+        from per-layer factors (`DenseFactors`) where they agree with that
+        on the first chunk (checked once)."""
+        if path != "vectorized":
+            return super().square_gap_sum(path, x, y, sw, v, center)
+        arguments = (self._values(), x, y, sw, v, center, self._frequencies(sw))
+        if self._structured_gap is None or self._structured is False:
+            return self._vectorized_square_gap(*arguments)
+        if self._structured is None:
+            expected = self._vectorized_square_gap(*arguments)
+            try:
+                got = self._structured_gap(*arguments)
+            except self.vectorize_errors:
+                self._structured = False
+            else:
+                scale = max(float(jnp.abs(expected).max()), 1e-30)
+                error = float(jnp.abs(got - expected).max()) / scale
+                self._structured = bool(error <= 1e-4)  # NaN: False
+            return expected
+        return self._structured_gap(*arguments)
 
     def example_products(self, path, x, y, sw, vs):
         """``[H_i vs_i]``, one compiled product per path."""

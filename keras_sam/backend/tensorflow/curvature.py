@@ -329,6 +329,52 @@ class Functions(CurvatureFunctions):
             gradient = tape.gradient(total, params, unconnected_gradients=zero)
             return flat(project(gradient))
 
+        factors = self._factors
+
+        def structured_gap_sum(x, y, sw, v, center):
+            # sum_i c_i H_i (H_i v - center) from the Dense layers' inputs and
+            # errors (`DenseFactors`): the errors the gradient of the
+            # unweighted loss sum in zero probes on the pre-activations, the
+            # rows' factors by forward mode along v, then the gradient of
+            # the factored sum_i c_i <g_i, u_i> (no per-example array).
+            params = weights()
+            unit = sw if per_token else tf.ones_like(sw)
+
+            def live():
+                made = [[] for _ in factors.layers]
+
+                def probe(i, z):
+                    made[i].append(tf.zeros_like(z))
+                    tape.watch(made[i][-1])
+                    return made[i][-1]
+
+                with tf.GradientTape() as tape:
+                    loss, inputs, _ = factors.record(
+                        lambda: loss_sum(x, y, unit, params), probe
+                    )
+                deltas = tape.gradient(loss, made, unconnected_gradients=zero)
+                return [
+                    (factors.tokens(a), factors.tokens(d))
+                    for a, d in zip(inputs, deltas)
+                ]
+
+            tangents = [tf.cast(t, p.dtype) for t, p in zip(unflat(v), params)]
+            with tf.autodiff.ForwardAccumulator(params, tangents) as accumulator:
+                primal = live()
+            rows = [
+                [
+                    tf.stop_gradient(t)
+                    for t in (a, accumulator.jvp(a, zero), d, accumulator.jvp(d, zero))
+                ]
+                for a, d in primal
+            ]
+            with tf.GradientTape() as outer:
+                outer.watch(params)
+                total = factors.contraction(
+                    live(), rows, unflat(center), self._frequencies(sw)
+                )
+            return flat(outer.gradient(total, params, unconnected_gradients=zero))
+
         sw_spec = _spec(sw_example)
         v_spec = tf.TensorSpec([dim], tf.float32)
         # No autograph: the traced code has no data-dependent Python control
@@ -367,6 +413,15 @@ class Functions(CurvatureFunctions):
         self._square_gaps: dict[str, Any] = {}
         self._row_fns: dict[str, Any] = {}
         self._kw = kw
+        self._structured_gap = (
+            None
+            if factors is None
+            else _exact(
+                tf.function(
+                    structured_gap_sum, input_signature=[*hvp_signature, v_spec], **kw
+                )
+            )
+        )
         if any(isinstance(layer, _NOT_VECTORIZABLE) for layer in flatten_layers(model)):
             self.vectorized = False
 
@@ -453,16 +508,45 @@ class Functions(CurvatureFunctions):
     #: on the first chunk, see `square_gap`).
     _fused: bool | None = None
 
+    #: Whether the vectorized s_2 step takes the Dense factors (None:
+    #: decided on the first chunk, see `square_gap`).
+    _structured: bool | None = None
+
     def square_gap(self, path: str):
         """``(x, y, sw, v, center) -> sum_i sw_i H_i (H_i v - center)`` on
-        ``path``, traced. Vectorized, by the fused step (the rows, then one
-        batch gradient of ``sum_i c_i D f_i [H_i v - center]``: no second
-        per-example product) where it agrees with two per-example products
-        on the first chunk to 1e-4 (checked once; an op without a
-        forward-mode rule keeps the two products)."""
-        if path == "vectorized" and self._fused is not False:
+        ``path``, traced. Vectorized, for a model of Dense layers from
+        per-layer factors (`DenseFactors`: no per-example array), else by
+        the fused step (the rows, then one batch gradient of ``sum_i c_i D
+        f_i [H_i v - center]``: no second per-example product), each where
+        it agrees on the first chunk to 1e-4 with the step it replaces
+        (checked once; an op without a forward-mode rule keeps the two
+        products)."""
+        if path != "vectorized":
+            return self._two_products(path)
+        if self._factors is not None and self._structured is not False:
+            return self._structured_or_checked
+        if self._fused is not False:
             return self._fused_or_checked
         return self._two_products(path)
+
+    def _structured_or_checked(self, x, y, sw, v, center):
+        if self._structured:
+            return self._structured_gap(x, y, sw, v, center)
+        per_example = (
+            self._two_products("vectorized")
+            if self._fused is False
+            else self._fused_or_checked
+        )
+        expected = per_example(x, y, sw, v, center)
+        try:
+            got = self._structured_gap(x, y, sw, v, center)
+        except (*self.vectorize_errors, LookupError):
+            self._structured = False
+        else:
+            scale = max(float(tf.reduce_max(tf.abs(expected))), 1e-30)
+            error = float(tf.reduce_max(tf.abs(got - expected))) / scale
+            self._structured = bool(error <= 1e-4)  # NaN: False
+        return expected
 
     def _fused_or_checked(self, x, y, sw, v, center):
         if self._fused:

@@ -326,11 +326,32 @@ class Functions(CurvatureFunctions):
     #: the first chunk, see `square_gap_sum`).
     _fused: bool | None = None
 
+    #: Whether the vectorized s_2 step takes `_structured_gap` (None:
+    #: decided on the first chunk, see `square_gap_sum`).
+    _structured: bool | None = None
+
     def square_gap_sum(self, path, x, y, sw, v, center):
-        """``sum_i c_i H_i (H_i v - center)``; vectorized, by `_fused_gap`
-        where it agrees with two per-example products on the first chunk
-        (checked once: a kernel whose derivatives under vmap are wrong
-        keeps the two products)."""
+        """``sum_i c_i H_i (H_i v - center)``; vectorized, for a model of
+        Dense layers from per-layer factors (`_structured_gap`), else by
+        `_fused_gap`, each where it agrees on the first chunk with the step
+        it replaces (checked once)."""
+        if path != "vectorized" or self._factors is None or self._structured is False:
+            return self._per_example_gap(path, x, y, sw, v, center)
+        if self._structured is None:
+            expected = self._per_example_gap(path, x, y, sw, v, center)
+            try:
+                got = self._structured_gap(x, y, sw, v, center)
+            except (RuntimeError, NotImplementedError, ValueError, TypeError):
+                self._structured = False
+            else:
+                scale = max(expected.abs().max().item(), 1e-30)
+                error = (got - expected).abs().max().item() / scale
+                self._structured = bool(error <= 1e-4)  # NaN: False
+            return expected
+        return self._structured_gap(x, y, sw, v, center)
+
+    def _per_example_gap(self, path, x, y, sw, v, center):
+        # The step with per-example rows: fused, or two products.
         if path != "vectorized" or self._fused is False:
             return super().square_gap_sum(path, x, y, sw, v, center)
         if self._fused is None:
@@ -345,6 +366,47 @@ class Functions(CurvatureFunctions):
                 self._fused = bool(error <= 1e-4)  # NaN: False
             return expected
         return self._fused_gap(x, y, sw, v, center)
+
+    def _structured_gap(self, x, y, sw, v, center):
+        """``sum_i c_i H_i (H_i v - center)`` from the Dense layers' inputs
+        and errors (`DenseFactors`): forward mode along v of ``weights ->
+        (inputs, errors)`` (the errors the gradient of the unweighted loss
+        sum in zero probes on the pre-activations) for the rows' factors,
+        then the gradient of the factored ``sum_i c_i <g_i, u_i>``."""
+        from torch.func import grad, jvp
+
+        factors = self._factors
+        state = self._state_values()
+        values = tuple(var.value.detach() for var in self._variables)
+        unit = sw if self.settings.per_token else torch.ones_like(sw)
+
+        def run(p, probes):
+            return factors.record(
+                lambda: self._loss_sum(list(p), state, x, y, unit), probes
+            )
+
+        with torch.no_grad():
+            zeros = [[torch.zeros_like(z) for z in c] for c in run(values, None)[2]]
+
+        def live(p):
+            def loss_of_probes(probes):
+                value, inputs, _ = run(p, probes)
+                return value, [factors.tokens(c) for c in inputs]
+
+            deltas, inputs = grad(loss_of_probes, has_aux=True)(zeros)
+            return [(a, factors.tokens(d)) for a, d in zip(inputs, deltas)]
+
+        primal, tangent = jvp(live, (values,), (tuple(self._unflat(v)),))
+        rows = [
+            (a.detach(), da.detach(), d.detach(), dd.detach())
+            for (a, d), (da, dd) in zip(primal, tangent)
+        ]
+        parts = self._unflat(center)
+        frequencies = self._frequencies(sw)
+        gradient = grad(
+            lambda p: factors.contraction(live(p), rows, parts, frequencies)
+        )(values)
+        return self._flat(list(gradient)).detach()
 
     def _fused_gap(self, x, y, sw, v, center):
         """``sum_i c_i H_i (H_i v - center)`` in two passes over the chunk,
