@@ -21,6 +21,9 @@ from keras_sam import sparsity
 from tests.conftest import BACKEND
 from tests.models import ZOO, cast_float32, mlp
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 RNG = np.random.default_rng(7)
 
 

@@ -16,6 +16,9 @@ from tests.models import (
     weights_of,
 )
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 
 @pytest.mark.parametrize(
     "rule, l2, weighted",
@@ -344,6 +347,8 @@ def _optimizer_state(model):
     return [v.numpy().copy() for v in inner.variables]
 
 
+# The loss scale read before the optimizer is built (the first trace).
+@pytest.mark.optimizer_built_in_the_trace
 @pytest.mark.parametrize("bad_pass", ["first", "second"])
 def test_mixed_float16_skips_non_finite_step(
     regression_data, mixed_precision, bad_pass
