@@ -2,16 +2,22 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-if os.environ["KERAS_BACKEND"] == "jax" and "xla_backend_optimization_level" not in (
-    os.environ.get("XLA_FLAGS", "")
-):
-    # Much of the JAX suite's CPU time is XLA compiling tiny programs, much
-    # of that in LLVM's optimization passes: level 0 takes ~25 % less CPU
-    # (tests28d's note) and the same operations run (no fast-math at any
-    # level); every tolerance holds. Set before JAX starts; subprocesses
-    # inherit it.
-    flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def with_fast_xla(flags: str) -> str:
+    """XLA_FLAGS `flags` with XLA's backend optimization level 0 (unless they
+    set a level). Much of the JAX suite's CPU time is XLA compiling tiny
+    programs, much of that in LLVM's optimization passes: level 0 takes ~25 %
+    less CPU (tests28d's note) and the same operations run (no fast-math at
+    any level); every tolerance holds."""
+    if "xla_backend_optimization_level" in flags:
+        return flags
+    return (flags + " --xla_backend_optimization_level=0").strip()
+
+
+if os.environ["KERAS_BACKEND"] == "jax":
+    # Set before JAX starts; subprocesses inherit it.
+    os.environ["XLA_FLAGS"] = with_fast_xla(os.environ.get("XLA_FLAGS", ""))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -44,6 +50,44 @@ def pytest_collection_modifyitems(config, items):
         ):
             reason = f"backend-independent: runs once, on {INDEPENDENT_BACKEND}"
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "optimizer_built_in_the_trace: keeps Keras's own TensorFlow path (the "
+        "optimizer built inside the first trace of the step) in a module that "
+        "uses the `optimizer_built_before_tracing` fixture",
+    )
+
+
+@pytest.fixture
+def optimizer_built_before_tracing(request, monkeypatch):
+    """On TensorFlow, `fit` and `train_on_batch` build the optimizer before the
+    step is traced, as Keras does for a model made under a tf.distribute
+    strategy (`_symbolic_build`). Otherwise Keras builds it inside the first
+    trace, and the slot variables made there make tf.function trace the whole
+    step a second time: a third to a half of a small test's CPU. Modules whose
+    subject is the numbers use it; a test marked `optimizer_built_in_the_trace`
+    keeps Keras's default path (the optimizer not yet built while the SAM step
+    is traced), as do the modules that do not use it."""
+    if BACKEND != "tensorflow" or request.node.get_closest_marker(
+        "optimizer_built_in_the_trace"
+    ):
+        return
+    for name in ("fit", "train_on_batch"):
+        monkeypatch.setattr(keras.Model, name, _built_first(getattr(keras.Model, name)))
+
+
+def _built_first(method):
+    def built_first(self, *args, **kwargs):
+        optimizer = getattr(self, "optimizer", None)
+        if self.built and optimizer is not None and not optimizer.built:
+            with self.distribute_strategy.scope():
+                optimizer.build(self.trainable_variables)
+        return method(self, *args, **kwargs)
+
+    return built_first
 
 
 @pytest.fixture

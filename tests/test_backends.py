@@ -18,8 +18,11 @@ import pytest
 
 import keras_sam
 from keras_sam import sparsity
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, with_fast_xla
 from tests.models import ZOO, cast_float32, mlp
+
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
 
 RNG = np.random.default_rng(7)
 
@@ -108,6 +111,8 @@ def test_keras_file_moves_to_another_backend_and_trains_on(tmp_path):
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
 
     env = dict(os.environ, KERAS_BACKEND=target, TF_CPP_MIN_LOG_LEVEL="3")
+    if target == "jax":  # as in the suite's own JAX processes
+        env["XLA_FLAGS"] = with_fast_xla(env.get("XLA_FLAGS", ""))
     out = tmp_path / "after.npz"
     result = subprocess.run(
         [sys.executable, "-c", _LOAD_AND_TRAIN, str(path), str(tmp_path / "data.npz")]

@@ -10,6 +10,9 @@ from keras_sam.optimizers import L2SGD
 from tests import reference
 from tests.models import mlp, weights_of
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 
 def numpy_l2sgd(params, grads_fn, lrs, momentum, l2):
     """PyTorch / optax SGD: buf = m buf + (g + l2 w); w -= lr buf."""

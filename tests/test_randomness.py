@@ -11,6 +11,9 @@ import pytest
 
 import keras_sam
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 
 def random_zoo(sam, seed=None, **options):
     """Augmentation, a convolution, noise and dropout; `seed` None: every

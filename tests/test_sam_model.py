@@ -16,6 +16,9 @@ from tests.models import (
     weights_of,
 )
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 
 @pytest.mark.parametrize(
     "rule, l2, weighted",
@@ -104,7 +107,10 @@ def test_micro_batch_graph_does_not_grow_with_count(regression_data):
         model = mlp(micro_batch_size=micro)
         model.compile(keras.optimizers.SGD(LR), loss="mse")
         model.optimizer.build(model.trainable_variables)
-        step = tf.function(lambda x, y, model=model: model.train_step((x, y)))
+        # As `fit` traces it: Keras marks its step functions do_not_convert.
+        step = tf.function(
+            lambda x, y, model=model: model.train_step((x, y)), autograph=False
+        )
         graph = step.get_concrete_function(x, y).graph.as_graph_def()
         sizes[micro] = len(graph.node) + sum(
             len(f.node_def) for f in graph.library.function
@@ -344,6 +350,8 @@ def _optimizer_state(model):
     return [v.numpy().copy() for v in inner.variables]
 
 
+# The loss scale read before the optimizer is built (the first trace).
+@pytest.mark.optimizer_built_in_the_trace
 @pytest.mark.parametrize("bad_pass", ["first", "second"])
 def test_mixed_float16_skips_non_finite_step(
     regression_data, mixed_precision, bad_pass

@@ -21,6 +21,9 @@ from tests import reference
 from tests.conftest import BACKEND
 from tests.models import mlp, weights_of
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 opt = keras.optimizers
 
 
@@ -396,6 +399,8 @@ def test_accumulation_differs_from_micro_batch_size_where_keras_counts_micro_ste
     assert gap > 1e-4
 
 
+# Loss scale, clipping and accumulation before the optimizer is built.
+@pytest.mark.optimizer_built_in_the_trace
 def test_mixed_float16_clipping_and_accumulation_match_numpy(
     regression_data, mixed_precision
 ):
@@ -422,6 +427,8 @@ def test_mixed_float16_clipping_and_accumulation_match_numpy(
         np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
 
 
+# MultiOptimizer's clipping groups before it is built (`train_on_batch`).
+@pytest.mark.optimizer_built_in_the_trace
 def test_save_load_resume_with_multi_optimizer_ema_and_accumulation(tmp_path):
     """A `.keras` checkpoint after 3 micro-steps at k = 2 (one gradient left
     in the accumulators) resumes to the weights, slots, accumulators and
@@ -490,6 +497,8 @@ def test_numpy_rules_are_keras_optimizers():
     assert NUMPY_RULES <= set(_keras_optimizer_classes())
 
 
+# Each class built inside the first trace of the SAM step, as Keras does.
+@pytest.mark.optimizer_built_in_the_trace
 @pytest.mark.parametrize(
     "name", [n for n in _keras_optimizer_classes() if n not in NUMPY_RULES]
 )

@@ -11,6 +11,9 @@ from tests import reference
 from tests.conftest import JIT_COMPILE
 from tests.sparsity.builders import LR, cnn, kernels, masks, mlp, params_of
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 
 def test_prunable_weights_are_kernels_only():
     model = cnn()

@@ -13,6 +13,9 @@ import pytest
 from keras_sam import sparsity
 from tests.sparsity.builders import kernels, masks, mlp
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 
 class Probe(keras.callbacks.Callback):
     """Records (optimizer step after the batch, per-kernel sparsity)."""

@@ -16,6 +16,9 @@ from tests.variants.training import (
     train_full_batch,
 )
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 STEPS = 6
 
 
@@ -125,6 +128,8 @@ def _optimizer(kind, lr=LR):
     return keras.optimizers.Adam(lr)
 
 
+# MSAM builds the optimizer itself when its slots are not there yet.
+@pytest.mark.optimizer_built_in_the_trace
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_msam_matches_numpy(regression_data, kind):
     x, y = regression_data
@@ -274,6 +279,8 @@ def test_zoo_trains_with_the_expected_passes(name, variant):
     assert max(np.max(np.abs(a - b)) for a, b in zip(weights_of(model), before)) > 0
 
 
+# The loss scale read before the optimizer is built, with MSAM's own build.
+@pytest.mark.optimizer_built_in_the_trace
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="mixed_float16 on CPU: TF")
 def test_msam_under_loss_scaling_is_close_to_float32(regression_data):
     x, y = regression_data

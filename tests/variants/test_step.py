@@ -16,7 +16,11 @@ from tests.variants.training import (
     train_full_batch,
 )
 
-pytestmark = pytest.mark.backends("tensorflow")
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = [
+    pytest.mark.backends("tensorflow"),
+    pytest.mark.usefixtures("optimizer_built_before_tracing"),
+]
 
 
 def test_masks_compose_with_looksam(regression_data):
@@ -159,6 +163,8 @@ def test_mixed_float16_matches_float32(regression_data, mixed_precision):
     assert_weights_close(final[0], final[1], atol=5e-3)
 
 
+# The loss scale read before the optimizer is built (the first trace).
+@pytest.mark.optimizer_built_in_the_trace
 def test_mixed_float16_non_finite_step_keeps_variant_state(
     regression_data, mixed_precision
 ):

@@ -18,6 +18,9 @@ from tests.variants.training import (
     train_full_batch,
 )
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 CASES = [
     ("sam", variants.PlainSAM(), {}),
     ("lazysam", variants.LazySAM(every=3), {"every": 3}),

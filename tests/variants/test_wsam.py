@@ -11,6 +11,9 @@ from keras_sam import variants
 from tests.models import assert_weights_close, mlp, weights_of
 from tests.variants import reference
 
+# Slots made before the step is traced: one trace, not two (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("optimizer_built_before_tracing")
+
 RHO, GAMMA, STEPS = 0.2, 0.8, 4
 
 
