@@ -62,13 +62,17 @@ def test_mnist_example_with_mirrored_strategy(example, capsys, built_with):
     assert built_with["mnist"] == {"init": "lecun"}
 
 
-def test_cifar10_example_asam_per_replica(example):
+def test_cifar10_example_asam_per_replica(example, capsys):
+    # Under a strategy, where per-replica eps applies (and where Keras builds
+    # the optimizer before tracing the train step: traced once, not twice).
     with tfds.testing.mock_data(num_examples=16):
         scores = example("cifar10").main(
             ["--base-filters", "2", "--optimizer", "asam", "--rho", "0.5",
-             "--replica-eps", "per_replica", "--verbose", "0", *TINY]
+             "--replica-eps", "per_replica", "--strategy", "mirrored",
+             "--verbose", "0", *TINY]
         )  # fmt: skip
     assert 0.0 <= scores["accuracy"] <= 1.0
+    assert "asam rho=0.5, 1 epochs, 1 replica(s)" in capsys.readouterr().out
 
 
 def test_imagenet_example(example, built_with):
