@@ -63,11 +63,27 @@ def test_workstation_launcher_runs_one_shard_per_gpu_into_one_folder(
     out = tmp_path / "sweep"
     script = os.path.join(CLUSTER, "workstation_sweep.sh")
     env = _env(GPUS="0,1", LOG_DIR=str(tmp_path / "logs"))
+    # The shards run as keras-sam processes; the summary command the script
+    # runs after them is recorded and run here (a third process would import
+    # TensorFlow only to read the records).
+    wrapper, recorded = tmp_path / "keras-sam", tmp_path / "summarize.args"
+    wrapper.write_text(
+        'case " $* " in\n'
+        f'  *" --summarize "*) printf "%s\\n" "$@" > {recorded} ;;\n'
+        f'  *) exec {env["KERAS_SAM"]} "$@" ;;\n'
+        "esac\n"
+    )
+    env["KERAS_SAM"] = f"bash {wrapper}"
+    args = ["synthetic", *TINY_ARGS, "--out", str(out), "--no-plots"]
     proc = subprocess.run(
-        ["bash", script, "synthetic", *TINY_ARGS, "--out", str(out), "--no-plots"],
+        ["bash", script, *args],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    command = recorded.read_text().splitlines()
+    assert command == ["sweep", *args, "--summarize"]
+    assert not (out / "summary.md").exists()
+    assert cli.main(command) == 0
     records = _check_equals_whole_sweep(out, whole_sweep)
     for record in records:  # shard k ran on the k-th listed GPU
         k = record["shard"].split("/")[0]
