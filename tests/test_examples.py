@@ -76,20 +76,15 @@ def test_cifar10_example_asam_per_replica(example, capsys):
 
 
 def test_imagenet_example(example, built_with):
+    # Under a strategy, as the CIFAR-10 test: Keras builds the optimizer before
+    # it traces ResNet-50's train step (once, not twice). Without a strategy:
+    # test_synthetic_example, and tfds data by the sweep's tests
+    # (tests/study/sweep/test_runner.py: mnist on mock data).
     with tfds.testing.mock_data(num_examples=8):
         scores = example("imagenet").main(
-            [
-                "--base-filters",
-                "1",
-                "--image-size",
-                "32",
-                "--optimizer",
-                "sgd",
-                "--verbose",
-                "0",
-                *TINY,
-            ]  # fmt: skip
-        )
+            ["--base-filters", "1", "--image-size", "32", "--optimizer", "sgd",
+             "--strategy", "mirrored", "--verbose", "0", *TINY]
+        )  # fmt: skip
     assert scores["loss"] > 0
     options = get_preset("imagenet", "paper").model_options
     assert built_with["imagenet"] == {**options, "image_size": 32}
