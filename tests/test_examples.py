@@ -62,30 +62,29 @@ def test_mnist_example_with_mirrored_strategy(example, capsys, built_with):
     assert built_with["mnist"] == {"init": "lecun"}
 
 
-def test_cifar10_example_asam_per_replica(example):
+def test_cifar10_example_asam_per_replica(example, capsys):
+    # Under a strategy, where per-replica eps applies (and where Keras builds
+    # the optimizer before tracing the train step: traced once, not twice).
     with tfds.testing.mock_data(num_examples=16):
         scores = example("cifar10").main(
             ["--base-filters", "2", "--optimizer", "asam", "--rho", "0.5",
-             "--replica-eps", "per_replica", "--verbose", "0", *TINY]
+             "--replica-eps", "per_replica", "--strategy", "mirrored",
+             "--verbose", "0", *TINY]
         )  # fmt: skip
     assert 0.0 <= scores["accuracy"] <= 1.0
+    assert "asam rho=0.5, 1 epochs, 1 replica(s)" in capsys.readouterr().out
 
 
 def test_imagenet_example(example, built_with):
+    # Under a strategy, as the CIFAR-10 test: Keras builds the optimizer before
+    # it traces ResNet-50's train step (once, not twice). Without a strategy:
+    # test_synthetic_example, and tfds data by the sweep's tests
+    # (tests/study/sweep/test_runner.py: mnist on mock data).
     with tfds.testing.mock_data(num_examples=8):
         scores = example("imagenet").main(
-            [
-                "--base-filters",
-                "1",
-                "--image-size",
-                "32",
-                "--optimizer",
-                "sgd",
-                "--verbose",
-                "0",
-                *TINY,
-            ]  # fmt: skip
-        )
+            ["--base-filters", "1", "--image-size", "32", "--optimizer", "sgd",
+             "--strategy", "mirrored", "--verbose", "0", *TINY]
+        )  # fmt: skip
     assert scores["loss"] > 0
     options = get_preset("imagenet", "paper").model_options
     assert built_with["imagenet"] == {**options, "image_size": 32}

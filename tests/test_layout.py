@@ -7,13 +7,12 @@ study side.
 """
 
 import ast
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests import fresh_imports
 
 pytestmark = pytest.mark.backend_independent
 
@@ -98,20 +97,6 @@ def path_to_study(graph: dict[str, set[str]], start: str) -> list[str] | None:
     return None
 
 
-def run_fresh(check: str) -> list[str]:
-    """The stdout lines of `check` run in a fresh interpreter on this tree."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "-c", check],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.splitlines()
-
-
 def test_no_library_module_imports_the_study():
     graph = import_graph()
     assert "keras_sam.study.sweep.runner" in graph  # the graph sees the study
@@ -193,7 +178,9 @@ def test_an_imported_test_module_is_found():
 
 def test_importing_every_library_module_loads_no_study_module():
     # What the source graph cannot see (importlib by name): import each library
-    # module in a fresh process and look at sys.modules.
+    # module in a fresh process and look at sys.modules (the extras made
+    # unimportable: one interpreter shared with test_package's import check,
+    # tests/fresh_imports.py).
     graph = import_graph()
     names = [
         m
@@ -201,13 +188,9 @@ def test_importing_every_library_module_loads_no_study_module():
         # Each backend's package imports its framework.
         if not m.startswith(tuple(f"keras_sam.backend.{name}" for name in BACKENDS))
     ]
-    check = (
-        "import importlib, sys\n"
-        f"for name in {names!r}:\n"
-        "    importlib.import_module(name)\n"
-        f"print(sorted(m for m in sys.modules if m.startswith({STUDY!r})))\n"
-    )
-    assert run_fresh(check)[-1] == "[]"
+    assert tuple(names) == fresh_imports.library_modules()
+    loaded = fresh_imports.fresh_imports(tuple(names))["every_module"]
+    assert [m for m in loaded if is_study(m)] == []
 
 
 def declares_all(path: Path) -> bool:

@@ -4,10 +4,7 @@ address, the archives' contents (`make package-check` builds and installs them).
 
 import ast
 import builtins
-import os
 import re
-import subprocess
-import sys
 import tarfile
 import tomllib
 import zipfile
@@ -16,53 +13,22 @@ from pathlib import Path
 import pytest
 
 from tests import release_check
+from tests.fresh_imports import EXTRAS, fresh_imports, library_modules
 
 pytestmark = pytest.mark.backend_independent
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: In the `study`, `tfmot` and `test` extras, never needed by the library
-#: (keras-hub is imported only for a keras-hub model).
-EXTRAS = (
-    "tensorflow_datasets",
-    "matplotlib",
-    "tensorflow_model_optimization",
-    "keras_hub",
-)
-
-# Imports keras_sam with the extras made unimportable, as in a core install,
-# and lists what the library brought in beyond Keras itself.
-CHECK = f"""
-import importlib.abc, sys
-class Missing(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {EXTRAS!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-sys.meta_path.insert(0, Missing())
-import keras
-before = set(sys.modules)
-import keras_sam
-from keras_sam import callbacks, hessian, perturbations, sparsity
-keras_sam.sam(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
-study = ("keras_sam.study.workloads", "keras_sam.study.sweep", "keras_sam.study.cli")
-print(sorted(m for m in set(sys.modules) - before if m.startswith(study)))
-print(sorted(m for m in sys.modules if m.split(".")[0] in {EXTRAS!r}))
-"""
-
 
 def test_import_needs_only_the_core_dependencies():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-c", CHECK],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    study, extras = result.stdout.splitlines()[-2:]
-    assert study == "[]", f"import keras_sam loaded the study: {study}"
-    assert extras == "[]", f"import keras_sam loaded optional packages: {extras}"
+    # With the extras made unimportable, as in a core install (one interpreter
+    # shared with test_layout's import check: tests/fresh_imports.py).
+    report = fresh_imports(library_modules())
+    study = tuple(f"keras_sam.study.{m}" for m in ("workloads", "sweep", "cli"))
+    loaded = [m for m in report["keras_sam"] if m.startswith(study)]
+    assert loaded == [], f"import keras_sam loaded the study: {loaded}"
+    extras = [m for m in report["every_module"] if m.split(".")[0] in EXTRAS]
+    assert extras == [], f"import keras_sam loaded optional packages: {extras}"
 
 
 def test_core_dependencies_are_what_the_sam_step_needs():

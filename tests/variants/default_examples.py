@@ -3,6 +3,8 @@ do: the README's Usage example (784-512-10 ReLU MLP, 2,000 examples
 x ~ N(0, I), label = argmax of the first ten inputs) and a self-attention
 block, both with momentum SGD 0.1 and rho 0.05."""
 
+import functools
+
 import keras
 import numpy as np
 
@@ -44,3 +46,12 @@ def final_loss(example, variant, epochs, sam=True):
     )
     history = model.fit(x, y, batch_size=128, epochs=epochs, verbose=0)
     return history.history["loss"][-1]
+
+
+@functools.cache
+def reference_loss(example, epochs):
+    """The larger final loss of SGD and of SAM on `example` (computed once a
+    process: test_looksam_defaults and test_wsam_defaults share the README's)."""
+    return max(
+        final_loss(example, None, epochs, sam=False), final_loss(example, None, epochs)
+    )

@@ -165,9 +165,9 @@ def test_summary_without_matplotlib(tmp_path, monkeypatch):
 
 
 def test_fixed_budget_sweep_prunes_to_the_budget(tmp_path):
-    preset = tiny(
-        sizes=(4, 16), sparse_budget=4, hessian=True, hessian_examples=8, epochs=2
-    )
+    # The Hessian metrics of a pruned model: test_snip_keeps_the_highest_scores_
+    # of_the_first_batch (train.curvature, as a run's record has them).
+    preset = tiny(sizes=(4, 16), sparse_budget=4, epochs=2)
     summaries = run_sweep(preset, str(tmp_path), stream=io.StringIO())
     records = {
         (r["variant"], r["method"]): r
@@ -182,7 +182,6 @@ def test_fixed_budget_sweep_prunes_to_the_budget(tmp_path):
             # Non-zero kernel weights after training = the budget's kernels.
             assert r["nonzero_params"] == wide_params - wide_kernels + budget_kernels
             assert r["sparsity"] == pytest.approx(1 - budget_kernels / wide_kernels)
-            assert r["hessian"]["sharpness"] > 0
     assert "sparsity" not in records[("dense", "baseline")]
     assert [s.variant for s in summaries] == ["dense", "random@4", "snip@4"]
     text = (tmp_path / "summary.md").read_text()
@@ -220,6 +219,11 @@ def test_snip_keeps_the_highest_scores_of_the_first_batch(tmp_path):
     )
     assert kept.sum() == 100 * 4 + 4
     assert scores[kept].min() >= scores[~kept].max()
+    # A run's Hessian metrics on the pruned model (restricted to the kept
+    # weights: tests/hessian/test_operators.py checks that against a dense one).
+    curvature = train.curvature(model, workload, data, 8)
+    assert curvature["sharpness"] > 0 and curvature["s2"] > 0
+    assert curvature["hessian_examples"] == 8
     # The rescaled variant: kept weights / sqrt(density), per kernel.
     model = workload.build(16, seed=0)
     spec = RunSpec("synthetic", preset.config_id(), 16, "sam", 0.1, 0,

@@ -63,11 +63,27 @@ def test_workstation_launcher_runs_one_shard_per_gpu_into_one_folder(
     out = tmp_path / "sweep"
     script = os.path.join(CLUSTER, "workstation_sweep.sh")
     env = _env(GPUS="0,1", LOG_DIR=str(tmp_path / "logs"))
+    # The shards run as keras-sam processes; the summary command the script
+    # runs after them is recorded and run here (a third process would import
+    # TensorFlow only to read the records).
+    wrapper, recorded = tmp_path / "keras-sam", tmp_path / "summarize.args"
+    wrapper.write_text(
+        'case " $* " in\n'
+        f'  *" --summarize "*) printf "%s\\n" "$@" > {recorded} ;;\n'
+        f'  *) exec {env["KERAS_SAM"]} "$@" ;;\n'
+        "esac\n"
+    )
+    env["KERAS_SAM"] = f"bash {wrapper}"
+    args = ["synthetic", *TINY_ARGS, "--out", str(out), "--no-plots"]
     proc = subprocess.run(
-        ["bash", script, "synthetic", *TINY_ARGS, "--out", str(out), "--no-plots"],
+        ["bash", script, *args],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    command = recorded.read_text().splitlines()
+    assert command == ["sweep", *args, "--summarize"]
+    assert not (out / "summary.md").exists()
+    assert cli.main(command) == 0
     records = _check_equals_whole_sweep(out, whole_sweep)
     for record in records:  # shard k ran on the k-th listed GPU
         k = record["shard"].split("/")[0]
@@ -79,25 +95,24 @@ def test_workstation_launcher_runs_one_shard_per_gpu_into_one_folder(
     assert "| 8 |" in (out / "summary.md").read_text()
 
 
-def test_slurm_array_task_runs_its_shard():
+def test_slurm_array_task_runs_its_shard(capsys):
+    # The script's command printed instead of run (each run would import
+    # TensorFlow; the workstation launcher above runs real shards), then run
+    # here.
     script = os.path.join(CLUSTER, "slurm_sweep.sh")
     args = ["bash", script, "synthetic", *TINY_ARGS, "--dry-run"]
     tasks = [{"SLURM_ARRAY_TASK_ID": "0"}, {"SLURM_ARRAY_TASK_ID": "5",
                                             "SLURM_ARRAY_TASK_MIN": "4"}]  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            args,
-            env=_env(SLURM_ARRAY_TASK_COUNT="2", **task),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for task in tasks
-    ]
-    outputs = [proc.communicate(timeout=120) for proc in procs]
-    assert all(proc.returncode == 0 for proc in procs), outputs
-    assert "shard 1/2: 3 of these runs" in outputs[0][0]
-    assert "shard 2/2: 3 of these runs" in outputs[1][0]
+    for k, task in enumerate(tasks, start=1):
+        env = _env(SLURM_ARRAY_TASK_COUNT="2", **task)
+        env["KERAS_SAM"] = "printf %s\\n"  # one argument a line
+        proc = subprocess.run(args, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        command = proc.stdout.splitlines()
+        assert command == ["sweep", "synthetic", *TINY_ARGS, "--dry-run",
+                           "--shard", f"{k}/2"]  # fmt: skip
+        assert cli.main(command) == 0
+        assert f"shard {k}/2: 3 of these runs" in capsys.readouterr().out
 
 
 def test_killed_shard_resumes_without_redoing_finished_runs(tmp_path, counted):
