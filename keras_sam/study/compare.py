@@ -509,25 +509,13 @@ def _train_arm(
     )
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError(
-            "Plots need matplotlib: `pip install matplotlib` (or pass --no-plots)."
-        ) from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot(result: Comparison, path: str) -> str:
     """A PNG: training loss per epoch of both arms, and bars (labelled with
     their values) of the test loss, the first other test metric, the
     sharpness and the wall time; the settings as its title, a diverged arm
     marked in red."""
-    plt = _pyplot()
+    from keras_sam.study.sweep.plots import subplots
+
     arms = (result.base, result.sam)
     names = [a.name + (" DIVERGED" if a.diverged else "") for a in arms]
     others = [k for k in result.base.test if k != "loss"]
@@ -537,7 +525,7 @@ def plot(result: Comparison, path: str) -> str:
         ("sharpness (lambda_max)", [a.sharpness for a in arms]),
         ("wall time (s)", [a.seconds for a in arms]),
     ]
-    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(3.6 * (1 + len(panels)), 3.6))
+    fig, axes = subplots(1, 1 + len(panels), figsize=(3.6 * (1 + len(panels)), 3.6))
     for arm, name in zip(arms, names):
         epochs = range(1, len(arm.train_loss) + 1)
         axes[0].plot(epochs, arm.train_loss, marker=".", label=name)
@@ -559,7 +547,6 @@ def plot(result: Comparison, path: str) -> str:
     fig.suptitle(_wrap(result.settings_line(), 150), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -210,11 +210,21 @@ def _arm(name, loss, train_loss, diverged=None):
 def test_plot_shows_settings_test_loss_and_values(tmp_path, monkeypatch):
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from keras_sam.study.sweep import plots
 
     figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+    real = plots.subplots
+
+    def spy(*args, **kwargs):
+        fig, axes = real(*args, **kwargs)
+        figures.append(fig)
+        return fig, axes
+
+    monkeypatch.setattr(plots, "subplots", spy)
+    # A notebook's backend (here svg) stays: the figure draws through its own
+    # canvas, pyplot is never imported for it.
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
     settings = dict(epochs=2, batch_size=32, steps=4, optimizer="SGD (lr 0.05)",
                     learning_rate=0.05, loss="MeanSquaredError()", rho=0.05,
                     variant="SAM", seed=0, backend="jax", start_loss=5.4)  # fmt: skip
@@ -223,7 +233,12 @@ def test_plot_shows_settings_test_loss_and_values(tmp_path, monkeypatch):
         sam=_arm("SAM (rho=0.05)", float("nan"), [5.4, 1.7e12], "exploded"),
         settings=settings,
     )
-    compare.plot(result, str(tmp_path / "p.png"))
+    try:
+        compare.plot(result, str(tmp_path / "p.png"))
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     (figure,) = figures
     titles = [ax.get_title() for ax in figure.axes]
     assert titles[1:] == ["test loss", "test accuracy", "sharpness (lambda_max)",

@@ -1,4 +1,4 @@
-"""PNG plots of a sweep (matplotlib, imported lazily, Agg backend).
+"""PNG plots of a sweep (matplotlib, imported lazily; no pyplot).
 
 ``gap_vs_params.png``, ``best_rho_vs_params.png``, ``metric_vs_rho.png``
 (a best rho at an edge of the rhos tried marked by a red open triangle)
@@ -17,17 +17,18 @@ from keras_sam.study.sweep.results import latest_ok
 from keras_sam.study.sweep.summary import SizeSummary
 
 
-def _pyplot():
+def subplots(*args: Any, figsize: tuple[float, float], **kwargs: Any):
+    """``(figure, axes)`` as ``pyplot.subplots`` gives them, without pyplot: a
+    `matplotlib.figure.Figure` writes its PNG through its own canvas, so the
+    process's backend (a notebook's inline one) is left as it was."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(
             "Plots need matplotlib: `pip install matplotlib` (or pass --no-plots)."
         ) from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _err(values):
@@ -63,11 +64,10 @@ def plot_summary(
     summaries: list[SizeSummary], metric: str, out_dir: str, title: str
 ) -> list[str]:
     """Writes the gap, best-rho and metric-vs-rho plots; returns their paths."""
-    plt = _pyplot()
     paths = []
     rows = [s for s in summaries if s.best_rho is not None and s.params > 0]
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     if rows:
         ax.errorbar(
             [s.params for s in rows],
@@ -84,7 +84,7 @@ def plot_summary(
     ax.set_title(title)
     paths.append(_save(fig, out_dir, "gap_vs_params.png"))
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     if rows:
         ax.plot([s.params for s in rows], [s.best_rho for s in rows], marker="o")
         _mark_edges(ax, rows, lambda s: s.best_rho)
@@ -94,7 +94,7 @@ def plot_summary(
     ax.set_title(title)
     paths.append(_save(fig, out_dir, "best_rho_vs_params.png"))
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = subplots(figsize=(5.5, 3.8))
     for i, s in enumerate(summaries):
         color = f"C{i % 10}"
         rhos = [r for r in s.by_rho if r > 0]
@@ -139,13 +139,12 @@ def plot_sparse(
     """Fixed-budget sweep: baseline and best SAM vs sparsity, and the gap vs
     sparsity, one line per pruning method (the dense model at sparsity 0
     starts every line); returns the paths."""
-    plt = _pyplot()
     dense = [s for s in summaries if s.variant == "dense"]
     methods = sorted({s.pruning_method for s in summaries} - {None})
     lines = {
         m: dense + [s for s in summaries if s.pruning_method == m] for m in methods
     }
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = subplots(figsize=(5.5, 3.8))
     for i, (method, rows) in enumerate(lines.items()):
         x = [s.sparsity for s in rows]
         for stat_name, style, label in [
@@ -169,7 +168,7 @@ def plot_sparse(
         ax.legend(fontsize=7)
     paths = [_save(fig, out_dir, "metric_vs_sparsity.png")]
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     for i, (method, rows) in enumerate(lines.items()):
         rows = [s for s in rows if s.best_rho is not None]
         ax.errorbar(
@@ -205,11 +204,8 @@ def plot_convergence(
     ]
     if not ok:
         return None
-    plt = _pyplot()
     sizes = sorted({float(r["size"]) for r in ok})
-    fig, axes = plt.subplots(
-        1, len(sizes), figsize=(4 * len(sizes), 3.3), squeeze=False
-    )
+    fig, axes = subplots(1, len(sizes), figsize=(4 * len(sizes), 3.3), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         curves: dict[str, list[list[float]]] = {}
         for r in ok:
@@ -237,9 +233,8 @@ def plot_smoothness(
     ok = [r for r in latest_ok(records, keys) if r.get("smoothness")]
     if not ok:
         return None
-    plt = _pyplot()
     sizes = sorted({float(r["size"]) for r in ok})
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = subplots(1, 2, figsize=(9, 3.5))
     curves: dict[tuple, dict[int, list[dict]]] = {}
     for r in ok:
         name = "baseline" if r["method"] == "baseline" else f"SAM {r['rho']:g}"
@@ -272,8 +267,4 @@ def _save(fig, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    fig.clf()
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return path

@@ -155,10 +155,10 @@ def test_matrix_factorization_sweep_uses_usam(tmp_path, monkeypatch):
 def test_summary_without_matplotlib(tmp_path, monkeypatch):
     from keras_sam.study.sweep import plots
 
-    def missing():
+    def missing(*args, **kwargs):
         raise ImportError("Plots need matplotlib")
 
-    monkeypatch.setattr(plots, "_pyplot", missing)
+    monkeypatch.setattr(plots, "subplots", missing)
     run_sweep(tiny(sizes=(4,), rhos=()), str(tmp_path), stream=io.StringIO())
     text = (tmp_path / "summary.md").read_text()
     assert "| 4 |" in text and "No plots: Plots need matplotlib" in text
