@@ -266,11 +266,10 @@ def search_rho(
 def plot(result: RhoSearchResult, path: str) -> str:
     """A PNG: the test metric against rho (the base optimizer dashed, the
     best rho circled), and the training loss per epoch of every arm."""
-    from keras_sam.study.sweep.plots import _pyplot
+    from keras_sam.study.sweep.plots import subplots
 
-    plt = _pyplot()
     rhos = sorted(result.arms)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = subplots(1, 2, figsize=(10, 3.6))
     values = [result.arms[r].test[result.metric] for r in rhos]
     axes[0].plot(rhos, values, marker="o", label="SAM")
     axes[0].axhline(
@@ -295,7 +294,6 @@ def plot(result: RhoSearchResult, path: str) -> str:
     axes[1].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
