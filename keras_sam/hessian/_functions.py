@@ -210,17 +210,26 @@ class CurvatureFunctions(abc.ABC):
         with the looped one on this chunk (one product each). Decided once;
         a backend that needs no check sets ``vectorized`` when built."""
         if self.vectorized is None:
-            expected = ops.convert_to_numpy(self._trial("looped")(x, y, sw, v))
+            expected = self._trial("looped")(x, y, sw, v)
             try:
                 with self._vectorized_trial():
-                    got = ops.convert_to_numpy(self._trial("vectorized")(x, y, sw, v))
+                    got = self._trial("vectorized")(x, y, sw, v)
             except self.vectorize_errors:
                 self.vectorized = False
             else:
-                scale = max(np.abs(expected).max(), np.finfo(np.float32).tiny)
-                error = np.abs(got - expected).max() / scale
-                self.vectorized = bool(np.isfinite(error) and error <= 1e-4)
+                self.vectorized = self.agrees(got, expected)
         return self.vectorized
+
+    @staticmethod
+    def agrees(got, expected) -> bool:
+        """Whether a faster path's result ``got`` equals ``expected`` to 1e-4
+        relative to ``expected``'s largest entry (NaN or inf: False): how
+        the vectorized path and each backend's fused or factored s_2 step
+        are checked on the first chunk before they are kept."""
+        expected = ops.convert_to_numpy(expected)
+        scale = max(np.abs(expected).max(), np.finfo(np.float32).tiny)
+        error = np.abs(ops.convert_to_numpy(got) - expected).max() / scale
+        return bool(np.isfinite(error) and error <= 1e-4)
 
     def _trial(self, path: str) -> Callable:
         # The product `decide` compares on both paths.

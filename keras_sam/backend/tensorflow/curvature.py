@@ -543,9 +543,7 @@ class Functions(CurvatureFunctions):
         except (*self.vectorize_errors, LookupError):
             self._structured = False
         else:
-            scale = max(float(tf.reduce_max(tf.abs(expected))), 1e-30)
-            error = float(tf.reduce_max(tf.abs(got - expected))) / scale
-            self._structured = bool(error <= 1e-4)  # NaN: False
+            self._structured = self.agrees(got, expected)
         return expected
 
     def _fused_or_checked(self, x, y, sw, v, center):
@@ -558,9 +556,7 @@ class Functions(CurvatureFunctions):
         except (*self.vectorize_errors, LookupError):
             self._fused = False
         else:
-            scale = max(float(tf.reduce_max(tf.abs(expected))), 1e-30)
-            error = float(tf.reduce_max(tf.abs(got - expected))) / scale
-            self._fused = bool(error <= 1e-4)  # NaN: False
+            self._fused = self.agrees(got, expected)
         return expected
 
     @property
