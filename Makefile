@@ -7,11 +7,24 @@ STAMP := $(VENV)/.keras-sam-installed
 BACKENDS_STAMP := $(VENV)/.keras-sam-backends-installed
 RELEASE_STAMP := $(VENV)/.keras-sam-release-installed
 # The CPU builds of the frameworks for this project's environments (the extras
-# are ranges; PyPI's Linux torch is the CUDA build). Where pip does not find the
-# CPU torch locally: make test CPU_INDEX=https://download.pytorch.org/whl/cpu
+# are ranges; PyPI's Linux torch is the CUDA build). Where the CPU torch is not
+# found locally: make test CPU_INDEX=https://download.pytorch.org/whl/cpu
+# (PIP_INSTALL: the nightly lane, which swaps Keras with pip)
 CONSTRAINTS := constraints-cpu.txt
 CPU_INDEX ?=
 PIP_INSTALL = -m pip install --quiet -c $(CONSTRAINTS) \
+	$(if $(CPU_INDEX),--extra-index-url $(CPU_INDEX))
+# The make environments are installed by uv, which pip puts into the venv first:
+# parallel downloads and unpacking take about 40% off pip's time for a fresh
+# clone's environment (benchmarks: docs/benchmarks.md, "Installing the test
+# environment"). uv reads no pip configuration, so it is handed pip's
+# find-links (where a machine keeps its CPU torch wheel) and, like pip, it
+# takes the best version across every index.
+PIP_FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+UV := $(VENV)/bin/uv
+UV_INSTALL = $(UV) pip install --quiet --python $(PY) --compile-bytecode \
+	-c $(CONSTRAINTS) --index-strategy unsafe-best-match \
+	$(addprefix --find-links ,$(PIP_FIND_LINKS)) \
 	$(if $(CPU_INDEX),--extra-index-url $(CPU_INDEX))
 # Every test runs on TensorFlow, JAX and PyTorch unless a marker says otherwise
 # (pyproject.toml, tests/conftest.py): `backends(...)` runs only on those
@@ -34,23 +47,23 @@ SPLIT_TARGETS := test-tensorflow-heavy test-tensorflow-rest test-jax-heavy \
 .PHONY: demo test test-tensorflow test-jax test-torch test-independent \
 	$(SPLIT_TARGETS) test-nightly lint format bench docs package-check
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) $(PIP_INSTALL) -e ".[tensorflow,study,test,docs]"
+	$(PY) -m pip install --quiet uv
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(UV)
+	$(UV_INSTALL) -e ".[tensorflow,study,test,docs]"
 	touch $(STAMP)
 
 # Everything above plus JAX (CPU) and the CPU build of PyTorch ($(CONSTRAINTS)),
-# in one pip run (one resolution, one editable build): a fresh clone's
+# in one uv run (one resolution, one editable build): a fresh clone's
 # `make test` does not install the smaller set first. It stands for $(STAMP) too.
-$(BACKENDS_STAMP): pyproject.toml $(CONSTRAINTS)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) $(PIP_INSTALL) -e ".[tensorflow,study,test,docs,jax,torch]"
+$(BACKENDS_STAMP): pyproject.toml $(CONSTRAINTS) | $(UV)
+	$(UV_INSTALL) -e ".[tensorflow,study,test,docs,jax,torch]"
 	touch $(STAMP) $(BACKENDS_STAMP)
 
-$(RELEASE_STAMP): $(STAMP)
-	$(PY) $(PIP_INSTALL) -e ".[release]"
+$(RELEASE_STAMP): $(STAMP) | $(UV)
+	$(UV_INSTALL) -e ".[release]"
 	touch $(RELEASE_STAMP)
 
 demo: $(STAMP)

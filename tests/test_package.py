@@ -152,9 +152,19 @@ def test_extras_are_ranges_and_the_make_environments_take_cpu_builds():
     makefile = (ROOT / "Makefile").read_text()
     # Every install of the project into a make environment (editable).
     installs = [line for line in makefile.splitlines() if ' -e ".[' in line]
-    assert len(installs) >= 3, installs
-    assert all("$(PIP_INSTALL)" in line for line in installs), installs
-    assert "-c $(CONSTRAINTS)" in makefile
+    assert len(installs) >= 4, installs
+    assert all(
+        "$(UV_INSTALL)" in line or "$(PIP_INSTALL)" in line for line in installs
+    ), installs
+    definitions = dict(
+        re.findall(r"^(UV_INSTALL|PIP_INSTALL) = ((?:.*\\\n)*.*)$", makefile, re.M)
+    )
+    assert sorted(definitions) == ["PIP_INSTALL", "UV_INSTALL"]
+    for definition in definitions.values():
+        assert "-c $(CONSTRAINTS)" in definition
+        assert "--extra-index-url $(CPU_INDEX)" in definition
+    # uv reads no pip configuration: pip's find-links are handed to it.
+    assert "--find-links" in definitions["UV_INSTALL"]
 
 
 def test_changelog_keeps_a_changelog():
