@@ -55,22 +55,34 @@ def pytest_collection_modifyitems(config, items):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "optimizer_built_in_the_trace: keeps Keras's own TensorFlow path (the "
-        "optimizer built inside the first trace of the step) in a module that "
-        "uses the `optimizer_built_before_tracing` fixture",
+        "optimizer_built_in_the_trace: on TensorFlow, leaves the optimizer unbuilt "
+        "until the SAM step is traced (Keras's own path for a model made without "
+        "a tf.distribute strategy), for the library's branches there; `SAMModel` "
+        "otherwise builds it at the start of `fit` (`build_optimizer_before_tracing`)",
     )
+
+
+@pytest.fixture(autouse=True)
+def _optimizer_unbuilt_until_the_trace(request, monkeypatch):
+    if BACKEND != "tensorflow" or not request.node.get_closest_marker(
+        "optimizer_built_in_the_trace"
+    ):
+        return
+    from keras_sam.backend.tensorflow import trainer
+
+    monkeypatch.setattr(trainer, "build_optimizer_before_tracing", lambda model: None)
 
 
 @pytest.fixture
 def optimizer_built_before_tracing(request, monkeypatch):
-    """On TensorFlow, `fit` and `train_on_batch` build the optimizer before the
-    step is traced, as Keras does for a model made under a tf.distribute
-    strategy (`_symbolic_build`). Otherwise Keras builds it inside the first
-    trace, and the slot variables made there make tf.function trace the whole
-    step a second time: a third to a half of a small test's CPU. Modules whose
-    subject is the numbers use it; a test marked `optimizer_built_in_the_trace`
-    keeps Keras's default path (the optimizer not yet built while the SAM step
-    is traced), as do the modules that do not use it."""
+    """On TensorFlow, `fit` and `train_on_batch` of every `keras.Model` (the
+    plain references too) build the optimizer before the step is traced, as
+    Keras does for a model made under a tf.distribute strategy and `SAMModel`
+    does always (`backend/tensorflow/trainer.py`). Otherwise Keras builds it
+    inside the first trace, and the slot variables made there make
+    tf.function trace the whole step a second time: a third to a half of a
+    small test's CPU. Modules whose subject is the numbers use it; a test
+    marked `optimizer_built_in_the_trace` keeps Keras's default path."""
     if BACKEND != "tensorflow" or request.node.get_closest_marker(
         "optimizer_built_in_the_trace"
     ):
