@@ -226,6 +226,8 @@ def _kind(layer, position):
             return None
         return _DenseKind(layer, slots, lead, fan_in, fan_out)
     if _own_call(layer, keras.layers.Embedding):
+        if layer.input_dim > 2**24:
+            return None  # ids are recorded as float32: exact below 2^24
         slots = (slot(layer.embeddings),)
         return None if -1 in slots else _EmbeddingKind(layer, slots)
     if _own_call(layer, keras.layers.LayerNormalization):
