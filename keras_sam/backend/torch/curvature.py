@@ -333,9 +333,10 @@ class Functions(CurvatureFunctions):
 
     def square_gap_sum(self, path, x, y, sw, v, center):
         """``sum_i c_i H_i (H_i v - center)``; vectorized, for a model of
-        Dense layers from per-layer factors (`_structured_gap`), else by
+        factored layers from per-layer factors (`_structured_gap`), else by
         `_fused_gap`, each where it agrees on the first chunk with the step
-        it replaces (checked once)."""
+        it replaces (checked once; the factored one also where it is not
+        slower, `_faster`)."""
         if path != "vectorized" or self._factors is None or self._structured is False:
             return self._per_example_gap(path, x, y, sw, v, center)
         if self._structured is None:
