@@ -43,6 +43,7 @@ __all__ = [
     "optimizer_variable_index",
     "own_trainable_variables",
     "routed_dense_calls",
+    "routed_factor_calls",
     "stateless_scope",
     "unlocked_tracker",
     "vectorizable_tensorflow_einsum",
@@ -376,6 +377,88 @@ def routed_dense_calls(layers, hook):
                     layer, hook, inputs, training
                 ),
             )
+            routed.append(layer)
+        yield
+    finally:
+        for layer in routed:
+            object.__delattr__(layer, "call")
+
+
+def _routed_einsum_dense_call(layer, hook, inputs, training=None):
+    # `keras.layers.EinsumDense.call` (Keras 3.15) with `hook` between the
+    # bias and the activation.
+    z = keras.ops.einsum(layer.equation, inputs, layer.kernel)
+    if layer.bias is not None:
+        z = keras.ops.add(z, layer.bias)
+    z = hook(layer, inputs, z)
+    if layer.activation is not None:
+        z = layer.activation(z)
+    return z
+
+
+def _routed_embedding_call(layer, hook, inputs):
+    # `keras.layers.Embedding.call` (Keras 3.15) with `hook` on the gathered
+    # rows (the layer's inputs: the token ids).
+    if inputs.dtype != "int32" and inputs.dtype != "int64":
+        inputs = keras.ops.cast(inputs, "int32")
+    z = keras.ops.take(layer.embeddings, inputs, axis=0)
+    z = hook(layer, inputs, z)
+    return keras.ops.cast(z, dtype=layer.compute_dtype)
+
+
+def _routed_layer_normalization_call(layer, hook, inputs):
+    # `keras.layers.LayerNormalization.call` (Keras 3.15: the fused
+    # `ops.layer_normalization`, no RMS scaling) written out over its axes,
+    # with `hook(layer, normalized, z)` on ``z = normalized * gamma + beta``.
+    axis = layer.axis
+    mean = keras.ops.mean(inputs, axis=axis, keepdims=True)
+    centered = keras.ops.subtract(inputs, mean)
+    variance = keras.ops.mean(keras.ops.square(centered), axis=axis, keepdims=True)
+    normalized = centered * keras.ops.rsqrt(variance + layer.epsilon)
+    z = normalized
+    if layer.gamma is not None:
+        z = z * layer.gamma
+    if layer.beta is not None:
+        z = z + layer.beta
+    z = hook(layer, normalized, z)
+    return keras.ops.cast(z, layer.compute_dtype)
+
+
+_ROUTED_CALLS = (
+    (keras.layers.Dense, _routed_dense_call),
+    (keras.layers.EinsumDense, _routed_einsum_dense_call),
+    (keras.layers.Embedding, _routed_embedding_call),
+    (keras.layers.LayerNormalization, _routed_layer_normalization_call),
+)
+
+
+@contextlib.contextmanager
+def routed_factor_calls(layers, hook):
+    """`routed_dense_calls` for plain `Dense`, `EinsumDense`, `Embedding`
+    and `LayerNormalization` layers (Keras's own ``call``, no LoRA, no
+    quantization; LayerNormalization over its last axis, no RMS scaling):
+    ``hook(layer, inputs, z)`` on the pre-activation of a Dense or
+    EinsumDense (``inputs`` its inputs), the gathered rows of an Embedding
+    (``inputs`` the int token ids) and ``normalized * gamma + beta`` of a
+    LayerNormalization (``inputs`` the normalized inputs).
+
+    The structured curvature products read these per-layer quantities and
+    add a zero probe to ``z``; no public hook reaches them, so each layer's
+    ``call`` is replaced by an instance attribute repeating Keras's call
+    (`tests/test_compat.py` checks each against Keras's own output). Not
+    thread-safe, as `routed_dense_calls`.
+    """
+    routed = []
+    try:
+        for layer in layers:
+            body = next(f for kind, f in _ROUTED_CALLS if isinstance(layer, kind))
+            if body in (_routed_dense_call, _routed_einsum_dense_call):
+                call = lambda inputs, training=None, layer=layer, body=body: body(  # noqa: E731
+                    layer, hook, inputs, training
+                )
+            else:
+                call = lambda inputs, layer=layer, body=body: body(layer, hook, inputs)  # noqa: E731
+            object.__setattr__(layer, "call", call)
             routed.append(layer)
         yield
     finally:

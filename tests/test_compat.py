@@ -432,3 +432,62 @@ def test_routed_dense_calls_repeat_kerass_dense_call():
     pre = inputs[0] @ keras.ops.convert_to_numpy(layer.kernel)
     pre = pre + keras.ops.convert_to_numpy(layer.bias)
     np.testing.assert_allclose(shifted, np.tanh(pre + 1.0), rtol=1e-5, atol=1e-6)
+
+
+def test_routed_factor_calls_repeat_kerass_calls():
+    # `routed_factor_calls` repeats Keras's `EinsumDense`, `Embedding` and
+    # `LayerNormalization` calls (and `Dense`'s): with an identity hook the
+    # outputs equal Keras's own; the hook sees the inputs (the token ids; the
+    # normalized inputs) and z; the layers' own `call` is back on exit; a
+    # hook's result goes on to the EinsumDense activation.
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(2, 3, 4)).astype("float32")
+    ids = rng.integers(0, 7, size=(2, 3)).astype("int32")
+    cases = [
+        (keras.layers.EinsumDense("abc,cde->abde", (3, 2, 5), bias_axes="de"), tokens),
+        (
+            keras.layers.EinsumDense(
+                "abcd,cde->abe", (3, 4), bias_axes="e", activation="tanh"
+            ),
+            rng.normal(size=(2, 3, 2, 5)).astype("float32"),
+        ),
+        (keras.layers.EinsumDense("ab,bc->ac", 3), tokens[:, 0]),
+        (keras.layers.Embedding(7, 3), ids),
+        (keras.layers.LayerNormalization(epsilon=0.1), tokens * 3.0 + 1.0),
+        (keras.layers.LayerNormalization(center=False), tokens),
+        (keras.layers.Dense(2, activation="relu"), tokens),
+    ]
+    seen = []
+
+    def hook(layer, x, z):
+        seen.append((layer, x, z))
+        return z
+
+    for layer, x in cases:
+        expected = keras.ops.convert_to_numpy(layer(x))
+        if isinstance(layer, keras.layers.LayerNormalization):
+            # Not the identity: gamma and beta as training leaves them.
+            layer.gamma.assign(rng.normal(size=layer.gamma.shape))
+            if layer.beta is not None:
+                layer.beta.assign(rng.normal(size=layer.beta.shape))
+            expected = keras.ops.convert_to_numpy(layer(x))
+        with _compat.routed_factor_calls([layer], hook):
+            got = keras.ops.convert_to_numpy(layer(x))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        assert seen[-1][0] is layer
+        seen_x = keras.ops.convert_to_numpy(seen[-1][1])
+        if isinstance(layer, keras.layers.LayerNormalization):
+            mean = x.mean(-1, keepdims=True)
+            normalized = (x - mean) / np.sqrt(x.var(-1, keepdims=True) + layer.epsilon)
+            np.testing.assert_allclose(seen_x, normalized, rtol=1e-4, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(seen_x, x)
+        assert "call" not in vars(layer)  # restored
+    layer = cases[1][0]
+    with _compat.routed_factor_calls([layer], lambda layer, x, z: z + 1.0):
+        shifted = keras.ops.convert_to_numpy(layer(cases[1][1]))
+    pre = np.einsum(
+        "abcd,cde->abe", cases[1][1], keras.ops.convert_to_numpy(layer.kernel)
+    )
+    pre = pre + keras.ops.convert_to_numpy(layer.bias)
+    np.testing.assert_allclose(shifted, np.tanh(pre + 1.0), rtol=1e-5, atol=1e-5)

@@ -27,63 +27,254 @@ import math
 import keras
 from keras import ops
 
-from keras_sam._compat import flatten_layers, routed_dense_calls
+from keras_sam._compat import (
+    flatten_layers,
+    own_trainable_variables,
+    routed_factor_calls,
+)
 
 
-def _plain_dense(layer) -> bool:
-    # Keras's own Dense call in float32: no subclass call, LoRA,
-    # quantization or mixed precision.
+def _float32(layer) -> bool:
+    # No LoRA, quantization or mixed precision.
     policy = layer.dtype_policy
     return (
-        isinstance(layer, keras.layers.Dense)
-        and type(layer).call is keras.layers.Dense.call
-        and not getattr(layer, "lora_enabled", False)
+        not getattr(layer, "lora_enabled", False)
         and policy.quantization_mode is None
         and policy.compute_dtype == "float32"
         and policy.variable_dtype == "float32"
     )
 
 
+def _own_call(layer, kind) -> bool:
+    return isinstance(layer, kind) and type(layer).call is kind.call
+
+
+def _plain_dense(layer) -> bool:
+    # Keras's own Dense call in float32: no subclass call, LoRA,
+    # quantization or mixed precision.
+    return _own_call(layer, keras.layers.Dense) and _float32(layer)
+
+
+def einsum_as_dense(equation):
+    """``(leading, contracted)`` axis counts where an EinsumDense equation is
+    a Dense after a reshape: the input's leading axes kept in order, its
+    trailing ``contracted`` axes the kernel's leading ones (same order), the
+    kernel's remaining axes the output's trailing ones. None otherwise
+    (ellipses, repeated letters, batched or reordered axes)."""
+    if "." in equation or "->" not in equation or equation.count(",") != 1:
+        return None
+    inputs, rest = equation.replace(" ", "").split(",")
+    kernel, output = rest.split("->")
+    letters = inputs + kernel
+    if len(set(inputs)) != len(inputs) or len(set(kernel)) != len(kernel):
+        return None
+    if len(set(output)) != len(output) or not set(output) <= set(letters):
+        return None
+    contracted = "".join(a for a in inputs if a in kernel)
+    if not contracted or any(a in output for a in contracted):
+        return None
+    leading = inputs[: len(inputs) - len(contracted)]
+    trailing = kernel[len(contracted) :]
+    if (
+        not inputs.endswith(contracted)
+        or not kernel.startswith(contracted)
+        or output != leading + trailing
+        or not leading
+    ):
+        return None
+    return len(leading), len(contracted)
+
+
+class _Kind:
+    """One layer's part of the factors: what its routed call records and
+    its term of the contraction. ``slots`` its variables' indices."""
+
+    def __init__(self, layer, slots):
+        self.layer = layer
+        self.slots = slots
+
+    def flat(self, x, z):
+        return x, z
+
+    def unflat(self, z_flat, z):
+        return z_flat
+
+
+def _lead_shape(t, lead, last):
+    middle = tuple(t.shape[1:lead])
+    if None in middle:
+        return (ops.shape(t)[0], -1, last)
+    return (-1, *middle, last)
+
+
+class _DenseKind(_Kind):
+    """Dense (and EinsumDense after a reshape): ``z = x W + b``."""
+
+    def __init__(self, layer, slots, lead=None, fan_in=None, fan_out=None):
+        super().__init__(layer, slots)
+        self.lead, self.fan_in, self.fan_out = lead, fan_in, fan_out
+
+    def flat(self, x, z):
+        if self.lead is None:
+            return x, z
+        return (
+            ops.reshape(x, _lead_shape(x, self.lead, self.fan_in)),
+            ops.reshape(z, _lead_shape(z, self.lead, self.fan_out)),
+        )
+
+    def unflat(self, z_flat, z):
+        return z_flat if self.lead is None else ops.reshape(z_flat, ops.shape(z))
+
+    def term(self, x, d, rows, center):
+        x0, dx, d0, dd = rows
+        kernel, bias = self.slots
+        tokens, fan_in, fan_out = x.shape[1], x.shape[2], d.shape[2]
+        c_kernel = ops.reshape(center[kernel], (fan_in, fan_out))
+        if DenseFactors.by_gram(tokens, fan_in, fan_out):
+            gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
+            gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
+            error_primal = ops.einsum("nto,nso->nts", d, d0)
+            error_tangent = ops.einsum("nto,nso->nts", d, dd)
+            per_example = ops.sum(
+                gram_tangent * error_primal + gram_inputs * error_tangent,
+                axis=(1, 2),
+            )
+            per_example = per_example - ops.sum(
+                ops.matmul(x, c_kernel) * d, axis=(1, 2)
+            )
+        else:
+            # Many tokens: each example's row in the kernel, formed.
+            rows_in_kernel = (
+                ops.einsum("nsi,nso->nio", dx, d0)
+                + ops.einsum("nsi,nso->nio", x0, dd)
+                - c_kernel[None]
+            )
+            per_example = ops.einsum("nti,nio,nto->n", x, rows_in_kernel, d)
+        if bias is not None:
+            c_bias = ops.reshape(center[bias], (fan_out,))
+            d_sum = ops.sum(d, axis=1)
+            per_example = per_example + ops.sum(
+                d_sum * (ops.sum(dd, axis=1) - c_bias), axis=1
+            )
+        return per_example
+
+
+class _EmbeddingKind(_Kind):
+    """Embedding: example i's gradient ``sum_t onehot(id_it) (x) d_it``; the
+    ids (recorded as float, shape (n, ..., 1)) do not depend on the
+    weights. Its Gram is token equality, the center's term a gather: no
+    one-hot of the vocabulary."""
+
+    def flat(self, x, z):
+        return ops.cast(x, "float32")[..., None], z
+
+    def term(self, x, d, rows, center):
+        _, _, _, dd = rows
+        ids = ops.cast(x[..., 0], "int32")
+        same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), "float32")
+        per_example = ops.sum(same * ops.einsum("nto,nso->nts", d, dd), axis=(1, 2))
+        gathered = ops.take(center[self.slots[0]], ids, axis=0)
+        return per_example - ops.sum(gathered * d, axis=(1, 2))
+
+
+class _NormalizationKind(_Kind):
+    """LayerNormalization's gamma and beta: elementwise, so example i's row
+    ``sum_t (x'_it d_it + x_it d'_it)`` (x the normalized inputs) is formed
+    directly, (n, features)."""
+
+    def term(self, x, d, rows, center):
+        x0, dx, d0, dd = rows
+        gamma, beta = self.slots
+        per_example = 0.0
+        if gamma is not None:
+            own = ops.sum(x * d, axis=1)
+            row = ops.sum(dx * d0 + x0 * dd, axis=1) - center[gamma]
+            per_example = per_example + ops.sum(own * row, axis=1)
+        if beta is not None:
+            row = ops.sum(dd, axis=1) - center[beta]
+            per_example = per_example + ops.sum(ops.sum(d, axis=1) * row, axis=1)
+        return per_example
+
+
+def _kind(layer, position):
+    """The factor of a layer with trainable variables in ``position``;
+    None where it has none that qualify (the model then falls back)."""
+
+    def slot(variable):
+        # -1: a frozen variable (not worth a branch: refused).
+        if variable is None:
+            return None
+        return position.get(id(variable), -1)
+
+    if not _float32(layer):
+        return None
+    if _own_call(layer, keras.layers.Dense):
+        slots = (slot(layer.kernel), slot(layer.bias))
+        return None if -1 in slots else _DenseKind(layer, slots)
+    if _own_call(layer, keras.layers.EinsumDense):
+        split = einsum_as_dense(layer.equation)
+        if split is None:
+            return None
+        lead, contracted = split
+        shape = tuple(layer.kernel.shape)
+        fan_in = math.prod(shape[:contracted])
+        fan_out = math.prod(shape[contracted:])
+        if layer.bias is not None and tuple(layer.bias.shape) != shape[contracted:]:
+            return None
+        slots = (slot(layer.kernel), slot(layer.bias))
+        if -1 in slots:
+            return None
+        return _DenseKind(layer, slots, lead, fan_in, fan_out)
+    if _own_call(layer, keras.layers.Embedding):
+        if layer.input_dim > 2**24:
+            return None  # ids are recorded as float32: exact below 2^24
+        slots = (slot(layer.embeddings),)
+        return None if -1 in slots else _EmbeddingKind(layer, slots)
+    if _own_call(layer, keras.layers.LayerNormalization):
+        if list(layer.axis) != [-1] or layer.rms_scaling:
+            return None
+        slots = (slot(layer.gamma), slot(layer.beta))
+        return None if -1 in slots else _NormalizationKind(layer, slots)
+    return None
+
+
 class DenseFactors:
-    """Where the trainable weights of a model sit in its Dense layers.
+    """Where the trainable weights of a model sit in its factored layers
+    (Dense, EinsumDense as a Dense after a reshape, Embedding,
+    LayerNormalization).
 
     ``DenseFactors.find(model, variables, masks)`` is None unless every
-    trainable variable is the kernel or bias of a plain Dense layer (see
-    `_plain_dense`) and none is pruned (a kernel mask breaks the factors).
+    trainable variable belongs to such a layer, in Keras's own ``call``
+    (no subclass call, LoRA, quantization or mixed precision; see `_kind`),
+    and none is pruned (a kernel mask breaks the factors).
 
     Attributes:
-        layers: the Dense layers, in the order of their first variable.
-        slots: per layer, ``(kernel index, bias index or None)`` in
-            ``variables``.
+        layers: the layers, in the order of their first variable.
+        kinds: per layer, its factor (`_Kind`).
     """
 
-    def __init__(self, layers, slots):
-        self.layers = layers
-        self.slots = slots
+    def __init__(self, kinds):
+        self.kinds = kinds
+        self.layers = [k.layer for k in kinds]
 
     @classmethod
     def find(cls, model, variables, masks) -> DenseFactors | None:
         if any(m is not None for m in masks):
             return None
         position = {id(v): i for i, v in enumerate(variables)}
-        layers, slots, covered = [], [], set()
+        kinds, covered = [], set()
         for layer in flatten_layers(model):
-            if not isinstance(layer, keras.layers.Dense):
+            owned = [id(v) for v in own_trainable_variables(layer)]
+            if not any(i in position for i in owned):
                 continue
-            if not any(id(v) in position for v in layer.trainable_variables):
-                continue
-            if not _plain_dense(layer) or id(layer.kernel) not in position:
+            kind = _kind(layer, position)
+            if kind is None:
                 return None
-            kernel = position[id(layer.kernel)]
-            bias = None if layer.bias is None else position.get(id(layer.bias))
-            if layer.bias is not None and bias is None:
-                return None  # a frozen bias: not a case worth a branch
-            layers.append(layer)
-            slots.append((kernel, bias))
-            covered.update(i for i in (kernel, bias) if i is not None)
-        if not layers or covered != set(range(len(variables))):
+            kinds.append(kind)
+            covered.update(i for i in kind.slots if i is not None)
+        if not kinds or covered != set(range(len(variables))):
             return None
-        return cls(layers, slots)
+        return cls(kinds)
 
     def record(self, loss_of_model, probes=None):
         """``(loss_of_model(), inputs, outputs)``: the loss computed with
@@ -97,15 +288,16 @@ class DenseFactors:
 
         def hook(layer, x, z):
             i = index[id(layer)]
+            x, flat = self.kinds[i].flat(x, z)
             if callable(probes):
-                z = z + probes(i, z)
+                flat = flat + probes(i, flat)
             elif probes is not None:
-                z = z + probes[i][len(inputs[i])]
+                flat = flat + probes[i][len(inputs[i])]
             inputs[i].append(x)
-            outputs[i].append(z)
-            return z
+            outputs[i].append(flat)
+            return self.kinds[i].unflat(flat, z)
 
-        with routed_dense_calls(self.layers, hook):
+        with routed_factor_calls(self.layers, hook):
             value = loss_of_model()
         return value, inputs, outputs
 
@@ -134,32 +326,6 @@ class DenseFactors:
         per variable, ``c = frequencies``."""
         total = 0.0
         c = ops.cast(frequencies, "float32")
-        for (x, d), (x0, dx, d0, dd), (kernel, bias) in zip(live, rows, self.slots):
-            tokens, fan_in, fan_out = x.shape[1], x.shape[2], d.shape[2]
-            if self.by_gram(tokens, fan_in, fan_out):
-                gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
-                gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
-                error_primal = ops.einsum("nto,nso->nts", d, d0)
-                error_tangent = ops.einsum("nto,nso->nts", d, dd)
-                per_example = ops.sum(
-                    gram_tangent * error_primal + gram_inputs * error_tangent,
-                    axis=(1, 2),
-                )
-                per_example = per_example - ops.sum(
-                    ops.matmul(x, center[kernel]) * d, axis=(1, 2)
-                )
-            else:
-                # Many tokens: each example's row in the kernel, formed.
-                rows_in_kernel = (
-                    ops.einsum("nsi,nso->nio", dx, d0)
-                    + ops.einsum("nsi,nso->nio", x0, dd)
-                    - center[kernel][None]
-                )
-                per_example = ops.einsum("nti,nio,nto->n", x, rows_in_kernel, d)
-            if bias is not None:
-                d_sum = ops.sum(d, axis=1)
-                per_example = per_example + ops.sum(
-                    d_sum * (ops.sum(dd, axis=1) - center[bias]), axis=1
-                )
-            total = total + ops.sum(c * per_example)
+        for (x, d), row, kind in zip(live, rows, self.kinds):
+            total = total + ops.sum(c * kind.term(x, d, row, center))
         return total

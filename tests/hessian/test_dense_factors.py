@@ -10,10 +10,20 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sam.hessian import CurvatureOperator
+from keras_sam.hessian import CurvatureOperator, _dense_factors
 from keras_sam.hessian._dense_factors import DenseFactors
 from tests.hessian.references import per_example_hessians
 from tests.hessian.zoo import ZOO, N, build, compiled, dense_gap, rel_err
+
+
+@pytest.fixture(autouse=True)
+def _kept_where_it_agrees(monkeypatch, request):
+    # PyTorch keeps the factored step only where it is also not slower on
+    # the first chunk (`_faster`); these tiny models test its accuracy.
+    if keras.backend.backend() == "torch" and "slower" not in request.node.name:
+        from keras_sam.backend.torch.curvature import Functions
+
+        monkeypatch.setattr(Functions, "_faster", staticmethod(lambda *a: True))
 
 
 def _operator(model, data, **options):
@@ -107,12 +117,88 @@ def test_wrong_structured_step_falls_back_and_stays_exact(monkeypatch):
         op._fn._structured = None
 
 
-@pytest.mark.parametrize("name", ["embedding", "transformer_block", "convolutions"])
-def test_models_with_other_layers_keep_the_fused_step(name):
+@pytest.mark.parametrize("name", ["embedding", "transformer_block"])
+def test_structured_gap_equals_dense_on_factored_layers(name):
+    # Embedding (token ids: Gram = token equality, a gathered center) and a
+    # transformer block (MultiHeadAttention's EinsumDense layers as Dense
+    # after a reshape, LayerNormalization's gamma and beta).
+    _, model, x, y, hessians = build(name)
+    op = _operator(model, (x, y))
+    assert op._fn._factors is not None
+    _check(op, dense_gap(hessians), vectors=1)
+    assert op._fn._structured is True
+
+
+def test_a_wrong_embedding_term_fails(monkeypatch):
+    # Mutation check: the center's gather off by 10% must break agreement.
+    # (A model of its own shapes: a fresh trace of the patched term.)
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [
+            keras.Input((4,), dtype="int32"),
+            keras.layers.Embedding(6, 2),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(2),
+        ]
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 6, size=(N, 4)).astype("int32")
+    y = rng.integers(0, 2, size=N)
+    model = compiled(model, loss)
+    hessians = per_example_hessians(model, x, y)
+    term = _dense_factors._EmbeddingKind.term
+
+    def wrong(self, x_, d, rows, center):
+        center = list(center)
+        center[self.slots[0]] = center[self.slots[0]] * 0.9
+        return term(self, x_, d, rows, center)
+
+    monkeypatch.setattr(_dense_factors._EmbeddingKind, "term", wrong)
+    op = _operator(model, (x, y))
+    _check(op, dense_gap(hessians), vectors=1)  # the check falls back
+    assert op._fn._structured is False
+
+
+def test_models_with_other_layers_keep_the_fused_step():
     # That their s_2 stays exact on the fused step: test_zoo (every member
     # against its dense per-example Hessians, the fused step asserted).
-    model, x, y = ZOO[name](np.random.default_rng(0))
+    model, x, y = ZOO["convolutions"](np.random.default_rng(0))
     assert CurvatureOperator(model, (x, y))._fn._factors is None
+
+
+@pytest.mark.parametrize(
+    "equation, factored",
+    [
+        ("abc,cde->abde", True),
+        ("abcd,cde->abe", True),
+        ("ab,bc->ac", True),
+        ("abc,cd->abd", True),
+        ("abc,cd->adb", False),  # output axes reordered
+        ("abc,bcd->ad", True),  # two contracted axes
+        ("abc,cbd->ad", False),  # contracted axes reordered
+        ("abc,bd->acd", False),  # contracted axis not the input's last
+        ("abc,dce->abde", False),  # kernel's contracted axis not first
+        ("abc,ac->ab", False),  # a batched (kept and contracted) axis
+        ("...b,bc->...c", False),  # ellipsis
+    ],
+)
+def test_einsum_dense_equations(equation, factored):
+    assert (_dense_factors.einsum_as_dense(equation) is not None) is factored
+
+
+def test_other_einsum_dense_equations_keep_the_fused_step():
+    inputs = keras.Input((3, 4))
+    h = keras.layers.EinsumDense("abc,cd->adb", output_shape=(2, 3))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+    variables = model.trainable_variables
+    assert DenseFactors.find(model, variables, [None] * len(variables)) is None
+    einsum = keras.layers.EinsumDense("abc,cd->abd", output_shape=(3, 2), bias_axes="d")
+    model = keras.Model(
+        inputs, keras.layers.Dense(1)(keras.layers.Flatten()(einsum(inputs)))
+    )
+    variables = model.trainable_variables
+    assert DenseFactors.find(model, variables, [None] * len(variables)) is not None
 
 
 def test_model_losses_keep_the_fused_step():
@@ -125,7 +211,7 @@ def test_model_losses_keep_the_fused_step():
     _check(op, dense_gap(hessians), vectors=1)
 
 
-def test_only_plain_float32_dense_layers_qualify(mixed_precision):
+def test_only_plain_float32_layers_qualify(mixed_precision):
     class Scaled(keras.layers.Dense):
         def call(self, inputs, training=None):
             return 2.0 * super().call(inputs)
@@ -142,15 +228,32 @@ def test_only_plain_float32_dense_layers_qualify(mixed_precision):
     assert [layer.name for layer in factors.layers] == [
         layer.name for layer in plain.layers
     ]
-    assert factors.slots == [(0, 1), (2, 3)]
+    assert [k.slots for k in factors.kinds] == [(0, 1), (2, 3)]
     assert find(model(keras.layers.Dense(2), Scaled(1))) is None
     assert DenseFactors.by_gram(1, 784, 512) and DenseFactors.by_gram(None, 2, 2)
     assert not DenseFactors.by_gram(512, 64, 64)
-    assert find(model(keras.layers.Dense(2), keras.layers.LayerNormalization())) is None
+    assert find(model(keras.layers.Dense(2), keras.layers.LayerNormalization()))
+    assert find(model(keras.layers.LayerNormalization(rms_scaling=True))) is None
+    assert find(model(keras.layers.Dense(2), keras.layers.BatchNormalization())) is None
     frozen = model(keras.layers.Dense(2), keras.layers.Dense(1))
     frozen.layers[0].trainable = False
-    assert find(frozen).slots == [(0, 1)]  # frozen layers' weights: not variables
+    assert [k.slots for k in find(frozen).kinds] == [
+        (0, 1)
+    ]  # frozen layers' weights: not variables
     masked = plain.trainable_variables
     assert DenseFactors.find(plain, masked, [object(), None, None, None]) is None
     mixed_precision("mixed_float16")
     assert find(model(keras.layers.Dense(2), keras.layers.Dense(1))) is None
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch only")
+def test_a_slower_structured_step_is_not_kept(monkeypatch):
+    from keras_sam.backend.torch.curvature import Functions
+
+    assert Functions._faster(lambda: None, lambda: sum(range(10**6)))
+    assert not Functions._faster(lambda: sum(range(10**6)), lambda: None)
+    monkeypatch.setattr(Functions, "_faster", staticmethod(lambda *a: False))
+    _, model, x, y, hessians = build("bce_vector_labels")
+    op = _operator(model, (x, y))
+    _check(op, dense_gap(hessians), vectors=1)
+    assert op._fn._structured is False

@@ -247,17 +247,21 @@ class Functions(CurvatureFunctions):
                 deltas, xs = jax.grad(loss_of_probes, has_aux=True)(zeros)
                 return [(a, factors.tokens(d)) for a, d in zip(xs, deltas)]
 
+            # One linearization of ``live``: its tangent along v, then its
+            # transpose for the gradient (the primal pass is not repeated).
             tangents = [t.astype(p.dtype) for t, p in zip(unflat(v), params)]
-            primal, tangent = jax.jvp(live, (params,), (tangents,))
+            primal, along = jax.linearize(live, params)
+            tangent = along(tangents)
             rows = jax.lax.stop_gradient(
                 [(a, da, d, dd) for (a, d), (da, dd) in zip(primal, tangent)]
             )
             parts = unflat(center)
 
-            def h(p):
-                return factors.contraction(live(p), rows, parts, frequencies)
+            def h(out):
+                return factors.contraction(out, rows, parts, frequencies)
 
-            return flat(jax.grad(h)(params))
+            (gradient,) = jax.linear_transpose(along, params)(jax.grad(h)(primal))
+            return flat(gradient)
 
         def looped_rows(values, x, y, sw, vs):
             return jax.lax.map(lambda a: example_hvp(values, *a), (x, y, sw, vs))
