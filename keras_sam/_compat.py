@@ -42,7 +42,6 @@ __all__ = [
     "multi_optimizer_index",
     "optimizer_variable_index",
     "own_trainable_variables",
-    "routed_dense_calls",
     "routed_factor_calls",
     "stateless_scope",
     "unlocked_tracker",
@@ -350,40 +349,6 @@ def _routed_dense_call(layer, hook, inputs, training=None):
     return z
 
 
-@contextlib.contextmanager
-def routed_dense_calls(layers, hook):
-    """Calls of the given `keras.layers.Dense` layers (plain ones: Keras's
-    own ``call``, no LoRA, no quantization) run ``hook(layer, inputs, z)``
-    on their pre-activation ``z = inputs @ kernel + bias`` while the
-    context is active; its result goes on to the activation.
-
-    The structured curvature products read each Dense layer's inputs and add
-    a zero "probe" to its pre-activation (whose gradient is the per-example
-    backpropagated error of every example at once). No public hook reaches a
-    layer's pre-activation, so each layer's ``call`` is replaced by an
-    instance attribute that repeats Keras's `Dense.call` with the hook
-    (`tests/test_compat.py` checks that it equals Keras's). Instance
-    attributes set outside Keras's tracker (they are functions, not state),
-    removed on exit; not thread-safe (another thread calling these layers
-    meanwhile would run the hook too).
-    """
-    routed = []
-    try:
-        for layer in layers:
-            object.__setattr__(
-                layer,
-                "call",
-                lambda inputs, training=None, layer=layer: _routed_dense_call(
-                    layer, hook, inputs, training
-                ),
-            )
-            routed.append(layer)
-        yield
-    finally:
-        for layer in routed:
-            object.__delattr__(layer, "call")
-
-
 def _routed_einsum_dense_call(layer, hook, inputs, training=None):
     # `keras.layers.EinsumDense.call` (Keras 3.15) with `hook` between the
     # bias and the activation.
@@ -434,19 +399,24 @@ _ROUTED_CALLS = (
 
 @contextlib.contextmanager
 def routed_factor_calls(layers, hook):
-    """`routed_dense_calls` for plain `Dense`, `EinsumDense`, `Embedding`
-    and `LayerNormalization` layers (Keras's own ``call``, no LoRA, no
-    quantization; LayerNormalization over its last axis, no RMS scaling):
-    ``hook(layer, inputs, z)`` on the pre-activation of a Dense or
-    EinsumDense (``inputs`` its inputs), the gathered rows of an Embedding
-    (``inputs`` the int token ids) and ``normalized * gamma + beta`` of a
-    LayerNormalization (``inputs`` the normalized inputs).
+    """Calls of the given plain `Dense`, `EinsumDense`, `Embedding` and
+    `LayerNormalization` layers (Keras's own ``call``, no LoRA, no
+    quantization; LayerNormalization over its last axis, no RMS scaling) run
+    ``hook(layer, inputs, z)`` while the context is active, and its result
+    goes on through the rest of the call: ``z`` is the pre-activation of a
+    Dense or EinsumDense (``inputs`` its inputs), the gathered rows of an
+    Embedding (``inputs`` the int token ids) and ``normalized * gamma +
+    beta`` of a LayerNormalization (``inputs`` the normalized inputs).
 
     The structured curvature products read these per-layer quantities and
-    add a zero probe to ``z``; no public hook reaches them, so each layer's
-    ``call`` is replaced by an instance attribute repeating Keras's call
-    (`tests/test_compat.py` checks each against Keras's own output). Not
-    thread-safe, as `routed_dense_calls`.
+    add a zero "probe" to ``z`` (whose gradient is the per-example
+    backpropagated error of every example at once). No public hook reaches
+    them, so each layer's ``call`` is replaced by an instance attribute that
+    repeats Keras's call with the hook (`tests/test_compat.py` checks each
+    against Keras's own output). Instance attributes set outside Keras's
+    tracker (they are functions, not state), removed on exit; not
+    thread-safe (another thread calling these layers meanwhile would run the
+    hook too).
     """
     routed = []
     try:

@@ -388,7 +388,7 @@ def test_stateless_scope_maps_the_value_objects():
     )
 
 
-def test_routed_dense_calls_repeat_kerass_dense_call():
+def test_routed_factor_calls_repeat_kerass_dense_call():
     # The routed call repeats Keras's `Dense.call`: with an identity hook the
     # outputs equal Keras's own (activation, no bias, token axes), the hook
     # sees the inputs and the pre-activation, and the layers' own `call` is
@@ -412,7 +412,7 @@ def test_routed_dense_calls_repeat_kerass_dense_call():
 
     for layer, x in zip(layers, inputs):
         expected = keras.ops.convert_to_numpy(layer(x))
-        with _compat.routed_dense_calls([layer], hook):
+        with _compat.routed_factor_calls([layer], hook):
             got = keras.ops.convert_to_numpy(layer(x))
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
         assert seen[-1][0] is layer
@@ -427,7 +427,7 @@ def test_routed_dense_calls_repeat_kerass_dense_call():
         assert type(layer).call is keras.layers.Dense.call
     # A hook's result goes on to the activation.
     layer = layers[0]
-    with _compat.routed_dense_calls([layer], lambda layer, x, z: z + 1.0):
+    with _compat.routed_factor_calls([layer], lambda layer, x, z: z + 1.0):
         shifted = keras.ops.convert_to_numpy(layer(inputs[0]))
     pre = inputs[0] @ keras.ops.convert_to_numpy(layer.kernel)
     pre = pre + keras.ops.convert_to_numpy(layer.bias)

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops, tree
 
-from keras_sam.hessian._dense_factors import DenseFactors
+from keras_sam.hessian._layer_factors import LayerFactors
 from keras_sam.sparsity._masks import kernel_masks
 
 #: ``step(product) -> next vector (float32 NumPy) or None``: how a solver
@@ -111,13 +111,13 @@ class CurvatureFunctions(abc.ABC):
         self._callback: Step | None = None
         self.vectorized: bool | None = None
         # Models whose weights are all Dense kernels and biases: the s_2
-        # step from per-layer factors (`DenseFactors`), no per-example
+        # step from per-layer factors (`LayerFactors`), no per-example
         # weight-sized array. Not with ``model.losses`` (a penalty's
         # derivatives do not pass through the layers' pre-activations).
         self._factors = (
             None
             if batch_loss.regularization
-            else DenseFactors.find(model, self._variables, self._masks)
+            else LayerFactors.find(model, self._variables, self._masks)
         )
 
     # -- the autodiff: one implementation per backend ---------------------

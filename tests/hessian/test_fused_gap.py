@@ -24,7 +24,7 @@ def test_fused_gap_equals_dense(name, monkeypatch):
     op = CurvatureOperator(model, (x, y), chunk_size=3)
     op._fn._fused = None  # the functions are cached per model: decide here
     # The fused step itself, not the Dense factors a Dense-only model takes
-    # (tests/hessian/test_dense_factors.py).
+    # (tests/hessian/test_layer_factors.py).
     monkeypatch.setattr(op._fn, "_structured", False)
     rng = np.random.default_rng(2)
     expected = dense_gap(hessians)

@@ -32,7 +32,7 @@ def test_a_wrong_or_failing_fused_step_keeps_two_products(monkeypatch, wrong):
     fn._fused = None
     fn._square_gaps.pop("fused", None)
     # The fused step and its fallback, not the Dense factors this Dense-only
-    # model takes (tests/hessian/test_dense_factors.py).
+    # model takes (tests/hessian/test_layer_factors.py).
     monkeypatch.setattr(fn, "_structured", False)
     right = fn._fused_gap_sum
 

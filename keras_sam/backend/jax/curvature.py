@@ -335,7 +335,7 @@ class Functions(CurvatureFunctions):
     def square_gap_sum(self, path, x, y, sw, v, center):
         """``sum_i sw_i H_i (H_i v - center)``; vectorized, the last
         application as one batch gradient, or, for a model of Dense layers,
-        from per-layer factors (`DenseFactors`) where they agree with that
+        from per-layer factors (`LayerFactors`) where they agree with that
         on the first chunk (checked once)."""
         if path != "vectorized":
             return super().square_gap_sum(path, x, y, sw, v, center)

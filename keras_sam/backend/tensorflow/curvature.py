@@ -333,7 +333,7 @@ class Functions(CurvatureFunctions):
 
         def structured_gap_sum(x, y, sw, v, center):
             # sum_i c_i H_i (H_i v - center) from the Dense layers' inputs and
-            # errors (`DenseFactors`): the errors the gradient of the
+            # errors (`LayerFactors`): the errors the gradient of the
             # unweighted loss sum in zero probes on the pre-activations, the
             # rows' factors by forward mode along v, then the gradient of
             # the factored sum_i c_i <g_i, u_i> (no per-example array).
@@ -515,7 +515,7 @@ class Functions(CurvatureFunctions):
     def square_gap(self, path: str):
         """``(x, y, sw, v, center) -> sum_i sw_i H_i (H_i v - center)`` on
         ``path``, traced. Vectorized, for a model of Dense layers from
-        per-layer factors (`DenseFactors`: no per-example array), else by
+        per-layer factors (`LayerFactors`: no per-example array), else by
         the fused step (the rows, then one batch gradient of ``sum_i c_i D
         f_i [H_i v - center]``: no second per-example product), each where
         it agrees on the first chunk to 1e-4 with the step it replaces

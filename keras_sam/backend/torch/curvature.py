@@ -384,7 +384,7 @@ class Functions(CurvatureFunctions):
 
     def _structured_gap(self, x, y, sw, v, center):
         """``sum_i c_i H_i (H_i v - center)`` from the Dense layers' inputs
-        and errors (`DenseFactors`): forward mode along v of ``weights ->
+        and errors (`LayerFactors`): forward mode along v of ``weights ->
         (inputs, errors)`` (the errors the gradient of the unweighted loss
         sum in zero probes on the pre-activations) for the rows' factors,
         then the gradient of the factored ``sum_i c_i <g_i, u_i>``."""

@@ -1,4 +1,4 @@
-"""The s_2 step from per-layer Dense factors (`_dense_factors.DenseFactors`,
+"""The s_2 step from per-layer Dense factors (`_layer_factors.LayerFactors`,
 `Functions._structured_gap` on every backend) against dense per-example
 Hessians: which models qualify, that the first chunk's check takes it and
 that it stays exact (two chunks, padding, per-example and per-token weights,
@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sam.hessian import CurvatureOperator, _dense_factors
-from keras_sam.hessian._dense_factors import DenseFactors
+from keras_sam.hessian import CurvatureOperator, _layer_factors
+from keras_sam.hessian._layer_factors import LayerFactors
 from tests.hessian.references import per_example_hessians
 from tests.hessian.zoo import ZOO, N, build, compiled, dense_gap, rel_err
 
@@ -71,7 +71,7 @@ def route(request, monkeypatch):
     # Each layer's part of the contraction through per-example Grams of its
     # tokens, or through its rows formed (what many tokens take).
     gram = request.param == "gram"
-    monkeypatch.setattr(DenseFactors, "by_gram", staticmethod(lambda *a: gram))
+    monkeypatch.setattr(LayerFactors, "by_gram", staticmethod(lambda *a: gram))
     return request.param
 
 
@@ -147,14 +147,14 @@ def test_a_wrong_embedding_term_fails(monkeypatch):
     y = rng.integers(0, 2, size=N)
     model = compiled(model, loss)
     hessians = per_example_hessians(model, x, y)
-    term = _dense_factors._EmbeddingKind.term
+    term = _layer_factors._EmbeddingKind.term
 
     def wrong(self, x_, d, rows, center):
         center = list(center)
         center[self.slots[0]] = center[self.slots[0]] * 0.9
         return term(self, x_, d, rows, center)
 
-    monkeypatch.setattr(_dense_factors._EmbeddingKind, "term", wrong)
+    monkeypatch.setattr(_layer_factors._EmbeddingKind, "term", wrong)
     op = _operator(model, (x, y))
     _check(op, dense_gap(hessians), vectors=1)  # the check falls back
     assert op._fn._structured is False
@@ -184,7 +184,7 @@ def test_models_with_other_layers_keep_the_fused_step():
     ],
 )
 def test_einsum_dense_equations(equation, factored):
-    assert (_dense_factors.einsum_as_dense(equation) is not None) is factored
+    assert (_layer_factors.einsum_as_dense(equation) is not None) is factored
 
 
 def test_other_einsum_dense_equations_keep_the_fused_step():
@@ -192,20 +192,20 @@ def test_other_einsum_dense_equations_keep_the_fused_step():
     h = keras.layers.EinsumDense("abc,cd->adb", output_shape=(2, 3))(inputs)
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
     variables = model.trainable_variables
-    assert DenseFactors.find(model, variables, [None] * len(variables)) is None
+    assert LayerFactors.find(model, variables, [None] * len(variables)) is None
     einsum = keras.layers.EinsumDense("abc,cd->abd", output_shape=(3, 2), bias_axes="d")
     model = keras.Model(
         inputs, keras.layers.Dense(1)(keras.layers.Flatten()(einsum(inputs)))
     )
     variables = model.trainable_variables
-    assert DenseFactors.find(model, variables, [None] * len(variables)) is not None
+    assert LayerFactors.find(model, variables, [None] * len(variables)) is not None
 
 
 def test_model_losses_keep_the_fused_step():
     # A kernel penalty and an activity term (regularization=True) do not
     # pass through the pre-activations' probes.
     _, model, x, y, hessians = build("nested_with_penalties")  # with the losses
-    assert DenseFactors.find(model, model.trainable_variables, [None] * 4)
+    assert LayerFactors.find(model, model.trainable_variables, [None] * 4)
     op = _operator(model, (x, y), regularization=True)
     assert op._fn._factors is None
     _check(op, dense_gap(hessians), vectors=1)
@@ -221,7 +221,7 @@ def test_only_plain_float32_layers_qualify(mixed_precision):
 
     def find(m):
         variables = m.trainable_variables
-        return DenseFactors.find(m, variables, [None] * len(variables))
+        return LayerFactors.find(m, variables, [None] * len(variables))
 
     plain = model(keras.layers.Dense(2), keras.layers.Dense(1))
     factors = find(plain)
@@ -230,8 +230,8 @@ def test_only_plain_float32_layers_qualify(mixed_precision):
     ]
     assert [k.slots for k in factors.kinds] == [(0, 1), (2, 3)]
     assert find(model(keras.layers.Dense(2), Scaled(1))) is None
-    assert DenseFactors.by_gram(1, 784, 512) and DenseFactors.by_gram(None, 2, 2)
-    assert not DenseFactors.by_gram(512, 64, 64)
+    assert LayerFactors.by_gram(1, 784, 512) and LayerFactors.by_gram(None, 2, 2)
+    assert not LayerFactors.by_gram(512, 64, 64)
     assert find(model(keras.layers.Dense(2), keras.layers.LayerNormalization()))
     assert find(model(keras.layers.LayerNormalization(rms_scaling=True))) is None
     assert find(model(keras.layers.Dense(2), keras.layers.BatchNormalization())) is None
@@ -241,7 +241,7 @@ def test_only_plain_float32_layers_qualify(mixed_precision):
         (0, 1)
     ]  # frozen layers' weights: not variables
     masked = plain.trainable_variables
-    assert DenseFactors.find(plain, masked, [object(), None, None, None]) is None
+    assert LayerFactors.find(plain, masked, [object(), None, None, None]) is None
     mixed_precision("mixed_float16")
     assert find(model(keras.layers.Dense(2), keras.layers.Dense(1))) is None
 

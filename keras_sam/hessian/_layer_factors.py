@@ -1,5 +1,9 @@
 """The s_2 step ``sum_i c_i H_i (H_i v - center)`` from per-layer factors,
-for models whose trainable weights are all plain Dense kernels and biases.
+for models whose trainable weights all sit in plain Dense, EinsumDense (a
+Dense after a reshape), Embedding and LayerNormalization layers. Dense is
+the pattern; the other kinds differ in what their calls record and in their
+term of the contraction (an Embedding's input Gram is token equality, a
+LayerNormalization's rows are formed elementwise).
 
 For a Dense layer with inputs ``x`` (per example, tokens ``t`` on the middle
 axes) and pre-activation ``z = x W + b``, example i's gradient is ``g_i =
@@ -130,7 +134,7 @@ class _DenseKind(_Kind):
         kernel, bias = self.slots
         tokens, fan_in, fan_out = x.shape[1], x.shape[2], d.shape[2]
         c_kernel = ops.reshape(center[kernel], (fan_in, fan_out))
-        if DenseFactors.by_gram(tokens, fan_in, fan_out):
+        if LayerFactors.by_gram(tokens, fan_in, fan_out):
             gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
             gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
             error_primal = ops.einsum("nto,nso->nts", d, d0)
@@ -238,12 +242,12 @@ def _kind(layer, position):
     return None
 
 
-class DenseFactors:
+class LayerFactors:
     """Where the trainable weights of a model sit in its factored layers
     (Dense, EinsumDense as a Dense after a reshape, Embedding,
     LayerNormalization).
 
-    ``DenseFactors.find(model, variables, masks)`` is None unless every
+    ``LayerFactors.find(model, variables, masks)`` is None unless every
     trainable variable belongs to such a layer, in Keras's own ``call``
     (no subclass call, LoRA, quantization or mixed precision; see `_kind`),
     and none is pruned (a kernel mask breaks the factors).
@@ -258,7 +262,7 @@ class DenseFactors:
         self.layers = [k.layer for k in kinds]
 
     @classmethod
-    def find(cls, model, variables, masks) -> DenseFactors | None:
+    def find(cls, model, variables, masks) -> LayerFactors | None:
         if any(m is not None for m in masks):
             return None
         position = {id(v): i for i, v in enumerate(variables)}
