@@ -58,7 +58,11 @@ def _install(installer: str, clone: Path, scratch: Path) -> float:
         ]
     environment = dict(os.environ, UV_CACHE_DIR=str(scratch / "uv-cache"))
     for command in commands:
-        subprocess.run(command, cwd=clone, check=True, env=environment)
+        run = subprocess.run(
+            command, cwd=clone, env=environment, capture_output=True, text=True
+        )
+        if run.returncode:
+            raise SystemExit(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
