@@ -53,12 +53,6 @@ def _own_call(layer, kind) -> bool:
     return isinstance(layer, kind) and type(layer).call is kind.call
 
 
-def _plain_dense(layer) -> bool:
-    # Keras's own Dense call in float32: no subclass call, LoRA,
-    # quantization or mixed precision.
-    return _own_call(layer, keras.layers.Dense) and _float32(layer)
-
-
 def einsum_as_dense(equation):
     """``(leading, contracted)`` axis counts where an EinsumDense equation is
     a Dense after a reshape: the input's leading axes kept in order, its
@@ -282,10 +276,10 @@ class LayerFactors:
 
     def record(self, loss_of_model, probes=None):
         """``(loss_of_model(), inputs, outputs)``: the loss computed with
-        every Dense call routed, each layer's inputs and pre-activations
-        (one list of calls per layer), ``probes[l][k]`` added to layer l's
-        k-th call's pre-activation where given (a callable: ``probes(l,
-        z)``, the probe made during the call)."""
+        every factored layer's call routed, each layer's inputs and ``z``
+        (see `routed_factor_calls`; one list of calls per layer),
+        ``probes[l][k]`` added to layer l's k-th call's ``z`` where given (a
+        callable: ``probes(l, z)``, the probe made during the call)."""
         index = {id(layer): i for i, layer in enumerate(self.layers)}
         inputs = [[] for _ in self.layers]
         outputs = [[] for _ in self.layers]
