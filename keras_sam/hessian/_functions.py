@@ -110,9 +110,9 @@ class CurvatureFunctions(abc.ABC):
         self.dim = int(sum(self._sizes))
         self._callback: Step | None = None
         self.vectorized: bool | None = None
-        # Models whose weights are all Dense kernels and biases: the s_2
-        # step from per-layer factors (`LayerFactors`), no per-example
-        # weight-sized array. Not with ``model.losses`` (a penalty's
+        # Models whose weights all sit in factored layers (Dense, EinsumDense,
+        # Embedding, LayerNormalization): the s_2 step from per-layer
+        # factors (`LayerFactors`), no per-example weight-sized array. Not with ``model.losses`` (a penalty's
         # derivatives do not pass through the layers' pre-activations).
         self._factors = (
             None

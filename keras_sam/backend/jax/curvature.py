@@ -334,7 +334,7 @@ class Functions(CurvatureFunctions):
 
     def square_gap_sum(self, path, x, y, sw, v, center):
         """``sum_i sw_i H_i (H_i v - center)``; vectorized, the last
-        application as one batch gradient, or, for a model of Dense layers,
+        application as one batch gradient, or, for a model of factored layers,
         from per-layer factors (`LayerFactors`) where they agree with that
         on the first chunk (checked once)."""
         if path != "vectorized":

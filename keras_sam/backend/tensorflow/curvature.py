@@ -332,7 +332,7 @@ class Functions(CurvatureFunctions):
         factors = self._factors
 
         def structured_gap_sum(x, y, sw, v, center):
-            # sum_i c_i H_i (H_i v - center) from the Dense layers' inputs and
+            # sum_i c_i H_i (H_i v - center) from the factored layers' inputs and
             # errors (`LayerFactors`): the errors the gradient of the
             # unweighted loss sum in zero probes on the pre-activations, the
             # rows' factors by forward mode along v, then the gradient of
@@ -508,13 +508,13 @@ class Functions(CurvatureFunctions):
     #: on the first chunk, see `square_gap`).
     _fused: bool | None = None
 
-    #: Whether the vectorized s_2 step takes the Dense factors (None:
+    #: Whether the vectorized s_2 step takes the layer factors (None:
     #: decided on the first chunk, see `square_gap`).
     _structured: bool | None = None
 
     def square_gap(self, path: str):
         """``(x, y, sw, v, center) -> sum_i sw_i H_i (H_i v - center)`` on
-        ``path``, traced. Vectorized, for a model of Dense layers from
+        ``path``, traced. Vectorized, for a model of factored layers from
         per-layer factors (`LayerFactors`: no per-example array), else by
         the fused step (the rows, then one batch gradient of ``sum_i c_i D
         f_i [H_i v - center]``: no second per-example product), each where

@@ -383,7 +383,7 @@ class Functions(CurvatureFunctions):
         return self._fused_gap(x, y, sw, v, center)
 
     def _structured_gap(self, x, y, sw, v, center):
-        """``sum_i c_i H_i (H_i v - center)`` from the Dense layers' inputs
+        """``sum_i c_i H_i (H_i v - center)`` from the factored layers' inputs
         and errors (`LayerFactors`): forward mode along v of ``weights ->
         (inputs, errors)`` (the errors the gradient of the unweighted loss
         sum in zero probes on the pre-activations) for the rows' factors,
