@@ -71,8 +71,9 @@ demo: $(STAMP)
 
 # Seven processes, two at a time (each uses little more than one core): make
 # starts the next as soon as one ends, in this order (the best packing of the
-# parts' times in a fresh-clone run, 2026-12-08: tf-rest 255 s, jax-rest 211,
-# tf-heavy 236, study 134, independent-rest 117, jax-heavy 223, torch 136). Each
+# parts' times in a fresh-clone run, 2026-12-08 04:05 UTC: tf-rest 238 s,
+# jax-rest 200, tf-heavy 218, study 123, independent-rest 104, jax-heavy 201,
+# torch 137). Each
 # one's output is printed whole when it ends. `make test-jax` etc. run a whole
 # lane (its parts one after the other).
 TEST_PARTS := test-tensorflow-rest test-jax-rest test-tensorflow-heavy \
