@@ -112,8 +112,9 @@ class CurvatureFunctions(abc.ABC):
         self.vectorized: bool | None = None
         # Models whose weights all sit in factored layers (Dense, EinsumDense,
         # Embedding, LayerNormalization): the s_2 step from per-layer
-        # factors (`LayerFactors`), no per-example weight-sized array. Not with ``model.losses`` (a penalty's
-        # derivatives do not pass through the layers' pre-activations).
+        # factors (`LayerFactors`), no per-example weight-sized array. Not
+        # with ``model.losses`` (a penalty's derivatives do not pass through
+        # the layers' pre-activations).
         self._factors = (
             None
             if batch_loss.regularization
