@@ -156,6 +156,50 @@ class _DenseKind(_Kind):
             )
         return per_example
 
+    def term_gradient(self, x, d, rows, center):
+        x0, dx, d0, dd = rows
+        kernel, bias = self.slots
+        tokens, fan_in, fan_out = x.shape[1], x.shape[2], d.shape[2]
+        c_kernel = ops.reshape(center[kernel], (fan_in, fan_out))
+        if LayerFactors.by_gram(tokens, fan_in, fan_out):
+            error_primal = ops.einsum("nto,nso->nts", d, d0)
+            error_tangent = ops.einsum("nto,nso->nts", d, dd)
+            gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
+            gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
+            grad_x = ops.einsum("nts,nsi->nti", error_primal, dx) + ops.einsum(
+                "nts,nsi->nti", error_tangent, x0
+            )
+            grad_d = ops.einsum("nts,nso->nto", gram_tangent, d0) + ops.einsum(
+                "nts,nso->nto", gram_inputs, dd
+            )
+            grad_x = grad_x - ops.matmul(d, ops.transpose(c_kernel))
+            grad_d = grad_d - ops.matmul(x, c_kernel)
+        else:
+            rows_in_kernel = (
+                ops.einsum("nsi,nso->nio", dx, d0)
+                + ops.einsum("nsi,nso->nio", x0, dd)
+                - c_kernel[None]
+            )
+            grad_x = ops.einsum("nio,nto->nti", rows_in_kernel, d)
+            grad_d = ops.einsum("nti,nio->nto", x, rows_in_kernel)
+        if bias is not None:
+            c_bias = ops.reshape(center[bias], (fan_out,))
+            grad_d = grad_d + (ops.sum(dd, axis=1) - c_bias)[:, None, :]
+        return grad_x, grad_d
+
+    def batch_tangent(self, rows, c):
+        x0, dx, d0, dd = rows
+        kernel = self.layer.kernel
+        inputs = ops.einsum("nti,nto->io", dx, d0 * c) + ops.einsum(
+            "nti,nto->io", x0, dd * c
+        )
+        parts = {self.slots[0]: ops.reshape(inputs, tuple(kernel.shape))}
+        if self.slots[1] is not None:
+            parts[self.slots[1]] = ops.reshape(
+                ops.sum(dd * c, axis=(0, 1)), tuple(self.layer.bias.shape)
+            )
+        return parts
+
 
 class _EmbeddingKind(_Kind):
     """Embedding: example i's gradient ``sum_t onehot(id_it) (x) d_it``; the
@@ -173,6 +217,20 @@ class _EmbeddingKind(_Kind):
         per_example = ops.sum(same * ops.einsum("nto,nso->nts", d, dd), axis=(1, 2))
         gathered = ops.take(center[self.slots[0]], ids, axis=0)
         return per_example - ops.sum(gathered * d, axis=(1, 2))
+
+    def term_gradient(self, x, d, rows, center):
+        _, _, _, dd = rows
+        ids = ops.cast(x[..., 0], "int32")
+        same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), "float32")
+        gathered = ops.take(center[self.slots[0]], ids, axis=0)
+        return None, ops.einsum("nts,nso->nto", same, dd) - gathered
+
+    def batch_tangent(self, rows, c):
+        x0, _, _, dd = rows
+        ids = ops.reshape(ops.cast(x0[..., 0], "int32"), (-1,))
+        flat = ops.reshape(dd * c, (-1, dd.shape[-1]))
+        table = ops.segment_sum(flat, ids, num_segments=self.layer.input_dim)
+        return {self.slots[0]: table}
 
 
 class _NormalizationKind(_Kind):
@@ -192,6 +250,29 @@ class _NormalizationKind(_Kind):
             row = ops.sum(dd, axis=1) - center[beta]
             per_example = per_example + ops.sum(ops.sum(d, axis=1) * row, axis=1)
         return per_example
+
+    def term_gradient(self, x, d, rows, center):
+        x0, dx, d0, dd = rows
+        gamma, beta = self.slots
+        grad_x, grad_d = 0.0 * x, 0.0 * d
+        if gamma is not None:
+            row = ops.sum(dx * d0 + x0 * dd, axis=1) - center[gamma]
+            grad_x = grad_x + d * row[:, None, :]
+            grad_d = grad_d + x * row[:, None, :]
+        if beta is not None:
+            row = ops.sum(dd, axis=1) - center[beta]
+            grad_d = grad_d + row[:, None, :]
+        return grad_x, grad_d
+
+    def batch_tangent(self, rows, c):
+        x0, dx, d0, dd = rows
+        gamma, beta = self.slots
+        parts = {}
+        if gamma is not None:
+            parts[gamma] = ops.sum((dx * d0 + x0 * dd) * c, axis=(0, 1))
+        if beta is not None:
+            parts[beta] = ops.sum(dd * c, axis=(0, 1))
+        return parts
 
 
 def _kind(layer, position):
@@ -316,6 +397,30 @@ class LayerFactors:
         Grams of its T tokens (about ``T^2 (in + out)`` per example) rather
         than its rows formed as (in, out) matrices (about ``T in out``)."""
         return tokens is None or 2 * tokens * (fan_in + fan_out) <= 3 * fan_in * fan_out
+
+    def batch_tangent(self, rows, frequencies, count):
+        """``sum_i c_i H_i v`` (``c = frequencies``) from the rows' factors
+        ``(x, x', d, d')`` along v: the tangent of the batch gradient
+        ``sum_i c_i g_i``, one tensor per variable of ``count`` (every
+        trainable variable sits in a factored layer)."""
+        c = ops.cast(frequencies, "float32")[:, None, None]
+        parts = [None] * count
+        for row, kind in zip(rows, self.kinds):
+            for slot, tensor in kind.batch_tangent(row, c).items():
+                parts[slot] = tensor
+        return parts
+
+    def contraction_gradient(self, live, rows, center, frequencies):
+        """The gradient of `contraction` in ``live`` (its arguments'
+        meaning), written out per layer: ``[(dh/dx, dh/dd)]``, None where
+        ``x`` is an Embedding's ids. For a backend whose autodiff of the
+        contraction costs more than the contraction (eager PyTorch)."""
+        c = ops.cast(frequencies, "float32")[:, None, None]
+        gradients = []
+        for (x, d), row, kind in zip(live, rows, self.kinds):
+            grad_x, grad_d = kind.term_gradient(x, d, row, center)
+            gradients.append((None if grad_x is None else grad_x * c, grad_d * c))
+        return gradients
 
     def contraction(self, live, rows, center, frequencies):
         """``h = sum_i c_i <g_i, u_i>``: ``live`` the layers' ``(x, d)``

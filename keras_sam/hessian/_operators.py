@@ -515,6 +515,59 @@ class CurvatureOperator:
             return self.moment(v, 2) - self.hvp(center)
         return self.moment(v, k) - self.power(v, k)
 
+    def moment_gaps(self, k: int) -> MomentGaps:
+        """``v -> (M_k - H^k) v`` for `keras_sam.hessian.solvers`: called, it
+        is `moment_gap`; a solver given it runs its s_2 steps in one backend
+        call where it can (see `MomentGaps`)."""
+        return MomentGaps(self, positive_int(k, "k"))
+
+    def drive_moment_gap(self, steps, k: int):
+        """Runs a solver's ``steps`` on ``(M_k - H^k) v`` and returns its
+        result.
+
+        For k = 2 on one chunk whose examples' Hessians average to H, the
+        backend runs the steps in one call where it can
+        (`drive_square_gap`: the center ``H v`` from each step's own rows,
+        not a batch product, and the work that does not depend on v done
+        once); else one `moment_gap` per step. On a new operator, one
+        `moment_gap` first decides the path, the centering and the
+        backend's step; where the backend then drives, that product is not
+        used, so a result does not depend on what ran before."""
+        k = positive_int(k, "k")
+
+        def gap(v):
+            return self.moment_gap(v, k)
+
+        try:
+            v = np.array(next(steps))
+        except StopIteration as stop:
+            return stop.value
+        first = gap(v) if self._mean_is_batch is None else None
+        chunks = self._chunks()
+        if (
+            k == 2
+            and self.curvature == "hessian"
+            and len(chunks) == 1
+            and self._mean_is_batch
+            and self.vectorized
+        ):
+            state = _DriveState(steps)
+            scale = 1.0 / self.num_examples
+
+            def step(product):
+                self.num_products += 2
+                state.next(np.multiply(product, scale, dtype=np.float64))
+                return None if state.done else self._float32(state.vector)
+
+            if self._fn.drive_square_gap(*chunks[0][0], self._float32(v), scale, step):
+                return state.result()
+        if first is not None:
+            try:
+                v = steps.send(first)
+            except StopIteration as stop:
+                return stop.value
+        return _plain_drive(steps, v, gap, None)
+
     def _centered(self, v: np.ndarray, hv: np.ndarray) -> bool:
         """Whether ``H = sum_i w_i H_i / n`` (the batch Hessian is the
         examples' mean), so that ``(M_2 - H^2) v = sum_i w_i H_i (H_i v -
@@ -577,6 +630,22 @@ class HessianProducts:
 
     def drive(self, steps):
         return self.operator.drive(steps)
+
+
+class MomentGaps:
+    """``(M_k - H^k) v`` of a `CurvatureOperator` as a matvec solvers can
+    drive whole (``drive(steps)``, see `keras_sam.hessian.solvers.run`)."""
+
+    def __init__(self, operator: CurvatureOperator, k: int):
+        self.operator = operator
+        self.k = k
+        self.dim = operator.dim
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        return self.operator.moment_gap(v, self.k)
+
+    def drive(self, steps):
+        return self.operator.drive_moment_gap(steps, self.k)
 
 
 class _GradientRequest:

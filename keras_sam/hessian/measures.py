@@ -499,7 +499,7 @@ def non_uniformity_estimate(
         top = sharpness_estimate(op, max_iter=max_iter, tol=tol, seed=seed)
         v0 = hessian_start(top.eigenvectors[:, 0], seed)
     return solvers.lanczos(
-        lambda v: op.moment_gap(v, order),
+        op.moment_gaps(order),
         op.dim,
         1,
         max_iter=max_iter,

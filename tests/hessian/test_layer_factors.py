@@ -16,16 +16,6 @@ from tests.hessian.references import per_example_hessians
 from tests.hessian.zoo import ZOO, N, build, compiled, dense_gap, rel_err
 
 
-@pytest.fixture(autouse=True)
-def _kept_where_it_agrees(monkeypatch, request):
-    # PyTorch keeps the factored step only where it is also not slower on
-    # the first chunk (`_faster`); these tiny models test its accuracy.
-    if keras.backend.backend() == "torch" and "slower" not in request.node.name:
-        from keras_sam.backend.torch.curvature import Functions
-
-        monkeypatch.setattr(Functions, "_faster", staticmethod(lambda *a: True))
-
-
 def _operator(model, data, **options):
     op = CurvatureOperator(model, data, chunk_size=3, **options)
     op._fn._structured = None  # the functions are cached per model
@@ -244,16 +234,3 @@ def test_only_plain_float32_layers_qualify(mixed_precision):
     assert LayerFactors.find(plain, masked, [object(), None, None, None]) is None
     mixed_precision("mixed_float16")
     assert find(model(keras.layers.Dense(2), keras.layers.Dense(1))) is None
-
-
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch only")
-def test_a_slower_structured_step_is_not_kept(monkeypatch):
-    from keras_sam.backend.torch.curvature import Functions
-
-    assert Functions._faster(lambda: None, lambda: sum(range(10**6)))
-    assert not Functions._faster(lambda: sum(range(10**6)), lambda: None)
-    monkeypatch.setattr(Functions, "_faster", staticmethod(lambda *a: False))
-    _, model, x, y, hessians = build("bce_vector_labels")
-    op = _operator(model, (x, y))
-    _check(op, dense_gap(hessians), vectors=1)
-    assert op._fn._structured is False

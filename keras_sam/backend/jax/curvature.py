@@ -21,6 +21,10 @@ are the scope's collected losses.
   the zoo of the tests uses, recurrent scans and einsum included, so no
   model needs a fallback), or `jax.lax.map` (``"looped"``, ``vectorize=
   False``);
+- the s_2 step for a model of factored layers (`LayerFactors`): one
+  `jax.linearize` of the layers' inputs and errors, its transpose for the
+  gradient; a solver's steps on one chunk run in one jitted loop
+  (`drive_square_gap`, linearized once);
 - every product is `jax.jit`-compiled (``jit_compile`` has no effect),
   once per input shape: the operator pads chunks to one size
   (``pad_chunks``), but a last partial batch (``batch_size``) compiles
@@ -223,11 +227,12 @@ class Functions(CurvatureFunctions):
 
         factors = self._factors
 
-        def structured_square_gap(values, x, y, sw, v, center, frequencies):
+        def linearized_live(values, x, y, sw):
             # The layers' inputs x and errors d (the gradient of the
-            # unweighted loss sum in zero probes on the pre-activations),
-            # forward mode along v for the rows' factors, then the gradient
-            # of the factored sum_i c_i <g_i, u_i>.
+            # unweighted loss sum in zero probes on the pre-activations) as
+            # a function of the weights, linearized: its primal and tangent
+            # map (the transpose of which gives the gradient of the
+            # factored sum without a second primal pass).
             params, state, _ = values
             unit = sw if per_token else jnp.ones_like(sw)
 
@@ -247,21 +252,54 @@ class Functions(CurvatureFunctions):
                 deltas, xs = jax.grad(loss_of_probes, has_aux=True)(zeros)
                 return [(a, factors.tokens(d)) for a, d in zip(xs, deltas)]
 
-            # One linearization of ``live``: its tangent along v, then its
-            # transpose for the gradient (the primal pass is not repeated).
+            return jax.linearize(live, params)
+
+        def factored_gap(params, primal, along, v, center, frequencies, scale=None):
+            # The rows' factors (forward mode along v), then the gradient of
+            # the factored sum_i c_i <g_i, u_i> through the transpose.
+            # ``center`` None: ``scale * sum_i c_i H_i v`` from the rows.
             tangents = [t.astype(p.dtype) for t, p in zip(unflat(v), params)]
-            primal, along = jax.linearize(live, params)
             tangent = along(tangents)
             rows = jax.lax.stop_gradient(
                 [(a, da, d, dd) for (a, d), (da, dd) in zip(primal, tangent)]
             )
-            parts = unflat(center)
+            if center is None:
+                center = factors.batch_tangent(rows, frequencies, len(params))
+                center = [scale * t for t in center]
+            else:
+                center = unflat(center)
 
             def h(out):
-                return factors.contraction(out, rows, parts, frequencies)
+                return factors.contraction(out, rows, center, frequencies)
 
             (gradient,) = jax.linear_transpose(along, params)(jax.grad(h)(primal))
             return flat(gradient)
+
+        def structured_square_gap(values, x, y, sw, v, center, frequencies):
+            primal, along = linearized_live(values, x, y, sw)
+            return factored_gap(values[0], primal, along, v, center, frequencies)
+
+        def structured_gap_loop(values, x, y, sw, v, frequencies, scale):
+            # `structured_square_gap` in a loop: linearized once, then per
+            # step only the tangent map, its transpose and the contraction,
+            # the center from the step's rows; each next v from the solver
+            # (`_step`, a host callback) until it returns none.
+            primal, along = linearized_live(values, x, y, sw)
+            shapes = (
+                jax.ShapeDtypeStruct((self.dim,), jnp.float32),
+                jax.ShapeDtypeStruct((), jnp.bool_),
+            )
+            ask = functools.partial(io_callback, self._step, shapes, ordered=True)
+
+            def product(carry):
+                gap = factored_gap(
+                    values[0], primal, along, carry[0], None, frequencies, scale
+                )
+                return ask(gap)
+
+            return jax.lax.while_loop(
+                lambda carry: jnp.logical_not(carry[1]), product, (v, jnp.bool_(False))
+            )[1]
 
         def looped_rows(values, x, y, sw, vs):
             return jax.lax.map(lambda a: example_hvp(values, *a), (x, y, sw, vs))
@@ -281,6 +319,9 @@ class Functions(CurvatureFunctions):
         self._vectorized_square_gap = jax.jit(vectorized_square_gap)
         self._structured_gap = (
             None if factors is None else jax.jit(structured_square_gap)
+        )
+        self._structured_loop = (
+            None if factors is None else jax.jit(structured_gap_loop)
         )
         # `jax.vmap` needs no check (`decide`): always vectorized.
         self.vectorized = True
@@ -352,6 +393,25 @@ class Functions(CurvatureFunctions):
                 self._structured = self.agrees(got, expected)
             return expected
         return self._structured_gap(*arguments)
+
+    def drive_square_gap(self, x, y, sw, v, scale, step) -> bool:
+        """The factored s_2 steps (where `square_gap_sum` took them) in one
+        jitted call: the layers' ``(x, d)`` linearized once, then a
+        `lax.while_loop` of the step, its center from its own rows, the
+        solver called back through `io_callback`."""
+        if not self._structured:
+            return False
+        self._callback = step
+        try:
+            frequencies = self._frequencies(sw)
+            jax.block_until_ready(
+                self._structured_loop(
+                    self._values(), x, y, sw, jnp.asarray(v), frequencies, scale
+                )
+            )
+        finally:
+            self._callback = None
+        return True
 
     def example_products(self, path, x, y, sw, vs):
         """``[H_i vs_i]``, one compiled product per path."""
