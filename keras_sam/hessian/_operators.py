@@ -336,6 +336,7 @@ class CurvatureOperator:
         self._tensors = [self._fn.tensors(b[:3]) for b in self.batches]
         self._chunk_tensors: list | None = None
         self._mean_is_batch: bool | None = None  # see `_centered`
+        self._drive_agrees: bool | None = None  # see `drive_moment_gap`
         self.num_products = 0  # H v products (per-example products counted per k)
 
     def _float32(self, v) -> np.ndarray:
@@ -529,10 +530,13 @@ class CurvatureOperator:
         backend runs the steps in one call where it can
         (`drive_square_gap`: the center ``H v`` from each step's own rows,
         not a batch product, and the work that does not depend on v done
-        once); else one `moment_gap` per step. On a new operator, one
-        `moment_gap` first decides the path, the centering and the
-        backend's step; where the backend then drives, that product is not
-        used, so a result does not depend on what ran before."""
+        once); else one `moment_gap` per step. Until the backend's loop has
+        agreed once with `moment_gap` (its first product against one
+        `moment_gap` of the same vector, to 1e-4, which also decides the
+        path, the centering and the backend's step on a new operator), a
+        call starts with that check; a loop that disagrees is not used
+        again. Where the backend drives, a result does not depend on what
+        ran before."""
         k = positive_int(k, "k")
 
         def gap(v):
@@ -542,7 +546,7 @@ class CurvatureOperator:
             v = np.array(next(steps))
         except StopIteration as stop:
             return stop.value
-        first = gap(v) if self._mean_is_batch is None else None
+        first = None if self._drive_agrees else gap(v)
         chunks = self._chunks()
         if (
             k == 2
@@ -550,16 +554,25 @@ class CurvatureOperator:
             and len(chunks) == 1
             and self._mean_is_batch
             and self.vectorized
+            and self._drive_agrees is not False
         ):
             state = _DriveState(steps)
             scale = 1.0 / self.num_examples
 
             def step(product):
+                product = np.multiply(product, scale, dtype=np.float64)
+                if not self._drive_agrees:
+                    self._drive_agrees = self._fn.agrees(product, first)
+                    if not self._drive_agrees:
+                        return None  # the solver has not seen it
                 self.num_products += 2
-                state.next(np.multiply(product, scale, dtype=np.float64))
+                state.next(product)
                 return None if state.done else self._float32(state.vector)
 
-            if self._fn.drive_square_gap(*chunks[0][0], self._float32(v), scale, step):
+            ran = self._fn.drive_square_gap(
+                *chunks[0][0], self._float32(v), scale, step
+            )
+            if ran and self._drive_agrees:
                 return state.result()
         if first is not None:
             try:
