@@ -223,21 +223,30 @@ class CurvatureFunctions(abc.ABC):
         a backend that needs no check sets ``vectorized`` when built."""
         if self.vectorized is None:
             expected = self._trial("looped")(x, y, sw, v)
-            try:
+
+            def vectorized():
                 with self._vectorized_trial():
-                    got = self._trial("vectorized")(x, y, sw, v)
-            except self.vectorize_errors:
-                self.vectorized = False
-            else:
-                self.vectorized = self.agrees(got, expected)
+                    return self._trial("vectorized")(x, y, sw, v)
+
+            self.vectorized = self.trial_agrees(vectorized, expected)
         return self.vectorized
+
+    def trial_agrees(self, trial: Callable[[], Any], expected, errors=()) -> bool:
+        """Whether a faster path runs and agrees with ``expected`` (see
+        `agrees`): ``trial()``'s result, False where it raises one of
+        `vectorize_errors` or ``errors``. How every faster path (the
+        vectorized one, each backend's fused or factored s_2 step) is
+        checked once on the first chunk before it is kept."""
+        try:
+            got = trial()
+        except (*self.vectorize_errors, *errors):
+            return False
+        return self.agrees(got, expected)
 
     @staticmethod
     def agrees(got, expected) -> bool:
         """Whether a faster path's result ``got`` equals ``expected`` to 1e-4
-        relative to ``expected``'s largest entry (NaN or inf: False): how
-        the vectorized path and each backend's fused or factored s_2 step
-        are checked on the first chunk before they are kept."""
+        relative to ``expected``'s largest entry (NaN or inf: False)."""
         expected = ops.convert_to_numpy(expected)
         scale = max(np.abs(expected).max(), np.finfo(np.float32).tiny)
         error = np.abs(ops.convert_to_numpy(got) - expected).max() / scale

@@ -385,12 +385,9 @@ class Functions(CurvatureFunctions):
             return self._vectorized_square_gap(*arguments)
         if self._structured is None:
             expected = self._vectorized_square_gap(*arguments)
-            try:
-                got = self._structured_gap(*arguments)
-            except self.vectorize_errors:
-                self._structured = False
-            else:
-                self._structured = self.agrees(got, expected)
+            self._structured = self.trial_agrees(
+                lambda: self._structured_gap(*arguments), expected
+            )
             return expected
         return self._structured_gap(*arguments)
 

@@ -538,25 +538,21 @@ class Functions(CurvatureFunctions):
             else self._fused_or_checked
         )
         expected = per_example(x, y, sw, v, center)
-        try:
-            got = self._structured_gap(x, y, sw, v, center)
-        except (*self.vectorize_errors, LookupError):
-            self._structured = False
-        else:
-            self._structured = self.agrees(got, expected)
+        self._structured = self.trial_agrees(
+            lambda: self._structured_gap(x, y, sw, v, center), expected, (LookupError,)
+        )
         return expected
 
     def _fused_or_checked(self, x, y, sw, v, center):
         if self._fused:
             return self._fused_gap(x, y, sw, v, center)
         expected = self._two_products("vectorized")(x, y, sw, v, center)
-        try:
+
+        def fused():
             with _quiet_tensorflow_logger():
-                got = self._fused_gap(x, y, sw, v, center)
-        except (*self.vectorize_errors, LookupError):
-            self._fused = False
-        else:
-            self._fused = self.agrees(got, expected)
+                return self._fused_gap(x, y, sw, v, center)
+
+        self._fused = self.trial_agrees(fused, expected, (LookupError,))
         return expected
 
     @property
