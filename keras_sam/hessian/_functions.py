@@ -194,15 +194,16 @@ class CurvatureFunctions(abc.ABC):
         rows = self.example_products(path, x, y, sw, rows - center[None, :])
         return ops.sum(rows * self._frequencies(sw)[:, None], axis=0)
 
-    def drive_square_gap(self, x, y, sw, v, scale: float, step: Step) -> bool:
-        """s_2 steps ``sum_i c_i H_i (H_i v - center)`` on one chunk that
-        holds every example, ``center = scale * sum_i c_i H_i v`` (the mean
-        product, from the step's own rows: no batch product), sharing the
-        work that does not depend on v: ``step(product) -> next v (float32
-        NumPy) or None``, starting from ``v``. False (no step taken) where
-        the backend has no such loop for this model: the operator then
-        calls `square_gap` per step. A backend runs it only for the step it
-        has already checked on this chunk (the factored one)."""
+    def drive_square_gap(self, chunks, v, scale: float, step: Step) -> bool:
+        """s_2 steps ``sum_i c_i H_i (H_i v - center)`` summed over
+        ``chunks`` (every example, as ``(x, y, sw)``), ``center = scale *
+        sum_i c_i H_i v`` (the mean product, from the step's own rows: no
+        batch product), sharing the work that does not depend on v:
+        ``step(product) -> next v (float32 NumPy) or None``, starting from
+        ``v``. False (no step taken) where the backend has no such loop for
+        this model or these chunks: the operator then calls `square_gap`
+        per step. A backend runs it only for the step it has already
+        checked on the first chunk (the factored one)."""
         return False
 
     def example_products(self, path: str, x, y, sw, vs):

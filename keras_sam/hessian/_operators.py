@@ -526,8 +526,8 @@ class CurvatureOperator:
         """Runs a solver's ``steps`` on ``(M_k - H^k) v`` and returns its
         result.
 
-        For k = 2 on one chunk whose examples' Hessians average to H, the
-        backend runs the steps in one call where it can
+        For k = 2 where the examples' Hessians average to H, the backend
+        runs the steps in one call where it can
         (`drive_square_gap`: the center ``H v`` from each step's own rows,
         not a batch product, and the work that does not depend on v done
         once); else one `moment_gap` per step. Until the backend's loop has
@@ -547,11 +547,9 @@ class CurvatureOperator:
         except StopIteration as stop:
             return stop.value
         first = None if self._drive_agrees else gap(v)
-        chunks = self._chunks()
         if (
             k == 2
             and self.curvature == "hessian"
-            and len(chunks) == 1
             and self._mean_is_batch
             and self.vectorized
             and self._drive_agrees is not False
@@ -569,9 +567,8 @@ class CurvatureOperator:
                 state.next(product)
                 return None if state.done else self._float32(state.vector)
 
-            ran = self._fn.drive_square_gap(
-                *chunks[0][0], self._float32(v), scale, step
-            )
+            chunks = [chunk for chunk, _ in self._chunks()]
+            ran = self._fn.drive_square_gap(chunks, self._float32(v), scale, step)
             if ran and self._drive_agrees:
                 return state.result()
         if first is not None:

@@ -229,14 +229,19 @@ def test_driven_with_per_token_weights_equals_dense():
     assert op._drive_agrees is (True if DRIVES else None)
 
 
-def test_several_chunks_are_not_driven(monkeypatch):
-    _, model, x, y, hessians = build("transformer_block")
+@pytest.mark.parametrize("name", ["transformer_block", "multi_output_dict"])
+def test_several_chunks(monkeypatch, name):
+    # PyTorch drives every chunk's graph (the center summed from all their
+    # rows first); JAX drives one chunk only; TensorFlow none.
+    _, model, x, y, hessians = build(name)
     op = CurvatureOperator(model, (x, y), chunk_size=3)
+    op._fn._structured = None
     calls = _spy(monkeypatch, op)
     result = hessian.non_uniformity_estimate(op, order=2, tol=1e-6)
     expected = _top(dense_gap(hessians))
     assert abs(result.eigenvalues[0] - expected) <= 1e-4 * abs(expected)
-    assert calls == []
+    driven = keras.backend.backend() == "torch"
+    assert calls == [driven] and op._drive_agrees is (True if driven else None)
 
 
 @pytest.mark.skipif(not DRIVES, reason="JAX and PyTorch drive the s_2 steps")

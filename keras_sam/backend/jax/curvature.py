@@ -391,13 +391,15 @@ class Functions(CurvatureFunctions):
             return expected
         return self._structured_gap(*arguments)
 
-    def drive_square_gap(self, x, y, sw, v, scale, step) -> bool:
-        """The factored s_2 steps (where `square_gap_sum` took them) in one
-        jitted call: the layers' ``(x, d)`` linearized once, then a
-        `lax.while_loop` of the step, its center from its own rows, the
-        solver called back through `io_callback`."""
-        if not self._structured:
+    def drive_square_gap(self, chunks, v, scale, step) -> bool:
+        """The factored s_2 steps (where `square_gap_sum` took them) on one
+        chunk in one jitted call: the layers' ``(x, d)`` linearized once,
+        then a `lax.while_loop` of the step, its center from its own rows,
+        the solver called back through `io_callback`. Not on several
+        chunks (each would be one more copy of the loop's program)."""
+        if not self._structured or len(chunks) != 1:
             return False
+        ((x, y, sw),) = chunks
         self._callback = step
         try:
             frequencies = self._frequencies(sw)

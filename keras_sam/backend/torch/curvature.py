@@ -141,6 +141,65 @@ def _slice(structure, i):
     return tree.map_structure(lambda t: t[i : i + 1], structure)
 
 
+class _TransposedGraph:
+    """One chunk's retained graphs (`Functions.drive_square_gap`): the
+    factored layers' ``(x, d)`` at the leaves ``params`` and their
+    transpose ``J^T w`` in the dummies ``w``."""
+
+    def __init__(self, factors, params, outputs, dummies, transposed, frequencies):
+        self.factors = factors
+        self.params = params
+        self.outputs = outputs
+        self.primal = [t.detach() for t in outputs]
+        self.pairs = list(zip(self.primal[::2], self.primal[1::2]))
+        self.alive = [i for i, t in enumerate(outputs) if t.requires_grad]
+        self.dummies = dummies
+        self.transposed = transposed
+        self.reached = [i for i, t in enumerate(transposed) if t is not None]
+        self.frequencies = frequencies
+
+    def rows(self, parts):
+        """``[(x, x', d, d')]`` along v (``parts``: v per variable): ``J v``
+        as the gradient of ``<J^T w, v>`` in w."""
+        found = torch.autograd.grad(
+            [self.transposed[i] for i in self.reached],
+            self.dummies,
+            grad_outputs=[parts[i] for i in self.reached],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        flat = [torch.zeros_like(t) for t in self.primal]
+        for i, t in zip(self.alive, found):
+            if t is not None:
+                flat[i] = t
+        return [
+            (a, da, d, dd) for (a, d), da, dd in zip(self.pairs, flat[::2], flat[1::2])
+        ]
+
+    def gradient(self, rows, center):
+        """``sum_i c_i H_i (H_i v - center)``, per variable: ``J^T`` of the
+        contraction's gradient in ``(x, d)``."""
+        grads = [
+            g
+            for pair in self.factors.contraction_gradient(
+                self.pairs, rows, center, self.frequencies
+            )
+            for g in pair
+        ]
+        return list(
+            torch.autograd.grad(
+                [self.outputs[i] for i in self.alive],
+                self.params,
+                grad_outputs=[
+                    torch.zeros_like(self.primal[i]) if grads[i] is None else grads[i]
+                    for i in self.alive
+                ],
+                retain_graph=True,
+                allow_unused=True,
+            )
+        )
+
+
 class Functions(CurvatureFunctions):
     """The eager products of one model / loss."""
 
@@ -408,24 +467,40 @@ class Functions(CurvatureFunctions):
         )(values)
         return self._flat(list(gradient)).detach()
 
-    def drive_square_gap(self, x, y, sw, v, scale, step) -> bool:
+    def drive_square_gap(self, chunks, v, scale, step) -> bool:
         """The factored s_2 steps (where `square_gap_sum` took them) on one
-        graph of the layers' ``(x, d)`` (`_live`), built once with
+        graph per chunk of the layers' ``(x, d)`` (`_live`), built once with
         ``create_graph`` together with that of its transpose ``J^T w`` in
         dummies ``w``: per step, the rows' factors ``J v`` are the gradient
         of ``<J^T w, v>`` in w, and the step the gradient of the factored
-        sum through ``J^T``: two backward passes and no forward (eager
-        PyTorch spends most of a step running the model's layers in
-        Python). The center is ``scale * sum_i c_i H_i v``, from the step's
-        own rows."""
+        sum through ``J^T``: two backward passes per chunk and no forward
+        (eager PyTorch spends most of a step running the model's layers in
+        Python). The center is ``scale * sum_i c_i H_i v``, summed from
+        every chunk's rows before any chunk's second pass."""
         if not self._structured:
             return False
-        factors = self._factors
-        frequencies = self._frequencies(sw)
+        graphs = [self._transposed_graph(*chunk) for chunk in chunks]
+        count = len(self._variables)
+        while v is not None:
+            parts = self._unflat(self.tensors(v))
+            rows = [graph.rows(parts) for graph in graphs]
+            center = [0.0] * count
+            for graph, chunk_rows in zip(graphs, rows):
+                tangent = self._factors.batch_tangent(
+                    chunk_rows, graph.frequencies, count
+                )
+                center = [c + t for c, t in zip(center, tangent)]
+            center = [scale * c for c in center]
+            total = 0.0
+            for graph, chunk_rows in zip(graphs, rows):
+                total = total + self._flat(graph.gradient(chunk_rows, center))
+            v = step(total.detach().cpu().numpy())
+        return True
+
+    def _transposed_graph(self, x, y, sw) -> _TransposedGraph:
         with torch.enable_grad():
             params = self._leaves()
             outputs = [t for pair in self._live(params, x, y, sw) for t in pair]
-            primal = [t.detach() for t in outputs]
             alive = [i for i, t in enumerate(outputs) if t.requires_grad]
             dummies = [torch.zeros_like(outputs[i], requires_grad=True) for i in alive]
             transposed = torch.autograd.grad(
@@ -435,44 +510,9 @@ class Functions(CurvatureFunctions):
                 create_graph=True,
                 allow_unused=True,
             )
-            reached = [i for i, t in enumerate(transposed) if t is not None]
-        pairs = list(zip(primal[::2], primal[1::2]))
-        while v is not None:
-            parts = self._unflat(self.tensors(v))
-            found = torch.autograd.grad(
-                [transposed[i] for i in reached],
-                dummies,
-                grad_outputs=[parts[i] for i in reached],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            flat_tangent = [torch.zeros_like(t) for t in primal]
-            for i, t in zip(alive, found):
-                if t is not None:
-                    flat_tangent[i] = t
-            tangent = list(zip(flat_tangent[::2], flat_tangent[1::2]))
-            rows = [(a, da, d, dd) for (a, d), (da, dd) in zip(pairs, tangent)]
-            center = factors.batch_tangent(rows, frequencies, len(params))
-            center = [scale * c for c in center]
-            g_out = [
-                g
-                for pair in factors.contraction_gradient(
-                    pairs, rows, center, frequencies
-                )
-                for g in pair
-            ]
-            gradient = torch.autograd.grad(
-                [outputs[i] for i in alive],
-                params,
-                grad_outputs=[
-                    torch.zeros_like(primal[i]) if g_out[i] is None else g_out[i]
-                    for i in alive
-                ],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            v = step(self._flat(list(gradient)).detach().cpu().numpy())
-        return True
+        return _TransposedGraph(
+            self._factors, params, outputs, dummies, transposed, self._frequencies(sw)
+        )
 
     def _probe_shapes(self, x, y, sw):
         """The factored layers' probes' ``(shape, dtype)``, per layer and
