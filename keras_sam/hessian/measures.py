@@ -485,7 +485,9 @@ def non_uniformity_estimate(
         A `keras_sam.hessian.solvers.EigenResult` of ``M_k - H^k`` (one
         pair; ``iterations`` counts products with ``M_k - H^k``, each k
         per-example and k batch products, for k = 2 one batch product
-        where the examples' Hessians average to H; not the start's).
+        where the examples' Hessians average to H, none where the backend
+        also runs the steps in one call (JAX, PyTorch; see
+        `CurvatureOperator.drive_moment_gap`); not the start's).
 
     Raises:
         ValueError: a bad ``order`` or other argument (named in the
