@@ -534,9 +534,9 @@ class CurvatureOperator:
         agreed once with `moment_gap` (its first product against one
         `moment_gap` of the same vector, to 1e-4, which also decides the
         path, the centering and the backend's step on a new operator), a
-        call starts with that check; a loop that disagrees is not used
-        again. Where the backend drives, a result does not depend on what
-        ran before."""
+        call starts with that check; a loop that disagrees, or fails
+        before it agreed, is not used again. Where the backend drives, a
+        result does not depend on what ran before."""
         k = positive_int(k, "k")
 
         def gap(v):
@@ -568,7 +568,12 @@ class CurvatureOperator:
                 return None if state.done else self._float32(state.vector)
 
             chunks = [chunk for chunk, _ in self._chunks()]
-            ran = self._fn.drive_square_gap(chunks, self._float32(v), scale, step)
+            try:
+                ran = self._fn.drive_square_gap(chunks, self._float32(v), scale, step)
+            except self._fn.vectorize_errors:
+                if self._drive_agrees:  # the solver has seen its products
+                    raise
+                self._drive_agrees = ran = False  # e.g. no third derivative
             if ran and self._drive_agrees:
                 return state.result()
         if first is not None:

@@ -292,3 +292,19 @@ def test_a_loop_that_disagrees_is_not_used(monkeypatch):
     assert abs(driven.eigenvalues[0] - expected) <= 1e-4 * abs(expected)
     hessian.non_uniformity_estimate(op, order=2)
     assert calls == [True]  # not tried again
+
+
+@driving_backends
+def test_a_loop_that_fails_is_not_used(monkeypatch):
+    _, model, x, y, hessians = build("multi_output_dict")
+    op = CurvatureOperator(model, (x, y))
+    op._fn._structured = None
+
+    def fails(*args):
+        raise RuntimeError("no third derivative here")
+
+    monkeypatch.setattr(op._fn, "drive_square_gap", fails)
+    result = hessian.non_uniformity_estimate(op, order=2, tol=1e-6)
+    expected = _top(dense_gap(hessians))
+    assert abs(result.eigenvalues[0] - expected) <= 1e-4 * abs(expected)
+    assert op._drive_agrees is False

@@ -20,6 +20,7 @@ from tests.hessian.references import (
     per_example_hessians,
 )
 from tests.hessian.zoo import (
+    FACTORED,
     LOOPED_CHECKS,
     NOT_VECTORIZED,
     ZOO,
@@ -76,6 +77,11 @@ def test_zoo_against_dense_hessians(member):
         op._fn._fused = op._fn._structured = None
     got = hessian.non_uniformity(op, order=2, tol=1e-6, max_iter=op.dim)
     assert got == pytest.approx(s2, rel=1e-3)
+    if name in FACTORED:
+        # The s_2 step from layer factors (`test_layer_factors`); PyTorch
+        # drives it on these two chunks (`test_moment_drive`).
+        assert op._fn._structured is True
+        assert op._drive_agrees is (True if BACKEND == "torch" else None)
     if BACKEND != "jax" and op.vectorized:
         # TensorFlow and PyTorch fuse the s_2 step where a check on the first
         # chunk finds it exact (JAX always does): on every vectorized member.

@@ -179,6 +179,15 @@ NOT_VECTORIZED = {
 # On JAX every looped path (and the random Lanczos start) is one more
 # compilation: checked on one member (and in test_operators).
 LOOPED_CHECKS = {"embedding"}
+#: Members whose weights all sit in factored layers (`LayerFactors`): their
+#: s_2 step comes from the layer factors.
+FACTORED = {
+    "attention",
+    "bce_vector_labels",
+    "embedding",
+    "multi_output_dict",
+    "transformer_block",
+}
 
 
 @functools.cache
