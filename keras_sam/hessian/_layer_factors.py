@@ -123,12 +123,27 @@ class _DenseKind(_Kind):
     def unflat(self, z_flat, z):
         return z_flat if self.lead is None else ops.reshape(z_flat, ops.shape(z))
 
+    def _center_kernel(self, x, d, center):
+        # The center's kernel block as (in, out), and whether the Grams route.
+        tokens, fan_in, fan_out = x.shape[1], x.shape[2], d.shape[2]
+        c_kernel = ops.reshape(center[self.slots[0]], (fan_in, fan_out))
+        return c_kernel, LayerFactors.by_gram(tokens, fan_in, fan_out)
+
+    @staticmethod
+    def _rows_in_kernel(rows, c_kernel):
+        # Many tokens: each example's row in the kernel, formed, less C.
+        x0, dx, d0, dd = rows
+        return (
+            ops.einsum("nsi,nso->nio", dx, d0)
+            + ops.einsum("nsi,nso->nio", x0, dd)
+            - c_kernel[None]
+        )
+
     def term(self, x, d, rows, center):
         x0, dx, d0, dd = rows
-        kernel, bias = self.slots
-        tokens, fan_in, fan_out = x.shape[1], x.shape[2], d.shape[2]
-        c_kernel = ops.reshape(center[kernel], (fan_in, fan_out))
-        if LayerFactors.by_gram(tokens, fan_in, fan_out):
+        bias = self.slots[1]
+        c_kernel, by_gram = self._center_kernel(x, d, center)
+        if by_gram:
             gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
             gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
             error_primal = ops.einsum("nto,nso->nts", d, d0)
@@ -141,15 +156,10 @@ class _DenseKind(_Kind):
                 ops.matmul(x, c_kernel) * d, axis=(1, 2)
             )
         else:
-            # Many tokens: each example's row in the kernel, formed.
-            rows_in_kernel = (
-                ops.einsum("nsi,nso->nio", dx, d0)
-                + ops.einsum("nsi,nso->nio", x0, dd)
-                - c_kernel[None]
-            )
+            rows_in_kernel = self._rows_in_kernel(rows, c_kernel)
             per_example = ops.einsum("nti,nio,nto->n", x, rows_in_kernel, d)
         if bias is not None:
-            c_bias = ops.reshape(center[bias], (fan_out,))
+            c_bias = ops.reshape(center[bias], (d.shape[2],))
             d_sum = ops.sum(d, axis=1)
             per_example = per_example + ops.sum(
                 d_sum * (ops.sum(dd, axis=1) - c_bias), axis=1
@@ -158,10 +168,9 @@ class _DenseKind(_Kind):
 
     def term_gradient(self, x, d, rows, center):
         x0, dx, d0, dd = rows
-        kernel, bias = self.slots
-        tokens, fan_in, fan_out = x.shape[1], x.shape[2], d.shape[2]
-        c_kernel = ops.reshape(center[kernel], (fan_in, fan_out))
-        if LayerFactors.by_gram(tokens, fan_in, fan_out):
+        bias = self.slots[1]
+        c_kernel, by_gram = self._center_kernel(x, d, center)
+        if by_gram:
             error_primal = ops.einsum("nto,nso->nts", d, d0)
             error_tangent = ops.einsum("nto,nso->nts", d, dd)
             gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
@@ -175,15 +184,11 @@ class _DenseKind(_Kind):
             grad_x = grad_x - ops.matmul(d, ops.transpose(c_kernel))
             grad_d = grad_d - ops.matmul(x, c_kernel)
         else:
-            rows_in_kernel = (
-                ops.einsum("nsi,nso->nio", dx, d0)
-                + ops.einsum("nsi,nso->nio", x0, dd)
-                - c_kernel[None]
-            )
+            rows_in_kernel = self._rows_in_kernel(rows, c_kernel)
             grad_x = ops.einsum("nio,nto->nti", rows_in_kernel, d)
             grad_d = ops.einsum("nti,nio->nto", x, rows_in_kernel)
         if bias is not None:
-            c_bias = ops.reshape(center[bias], (fan_out,))
+            c_bias = ops.reshape(center[bias], (d.shape[2],))
             grad_d = grad_d + (ops.sum(dd, axis=1) - c_bias)[:, None, :]
         return grad_x, grad_d
 

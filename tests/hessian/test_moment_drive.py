@@ -91,28 +91,20 @@ def _random_factors(rng, model, factors, n=3):
     return live, rows, center, frequencies
 
 
+def _tensors(structure):
+    return keras.tree.map_structure(keras.ops.convert_to_tensor, structure)
+
+
 def _value(factors, live, rows, center, frequencies):
-    tensors = keras.ops.convert_to_tensor
-    live = [(tensors(x), tensors(d)) for x, d in live]
-    rows = [tuple(tensors(t) for t in r) for r in rows]
-    center = [tensors(c) for c in center]
-    return float(
-        keras.ops.convert_to_numpy(
-            factors.contraction(live, rows, center, tensors(frequencies))
-        )
-    )
+    arguments = _tensors((live, rows, center, frequencies))
+    return float(keras.ops.convert_to_numpy(factors.contraction(*arguments)))
 
 
 def test_contraction_gradient_is_the_contractions_gradient(route):
     model, factors = _all_kinds()
     rng = np.random.default_rng(0)
     live, rows, center, frequencies = _random_factors(rng, model, factors)
-    got = factors.contraction_gradient(
-        [tuple(keras.ops.convert_to_tensor(t) for t in pair) for pair in live],
-        [tuple(keras.ops.convert_to_tensor(t) for t in r) for r in rows],
-        [keras.ops.convert_to_tensor(c) for c in center],
-        keras.ops.convert_to_tensor(frequencies),
-    )
+    got = factors.contraction_gradient(*_tensors((live, rows, center, frequencies)))
     # Along a random direction e (none in the ids): the contraction is
     # quadratic in (x, d), so its central difference is its derivative.
     directions = []
@@ -146,11 +138,7 @@ def test_batch_tangent_is_the_batch_gradients_tangent(route):
     model, factors = _all_kinds()
     rng = np.random.default_rng(1)
     live, rows, center, frequencies = _random_factors(rng, model, factors)
-    got = factors.batch_tangent(
-        [tuple(keras.ops.convert_to_tensor(t) for t in r) for r in rows],
-        keras.ops.convert_to_tensor(frequencies),
-        len(center),
-    )
+    got = factors.batch_tangent(*_tensors((rows, frequencies)), len(center))
     no_rows = [tuple(np.zeros_like(t) for t in r) for r in rows]
 
     def batch_gradient_along_center(t):
