@@ -139,15 +139,25 @@ class _DenseKind(_Kind):
             - c_kernel[None]
         )
 
-    def term(self, x, d, rows, center):
+    @staticmethod
+    def _grams(x, d, rows):
+        # Per-example Grams of the tokens: the inputs against the rows' x'
+        # and x, the errors against the rows' d and d'.
         x0, dx, d0, dd = rows
+        return (
+            ops.einsum("nti,nsi->nts", x, dx),
+            ops.einsum("nti,nsi->nts", x, x0),
+            ops.einsum("nto,nso->nts", d, d0),
+            ops.einsum("nto,nso->nts", d, dd),
+        )
+
+    def term(self, x, d, rows, center):
+        dd = rows[3]
         bias = self.slots[1]
         c_kernel, by_gram = self._center_kernel(x, d, center)
         if by_gram:
-            gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
-            gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
-            error_primal = ops.einsum("nto,nso->nts", d, d0)
-            error_tangent = ops.einsum("nto,nso->nts", d, dd)
+            grams = self._grams(x, d, rows)
+            gram_tangent, gram_inputs, error_primal, error_tangent = grams
             per_example = ops.sum(
                 gram_tangent * error_primal + gram_inputs * error_tangent,
                 axis=(1, 2),
@@ -171,10 +181,8 @@ class _DenseKind(_Kind):
         bias = self.slots[1]
         c_kernel, by_gram = self._center_kernel(x, d, center)
         if by_gram:
-            error_primal = ops.einsum("nto,nso->nts", d, d0)
-            error_tangent = ops.einsum("nto,nso->nts", d, dd)
-            gram_tangent = ops.einsum("nti,nsi->nts", x, dx)
-            gram_inputs = ops.einsum("nti,nsi->nts", x, x0)
+            grams = self._grams(x, d, rows)
+            gram_tangent, gram_inputs, error_primal, error_tangent = grams
             grad_x = ops.einsum("nts,nsi->nti", error_primal, dx) + ops.einsum(
                 "nts,nsi->nti", error_tangent, x0
             )
