@@ -149,14 +149,17 @@ def test_a_wrong_embedding_term_fails(monkeypatch):
     y = rng.integers(0, 2, size=N)
     model = compiled(model, loss)
     hessians = per_example_hessians(model, x, y)
-    term = _layer_factors._EmbeddingKind.term
+    # The contraction's term and its written-out gradient (PyTorch's step)
+    # alike.
+    for name in ("term", "term_gradient"):
+        right = getattr(_layer_factors._EmbeddingKind, name)
 
-    def wrong(self, x_, d, rows, center):
-        center = list(center)
-        center[self.slots[0]] = center[self.slots[0]] * 0.9
-        return term(self, x_, d, rows, center)
+        def wrong(self, x_, d, rows, center, right=right):
+            center = list(center)
+            center[self.slots[0]] = center[self.slots[0]] * 0.9
+            return right(self, x_, d, rows, center)
 
-    monkeypatch.setattr(_layer_factors._EmbeddingKind, "term", wrong)
+        monkeypatch.setattr(_layer_factors._EmbeddingKind, name, wrong)
     op = _operator(model, (x, y))
     _check(op, dense_gap(hessians), vectors=1)  # the check falls back
     assert op._fn._structured is False

@@ -35,8 +35,10 @@ seeded alike in every product). ``model.losses``
   of factored layers (`LayerFactors`), from per-layer factors
   (`Functions._structured_gap`), else fused (`Functions._fused_gap`: the
   rows reverse over forward, then one batch gradient), each where it
-  agrees with two per-example products on the first chunk. A solver's
-  factored steps on one chunk share one graph (`drive_square_gap`).
+  agrees with two per-example products on the first chunk. A factored
+  step is two backward passes through a chunk's retained graph of the
+  layers' inputs and errors (`_TransposedGraph`); a solver's steps share
+  one graph per chunk (`drive_square_gap`).
 """
 
 from __future__ import annotations
@@ -142,21 +144,32 @@ def _slice(structure, i):
 
 
 class _TransposedGraph:
-    """One chunk's retained graphs (`Functions.drive_square_gap`): the
-    factored layers' ``(x, d)`` at the leaves ``params`` and their
-    transpose ``J^T w`` in the dummies ``w``."""
+    """One chunk's retained graphs: the factored layers' ``(x, d)`` at the
+    leaves ``params`` (``outputs``, `Functions._live`, built with
+    ``create_graph``) and their transpose ``J^T w`` in dummies ``w``, so
+    that every factored s_2 step on the chunk is two backward passes and no
+    forward (`rows`, then `gradient`)."""
 
-    def __init__(self, factors, params, outputs, dummies, transposed, frequencies):
+    def __init__(self, factors, params, outputs, frequencies):
         self.factors = factors
         self.params = params
         self.outputs = outputs
         self.primal = [t.detach() for t in outputs]
         self.pairs = list(zip(self.primal[::2], self.primal[1::2]))
         self.alive = [i for i, t in enumerate(outputs) if t.requires_grad]
-        self.dummies = dummies
-        self.transposed = transposed
-        self.reached = [i for i, t in enumerate(transposed) if t is not None]
         self.frequencies = frequencies
+        with torch.enable_grad():
+            self.dummies = [
+                torch.zeros_like(outputs[i], requires_grad=True) for i in self.alive
+            ]
+            self.transposed = torch.autograd.grad(
+                [outputs[i] for i in self.alive],
+                params,
+                grad_outputs=self.dummies,
+                create_graph=True,
+                allow_unused=True,
+            )
+        self.reached = [i for i, t in enumerate(self.transposed) if t is not None]
 
     def rows(self, parts):
         """``[(x, x', d, d')]`` along v (``parts``: v per variable): ``J v``
@@ -395,11 +408,11 @@ class Functions(CurvatureFunctions):
         """``sum_i c_i H_i (H_i v - center)``; vectorized, for a model of
         factored layers from per-layer factors (`_structured_gap`), else by
         `_fused_gap`, each where it agrees on the first chunk with the step
-        it replaces (checked once). The factored step alone costs about as
-        much as the fused one (eager forward over reverse, then reverse
-        over reverse: 0.12 s against 0.11 s on a transformer block of 7.5k
-        weights); a solver's steps on it share one graph
-        (`drive_square_gap`, about 0.04 s each)."""
+        it replaces (checked once). A factored step builds the chunk's
+        graph (`_TransposedGraph`) and takes one step on it (0.07 s against
+        the fused step's 0.09 s on a transformer block of 7.5k weights); a
+        solver's steps share one graph (`drive_square_gap`, about 0.04 s
+        each)."""
         if path != "vectorized" or self._factors is None or self._structured is False:
             return self._per_example_gap(path, x, y, sw, v, center)
         if self._structured is None:
@@ -424,48 +437,11 @@ class Functions(CurvatureFunctions):
 
     def _structured_gap(self, x, y, sw, v, center):
         """``sum_i c_i H_i (H_i v - center)`` from the factored layers' inputs
-        and errors (`LayerFactors`): forward mode along v of ``weights ->
-        (inputs, errors)`` (the errors the gradient of the unweighted loss
-        sum in zero probes on the pre-activations) for the rows' factors,
-        then the gradient of the factored ``sum_i c_i <g_i, u_i>``."""
-        from torch.func import grad, jvp
-
-        factors = self._factors
-        state = self._state_values()
-        values = tuple(var.value.detach() for var in self._variables)
-        unit = sw if self.settings.per_token else torch.ones_like(sw)
-
-        def run(p, probes):
-            return factors.record(
-                lambda: self._loss_sum(list(p), state, x, y, unit), probes
-            )
-
-        shapes = self._probe_shapes(x, y, sw)
-        device = values[0].device
-        zeros = [
-            [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in c]
-            for c in shapes
-        ]
-
-        def live(p):
-            def loss_of_probes(probes):
-                value, inputs, _ = run(p, probes)
-                return value, [factors.tokens(c) for c in inputs]
-
-            deltas, inputs = grad(loss_of_probes, has_aux=True)(zeros)
-            return [(a, factors.tokens(d)) for a, d in zip(inputs, deltas)]
-
-        primal, tangent = jvp(live, (values,), (tuple(self._unflat(v)),))
-        rows = [
-            (a.detach(), da.detach(), d.detach(), dd.detach())
-            for (a, d), (da, dd) in zip(primal, tangent)
-        ]
-        parts = self._unflat(center)
-        frequencies = self._frequencies(sw)
-        gradient = grad(
-            lambda p: factors.contraction(live(p), rows, parts, frequencies)
-        )(values)
-        return self._flat(list(gradient)).detach()
+        and errors (`LayerFactors`): one step on the chunk's graph
+        (`_TransposedGraph`, as `drive_square_gap` takes every step)."""
+        graph = self._transposed_graph(x, y, sw)
+        rows = graph.rows(self._unflat(v))
+        return self._flat(graph.gradient(rows, self._unflat(center))).detach()
 
     def drive_square_gap(self, chunks, v, scale, step) -> bool:
         """The factored s_2 steps (where `square_gap_sum` took them) on one
@@ -501,18 +477,7 @@ class Functions(CurvatureFunctions):
         with torch.enable_grad():
             params = self._leaves()
             outputs = [t for pair in self._live(params, x, y, sw) for t in pair]
-            alive = [i for i, t in enumerate(outputs) if t.requires_grad]
-            dummies = [torch.zeros_like(outputs[i], requires_grad=True) for i in alive]
-            transposed = torch.autograd.grad(
-                [outputs[i] for i in alive],
-                params,
-                grad_outputs=dummies,
-                create_graph=True,
-                allow_unused=True,
-            )
-        return _TransposedGraph(
-            self._factors, params, outputs, dummies, transposed, self._frequencies(sw)
-        )
+        return _TransposedGraph(self._factors, params, outputs, self._frequencies(sw))
 
     def _probe_shapes(self, x, y, sw):
         """The factored layers' probes' ``(shape, dtype)``, per layer and
