@@ -223,20 +223,23 @@ class _EmbeddingKind(_Kind):
     def flat(self, x, z):
         return ops.cast(x, "float32")[..., None], z
 
-    def term(self, x, d, rows, center):
-        _, _, _, dd = rows
+    def _same_and_gathered(self, x, center):
+        # Token equality per example (the Gram), and the center's rows at
+        # the ids.
         ids = ops.cast(x[..., 0], "int32")
         same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), "float32")
-        per_example = ops.sum(same * ops.einsum("nto,nso->nts", d, dd), axis=(1, 2))
-        gathered = ops.take(center[self.slots[0]], ids, axis=0)
+        return same, ops.take(center[self.slots[0]], ids, axis=0)
+
+    def term(self, x, d, rows, center):
+        same, gathered = self._same_and_gathered(x, center)
+        per_example = ops.sum(
+            same * ops.einsum("nto,nso->nts", d, rows[3]), axis=(1, 2)
+        )
         return per_example - ops.sum(gathered * d, axis=(1, 2))
 
     def term_gradient(self, x, d, rows, center):
-        _, _, _, dd = rows
-        ids = ops.cast(x[..., 0], "int32")
-        same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), "float32")
-        gathered = ops.take(center[self.slots[0]], ids, axis=0)
-        return None, ops.einsum("nts,nso->nto", same, dd) - gathered
+        same, gathered = self._same_and_gathered(x, center)
+        return None, ops.einsum("nts,nso->nto", same, rows[3]) - gathered
 
     def batch_tangent(self, rows, c):
         x0, _, _, dd = rows
@@ -251,30 +254,36 @@ class _NormalizationKind(_Kind):
     ``sum_t (x'_it d_it + x_it d'_it)`` (x the normalized inputs) is formed
     directly, (n, features)."""
 
-    def term(self, x, d, rows, center):
+    def _centered_rows(self, rows, center):
+        # Each example's rows in gamma and beta, less the center's (None
+        # where the layer has no such weight).
         x0, dx, d0, dd = rows
         gamma, beta = self.slots
+        return (
+            None
+            if gamma is None
+            else ops.sum(dx * d0 + x0 * dd, axis=1) - center[gamma],
+            None if beta is None else ops.sum(dd, axis=1) - center[beta],
+        )
+
+    def term(self, x, d, rows, center):
+        gamma_row, beta_row = self._centered_rows(rows, center)
         per_example = 0.0
-        if gamma is not None:
+        if gamma_row is not None:
             own = ops.sum(x * d, axis=1)
-            row = ops.sum(dx * d0 + x0 * dd, axis=1) - center[gamma]
-            per_example = per_example + ops.sum(own * row, axis=1)
-        if beta is not None:
-            row = ops.sum(dd, axis=1) - center[beta]
-            per_example = per_example + ops.sum(ops.sum(d, axis=1) * row, axis=1)
+            per_example = per_example + ops.sum(own * gamma_row, axis=1)
+        if beta_row is not None:
+            per_example = per_example + ops.sum(ops.sum(d, axis=1) * beta_row, axis=1)
         return per_example
 
     def term_gradient(self, x, d, rows, center):
-        x0, dx, d0, dd = rows
-        gamma, beta = self.slots
+        gamma_row, beta_row = self._centered_rows(rows, center)
         grad_x, grad_d = 0.0 * x, 0.0 * d
-        if gamma is not None:
-            row = ops.sum(dx * d0 + x0 * dd, axis=1) - center[gamma]
-            grad_x = grad_x + d * row[:, None, :]
-            grad_d = grad_d + x * row[:, None, :]
-        if beta is not None:
-            row = ops.sum(dd, axis=1) - center[beta]
-            grad_d = grad_d + row[:, None, :]
+        if gamma_row is not None:
+            grad_x = grad_x + d * gamma_row[:, None, :]
+            grad_d = grad_d + x * gamma_row[:, None, :]
+        if beta_row is not None:
+            grad_d = grad_d + beta_row[:, None, :]
         return grad_x, grad_d
 
     def batch_tangent(self, rows, c):
